@@ -1,0 +1,51 @@
+"""Reading constant values behind graph-surgeon tensors (initializers, Constant nodes, Identity chains)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+__all__ = ["const_value", "is_const", "set_const_input"]
+
+
+def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
+    """The numpy value of TENSOR if it is constant (initializer, Constant node, Identity of one)."""
+    seen = 0
+    while tensor is not None and seen < 8:
+        if isinstance(tensor, gs.Constant):
+            return np.asarray(tensor.values)
+        if len(tensor.inputs) != 1:
+            return None
+        producer = tensor.inputs[0]
+        if producer.op == "Constant":
+            value = producer.attrs.get("value")
+            if isinstance(value, gs.Constant):
+                return np.asarray(value.values)
+            for key in ("value_float", "value_int"):
+                if key in producer.attrs:
+                    return np.asarray(producer.attrs[key])
+            for key in ("value_floats", "value_ints"):
+                if key in producer.attrs:
+                    return np.asarray(producer.attrs[key])
+            return None
+        if producer.op == "Identity":
+            tensor = producer.inputs[0]
+            seen += 1
+            continue
+        return None
+    return None
+
+
+def is_const(tensor: gs.Tensor | None) -> bool:
+    return const_value(tensor) is not None
+
+
+_unique = [0]
+
+
+def set_const_input(node: gs.Node, index: int, value: np.ndarray, hint: str) -> gs.Constant:
+    """Replace NODE's input INDEX with a fresh constant (never mutates a possibly shared one)."""
+    _unique[0] += 1
+    const = gs.Constant(f"{hint}__od{_unique[0]}", np.ascontiguousarray(value))
+    node.inputs[index] = const
+    return const

@@ -1,0 +1,85 @@
+"""Bounded graph searches (Algorithms 3-4) and FindAct / FindNorm (Algorithms 1-2) over lifted ops."""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from ..graph.lift import Lifted, Lifting, NodeClass
+
+__all__ = ["forward_bounded", "backward_bounded", "find_coupled_ops"]
+
+_BOUNDARY = {NodeClass.TRANSFORM, NodeClass.ARITHMETIC, NodeClass.CONCAT}
+
+
+def forward_bounded(start: gs.Tensor, lifting: Lifting, graph_outputs: set) -> tuple[list[Lifted], bool]:
+    """Lifted ops reached forward from START, stopping at (and including) transforms and T/M nodes.
+
+    Returns the ops and whether a graph output was reached without crossing a boundary.
+    """
+    seen: dict[int, Lifted] = {}
+    reached_output = False
+    stack = [start]
+    visited_tensors: set[int] = set()
+    while stack:
+        tensor = stack.pop()
+        if id(tensor) in visited_tensors:
+            continue
+        visited_tensors.add(id(tensor))
+        if id(tensor) in graph_outputs:
+            reached_output = True
+        for consumer in tensor.outputs:
+            op = lifting.of_node.get(id(consumer))
+            if op is None or id(op) in seen:
+                continue
+            seen[id(op)] = op
+            if op.cls not in _BOUNDARY:
+                stack.extend(op.head.outputs if op.output is None else [op.output])
+    return list(seen.values()), reached_output
+
+
+def backward_bounded(op: Lifted, lifting: Lifting) -> list[Lifted]:
+    """Lifted ops reached backward from OP's inputs, stopping at (and including) T/M nodes."""
+    seen: dict[int, Lifted] = {}
+    inputs = [op.input] if op.input is not None else list(op.nodes[0].inputs)
+    stack = [t for t in inputs if t is not None]
+    visited: set[int] = set()
+    while stack:
+        tensor = stack.pop()
+        if id(tensor) in visited or not tensor.inputs:
+            continue
+        visited.add(id(tensor))
+        producer = lifting.of_node.get(id(tensor.inputs[0]))
+        if producer is None or id(producer) in seen:
+            continue
+        seen[id(producer)] = producer
+        if producer.cls not in _BOUNDARY:
+            src = [producer.input] if producer.input is not None else producer.nodes[0].inputs
+            stack.extend(t for t in src if t is not None and not isinstance(t, gs.Constant))
+    return list(seen.values())
+
+
+def _transforms(ops: list[Lifted]) -> set[int]:
+    return {id(op.head) for op in ops if op.cls is NodeClass.TRANSFORM}
+
+
+def find_coupled_ops(trigger: gs.Node, expected: set[int], lifting: Lifting, graph_outputs: set) -> list[Lifted]:
+    """FindAct + FindNorm for TRIGGER with expected coupled transforms EXPECTED (ids of nodes).
+
+    Activations after the trigger whose backward search meets exactly the expected transforms are
+    coupled (Alg. 1). Norms before it whose forward search meets exactly them are coupled (Alg. 2).
+    A norm right after the trigger (post-norm Conv-BN) is coupled the same way as an activation: it is
+    an affine map that only exists for the trigger's output.
+    """
+    coupled: list[Lifted] = []
+    forward, _ = forward_bounded(trigger.outputs[0], lifting, graph_outputs)
+    for op in forward:
+        if op.cls in (NodeClass.ACTIVATION, NodeClass.NORM) and op.input is not None:
+            if _transforms(backward_bounded(op, lifting)) == expected:
+                coupled.append(op)
+    trigger_op = lifting.of_node[id(trigger)]
+    for op in backward_bounded(trigger_op, lifting):
+        if op.cls is NodeClass.NORM and op.input is not None:
+            ops, reaches_output = forward_bounded(op.output, lifting, graph_outputs)
+            if not reaches_output and _transforms(ops) == expected:
+                coupled.append(op)
+    return coupled

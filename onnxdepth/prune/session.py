@@ -1,0 +1,589 @@
+"""A pruning session: one editable copy of the model, its units, and Prune(f) applied step by step.
+
+Pipeline per step: analyse channels -> list units -> plan a unit (pure: what it removes, what it costs)
+-> apply the plan (ReplaceWithIdentity, ReconcileWidth, PruneCoupledOps) -> PatchIdentityArithmetic.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..errors import InvalidArgumentError, UnsupportedModelError
+from ..graph.channels import (UNARY_PASSTHROUGH, AnalysisError, ChannelAnalysis, Site, analyze_channels,
+                              input_channel_axes)
+from ..graph.consts import const_value, set_const_input
+from ..graph.lift import Lifted, NodeClass, lift, transform_weight_index
+from ..graph.shapes import concrete_input_shapes, infer_static_shapes
+from ..params import count_params
+from .search import find_coupled_ops, forward_bounded
+
+__all__ = ["Unit", "UnitPlan", "PruneSession", "ParamImportance"]
+
+logger = logging.getLogger(__name__)
+
+# Per-parameter importance: maps a constant's values to a same-shape array of non-negative scores.
+ParamImportance = Callable[[gs.Node, int, np.ndarray], np.ndarray]
+
+
+def magnitude(node: gs.Node, index: int, values: np.ndarray) -> np.ndarray:
+    return np.abs(values.astype(np.float64))
+
+
+@dataclass
+class Unit:
+    """A pruning unit (Sec. 3.2.5): its trigger transform and why it can or cannot be pruned."""
+
+    id: str
+    op: str
+    params: int
+    in_channels: int
+    out_channels: int
+    changes_channels: bool
+    prunable: bool
+    excluded_reason: str | None
+    kind: str = "layer"
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "op": self.op, "kind": self.kind, "params": self.params,
+                "in_channels": self.in_channels, "out_channels": self.out_channels,
+                "changes_channels": self.changes_channels, "prunable": self.prunable,
+                "excluded_reason": self.excluded_reason}
+
+
+@dataclass
+class UnitPlan:
+    """What Prune(f) removes, computed without touching the graph."""
+
+    unit_id: str
+    node: gs.Node
+    removed_roots: np.ndarray  # channel classes width-pruned away to reconcile dimensions
+    coupled: list[Lifted]
+    own_params: int
+    params_removed: int
+    score: float
+    reason: str | None = None
+    masks: dict = field(default_factory=dict)  # (id(node), input index) -> {axis: keep mask}
+
+    def describe(self) -> dict:
+        return {"unit": self.unit_id, "removed_channels": int(len(self.removed_roots)),
+                "coupled_ops": [op.head.op for op in self.coupled], "params_removed": self.params_removed}
+
+
+# Exclusion reasons in the order they are checked (the first that applies is reported).
+HEAD = "graph head"
+USER = "user exclude"
+SPATIAL = "changes spatial dims"
+
+
+class PruneSession:
+    """Holds the editable graph-surgeon copy of one model and applies Prune(f) to it."""
+
+    def __init__(self, model: onnx.ModelProto, *, input_shapes: dict | None = None, exclude: str | None = None,
+                 importance: ParamImportance = magnitude):
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        self.graph = gs.import_onnx(model)
+        self._name_nodes()
+        self.input_shapes = concrete_input_shapes(model, input_shapes)
+        self.shapes = infer_static_shapes(model, self.input_shapes)
+        try:
+            self.exclude = re.compile(exclude) if exclude else None
+        except re.error as exc:
+            raise InvalidArgumentError(f"--exclude: invalid regular expression ({exc})") from None
+        self.importance = importance
+        self.identity_nodes: set[int] = set()
+        self.pruned: list[str] = []
+        self.params_before = count_params(self.graph)
+        self._analysis: ChannelAnalysis | None = None
+        self._lifting = None
+        self.head_units = self._find_head()
+        self.input_axes = input_channel_axes(self.graph, self.shapes)
+
+    # -- bookkeeping ---------------------------------------------------------------------------------
+    def _name_nodes(self) -> None:
+        """Give unnamed or duplicate-named nodes a stable name (unit ids must be unique)."""
+        seen: set[str] = set()
+        for index, node in enumerate(self.graph.nodes):
+            if not node.name or node.name in seen:
+                node.name = f"{node.op}_{index}"
+            seen.add(node.name)
+
+    def _invalidate(self) -> None:
+        self._analysis = None
+        self._lifting = None
+
+    @property
+    def lifting(self):
+        if self._lifting is None:
+            self._lifting = lift(self.graph)
+        return self._lifting
+
+    @property
+    def analysis(self) -> ChannelAnalysis:
+        if self._analysis is None:
+            self.graph.toposort()
+            try:
+                self._analysis = analyze_channels(self.graph, self.shapes, self.input_axes)
+            except AnalysisError as exc:
+                raise UnsupportedModelError(f"inconsistent channel sizes: {exc}") from None
+        return self._analysis
+
+    def params(self) -> int:
+        return count_params(self.graph)
+
+    def node(self, unit_id: str) -> gs.Node:
+        for node in self.graph.nodes:
+            if node.name == unit_id:
+                return node
+        raise InvalidArgumentError(f"no unit named {unit_id!r}")
+
+    # -- exclusions ----------------------------------------------------------------------------------
+    def _next_transforms(self, tensor: gs.Tensor) -> tuple[set[int], bool]:
+        ops, reaches_output = _reach(tensor, forward=True, outputs={id(t) for t in self.graph.outputs})
+        return ops, reaches_output
+
+    def _find_head(self) -> set[str]:
+        """Transforms that form the graph head.
+
+        H0: a transform whose output reaches a graph output with no transform in between (detection
+        head, classifier). A head *branch* extends H0 backwards through a chain of transforms that feed
+        only the next one, provided the chain starts at a fork (a tensor also feeding other transforms),
+        as in the YOLOv8 Detect head's parallel cv2/cv3 conv stacks. A chain that runs back to the graph
+        input (a plain MLP) is not a head branch.
+        """
+        transforms = {id(n): n for n in self.graph.nodes if transform_weight_index(n) is not None}
+        outputs = {id(t) for t in self.graph.outputs}
+        head: set[str] = set()
+        for node in transforms.values():
+            _, reaches = _reach(node.outputs[0], forward=True, outputs=outputs)
+            if not reaches:
+                continue
+            head.add(node.name)
+            chain, cur = [], node
+            while True:
+                prev, reaches_input = _reach(cur.inputs[0], forward=False, outputs=outputs)
+                if reaches_input or len(prev) != 1:
+                    chain = []  # ran into the graph input or a merge: not a parallel branch
+                    break
+                p = transforms.get(next(iter(prev)))
+                if p is None:
+                    chain = []
+                    break
+                nxt, p_reaches = _reach(p.outputs[0], forward=True, outputs=outputs)
+                if nxt == {id(cur)} and not p_reaches:
+                    chain.append(p)
+                    cur = p
+                    continue
+                break  # P also feeds other transforms: the chain starts at a fork
+            head.update(n.name for n in chain)
+        return head
+
+    def _spatial_change(self, node: gs.Node) -> bool:
+        if node.op not in ("Conv", "ConvTranspose"):
+            return False
+        in_shape = self.shapes.get(node.inputs[0].name)
+        out_shape = self.shapes.get(node.outputs[0].name)
+        if in_shape and out_shape and None not in in_shape[2:] and None not in out_shape[2:]:
+            return tuple(in_shape[2:]) != tuple(out_shape[2:])
+        weight = const_value(node.inputs[1])
+        kernel = weight.shape[2:]
+        n = len(kernel)
+        strides = node.attrs.get("strides", [1] * n)
+        dilations = node.attrs.get("dilations", [1] * n)
+        pads = node.attrs.get("pads", [0] * 2 * n)
+        auto_pad = node.attrs.get("auto_pad", "NOTSET")
+        if any(s != 1 for s in strides):
+            return True
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            return False
+        # Output size = in + pad_begin + pad_end - dilation * (k - 1) for stride 1.
+        return any(pads[i] + pads[i + n] != dilations[i] * (kernel[i] - 1) for i in range(n))
+
+    # -- units ---------------------------------------------------------------------------------------
+    def units(self) -> list[Unit]:
+        """Every transform in the graph as a unit, with the reason it is excluded, if any."""
+        units = []
+        analysis = self.analysis
+        for name, info in analysis.transforms.items():
+            if id(info.node) in self.identity_nodes:
+                continue
+            reason = None
+            if name in self.head_units:
+                reason = HEAD
+            elif self.exclude is not None and self.exclude.search(name):
+                reason = USER
+            elif self._spatial_change(info.node):
+                reason = SPATIAL
+            plan = None
+            if reason is None:
+                plan = self.plan(name)
+                reason = plan.reason
+            params = plan.params_removed if plan is not None else self._own_params(info.node)
+            n_in, n_out = len(info.in_classes), len(info.out_classes)
+            units.append(Unit(name, info.node.op, params, n_in, n_out, n_in != n_out, reason is None, reason))
+        return units
+
+    def _own_params(self, node: gs.Node) -> int:
+        total = 0
+        for tensor in node.inputs[1:]:
+            value = const_value(tensor)
+            if value is not None and value.ndim >= 1 and np.issubdtype(value.dtype, np.floating):
+                total += value.size
+        return total
+
+    # -- planning (pure) -----------------------------------------------------------------------------
+    def plan(self, unit_id: str) -> UnitPlan:
+        """Plan Prune(f) for UNIT_ID: the channels to drop (lowest importance, Eq. 3.10), coupled ops, cost."""
+        a = self.analysis
+        info = a.transforms[unit_id]
+        node = info.node
+        n_in, n_out = len(info.in_classes), len(info.out_classes)
+        coupled = find_coupled_ops(node, {id(node)}, self.lifting, {id(t) for t in self.graph.outputs})
+        removed_nodes = {id(node)} | {id(n) for op in coupled for n in op.nodes}
+        own = self._own_params(node) + sum(self._own_params(n) for op in coupled for n in op.nodes)
+        own_score = sum(float(self.importance(node, i, const_value(t)).sum())
+                        for i, t in enumerate(node.inputs[1:], start=1) if const_value(t) is not None)
+        removed_roots = np.zeros(0, dtype=np.int64)
+        reason = None
+        masks: dict = {}
+        extra_params, extra_score = 0, 0.0
+        if n_in != n_out:
+            if info.kind != "dense":
+                reason = "unprovable coupling: grouped convolution changes channels"
+            else:
+                # i < o: drop o - i of the output group's channels; i > o: drop i - o of the input group's.
+                pool_classes, other = (info.out_classes, info.in_classes) if n_in < n_out else (info.in_classes,
+                                                                                               info.out_classes)
+                pool = a.roots(pool_classes)
+                other_roots = set(a.roots(other).tolist())
+                if other_roots & set(pool.tolist()):
+                    reason = "unprovable coupling: input and output channels are tied"
+                else:
+                    reason, removed_roots, extra_score = self._choose_channels(
+                        a, pool, abs(n_out - n_in), removed_nodes)
+                    if reason is None:
+                        masks = self._masks(a, removed_roots, removed_nodes)
+                        extra_params = self._removed_params(masks)
+        return UnitPlan(unit_id, node, removed_roots, coupled, own, own + extra_params, own_score + extra_score,
+                        reason, masks)
+
+    def _choose_channels(self, a: ChannelAnalysis, pool: np.ndarray, need: int, skip_nodes: set[int]
+                         ) -> tuple[str | None, np.ndarray, float]:
+        """Pick channel classes of POOL (one tensor's channel roots) covering exactly NEED positions.
+
+        A class may occupy several positions of the tensor (a Concat of a tensor with its pooled
+        copies, as in SPPF): removing it removes all of them. Lowest importance per position first.
+        """
+        pinned, blocked = a.pinned_roots(), a.blocked_roots()
+        roots, counts = np.unique(pool, return_counts=True)
+        multiplicity = dict(zip(roots.tolist(), counts.tolist()))
+        candidates = [r for r in multiplicity if r not in pinned and r not in blocked]
+        if sum(multiplicity[r] for r in candidates) < need:
+            bad = next((pinned.get(r) or blocked.get(r) for r in multiplicity if r in pinned or r in blocked),
+                       "coupling")
+            prefix = "width change would alter " if bad.startswith("graph") else "unprovable coupling: "
+            return prefix + bad, np.zeros(0, dtype=np.int64), 0.0
+        scores = self._channel_scores(a, set(candidates), skip_nodes)
+        ranked = sorted(candidates, key=lambda r: (scores.get(r, 0.0) / multiplicity[r], r))
+        # Positions left per tensor, so that no tensor is pruned down to zero channels.
+        candidate_set = set(candidates)
+        left: dict[str, int] = {}
+        tensors_of: dict[int, list[tuple[str, int]]] = {}
+        for name, axis_info in a.axes.items():
+            tensor_roots = a.roots(axis_info.classes)
+            if not np.isin(tensor_roots, candidates).any():
+                continue
+            left[name] = len(tensor_roots)
+            for root, count in zip(*np.unique(tensor_roots, return_counts=True)):
+                if int(root) in candidate_set:
+                    tensors_of.setdefault(int(root), []).append((name, int(count)))
+        for order in (ranked, sorted(ranked, key=lambda r: -multiplicity[r])):
+            chosen = self._greedy_cover(order, multiplicity, need, left, tensors_of)
+            if chosen is not None:
+                break
+        if chosen is None:
+            return ("unprovable coupling: channel copies cannot be split to the needed width",
+                    np.zeros(0, dtype=np.int64), 0.0)
+        return None, np.array(sorted(chosen), dtype=np.int64), sum(scores.get(r, 0.0) for r in chosen)
+
+    @staticmethod
+    def _greedy_cover(order, multiplicity, need, left, tensors_of) -> list[int] | None:
+        left = dict(left)
+        chosen, covered = [], 0
+        for root in order:
+            if covered + multiplicity[root] > need:
+                continue
+            if any(left[name] - count <= 0 for name, count in tensors_of.get(root, [])):
+                continue
+            for name, count in tensors_of.get(root, []):
+                left[name] -= count
+            chosen.append(root)
+            covered += multiplicity[root]
+            if covered == need:
+                return chosen
+        return None
+
+    def _channel_scores(self, a: ChannelAnalysis, roots: set[int], skip_nodes: set[int]) -> dict[int, float]:
+        """Total importance of each channel class over every site it occurs in (the group sums of 3.10)."""
+        scores: dict[int, float] = {}
+        for site in a.sites:
+            if site.kind in ("split", "shape") or id(site.node) in skip_nodes:
+                continue
+            site_roots = a.roots(site.classes)
+            hit = np.isin(site_roots, list(roots))
+            if not hit.any():
+                continue
+            value = const_value(site.node.inputs[site.input_index])
+            imp = self.importance(site.node, site.input_index, value)
+            # Sum over every axis except the channel axis of this site.
+            per_channel = imp.sum(axis=tuple(ax for ax in range(imp.ndim) if ax != site.axis))
+            for root, score in zip(site_roots[hit].tolist(), per_channel[hit].tolist()):
+                scores[root] = scores.get(root, 0.0) + score
+        return scores
+
+    @staticmethod
+    def _masks(a: ChannelAnalysis, removed_roots: np.ndarray, skip_nodes: set[int]) -> dict:
+        masks: dict = {}
+        for site in a.sites:
+            if id(site.node) in skip_nodes:
+                continue
+            keep = ~np.isin(a.roots(site.classes), removed_roots)
+            if keep.all():
+                continue
+            key = (id(site.node), site.input_index)
+            entry = masks.setdefault(key, {"node": site.node, "index": site.input_index, "axes": {}, "sites": []})
+            entry["sites"].append((site, keep))
+            if site.kind in ("weight_in", "weight_out", "param"):
+                prev = entry["axes"].get(site.axis)
+                entry["axes"][site.axis] = keep if prev is None else (prev & keep)
+        return masks
+
+    @staticmethod
+    def _removed_params(masks: dict) -> int:
+        removed = 0
+        for entry in masks.values():
+            if not entry["axes"]:
+                continue
+            value = const_value(entry["node"].inputs[entry["index"]])
+            if value is None or not np.issubdtype(value.dtype, np.floating):
+                continue
+            kept_shape = list(value.shape)
+            for axis, keep in entry["axes"].items():
+                kept_shape[axis] = int(keep.sum())
+            removed += value.size - int(np.prod(kept_shape))
+        return removed
+
+    # -- applying ------------------------------------------------------------------------------------
+    def apply(self, plan: UnitPlan) -> None:
+        """Prune(f): slice reconciled widths, replace the trigger and its coupled ops by identities."""
+        if plan.reason is not None:
+            raise InvalidArgumentError(f"unit {plan.unit_id} cannot be pruned: {plan.reason}")
+        self._apply_masks(plan.masks)
+        self._replace_with_identity(plan.node.inputs[0], plan.node.outputs[0], [plan.node])
+        for op in plan.coupled:
+            self._replace_with_identity(op.input, op.output, op.nodes)
+        self.pruned.append(plan.unit_id)
+        self.graph.cleanup()
+        self._invalidate()
+        self.patch()
+
+    def _apply_masks(self, masks: dict) -> None:
+        for entry in masks.values():
+            node, index = entry["node"], entry["index"]
+            value = const_value(node.inputs[index])
+            for axis, keep in entry["axes"].items():
+                value = np.compress(keep, value, axis=axis)
+            for site, keep in entry["sites"]:
+                if site.kind == "split":
+                    self._resize_split(site, keep)
+                elif site.kind == "shape":
+                    value = value.copy()
+                    value[site.axis] = int(keep.sum())
+            if entry["axes"] or any(s.kind == "shape" for s, _ in entry["sites"]):
+                set_const_input(node, index, value, node.inputs[index].name or node.name)
+            if node.op == "Conv" and index == 1 and int(node.attrs.get("group", 1)) > 1:
+                # Depthwise conv: one group per channel, so the group count follows the kept channels.
+                node.attrs["group"] = int(value.shape[0])
+
+    def _resize_split(self, site: Site, keep: np.ndarray) -> None:
+        sizes, start = [], 0
+        for part in site.classes_per_output:
+            # KEEP is aligned with the Split input's channels; each output owns a consecutive range.
+            sizes.append(int(keep[start:start + len(part)].sum()))
+            start += len(part)
+        node = site.node
+        if self.opset >= 13:
+            const = gs.Constant(f"{node.name}__split_od", np.array(sizes, dtype=np.int64))
+            if len(node.inputs) > 1:
+                node.inputs[1] = const
+            else:
+                node.inputs.append(const)
+            node.attrs.pop("num_outputs", None)
+        else:
+            node.attrs["split"] = sizes
+
+    def _replace_with_identity(self, source: gs.Tensor, target: gs.Tensor, nodes: list[gs.Node]) -> None:
+        for node in nodes:
+            node.outputs.clear()
+        identity = gs.Node("Identity", name=f"{nodes[-1].name}__pruned", inputs=[source], outputs=[target])
+        self.graph.nodes.append(identity)
+        self.identity_nodes.add(id(identity))
+
+    # -- identity patching (Eq. 3.5-3.7) ------------------------------------------------------------
+    def _resolve(self, tensor: gs.Tensor) -> tuple[gs.Tensor, bool]:
+        """Follow pruned identities back to their source (Algorithm 6)."""
+        via = False
+        while tensor.inputs and id(tensor.inputs[0]) in self.identity_nodes:
+            tensor = tensor.inputs[0].inputs[0]
+            via = True
+        return tensor, via
+
+    def patch(self) -> int:
+        """Patch redundant arithmetic (x op id(x) -> x) and duplicate Concat inputs; return edits made."""
+        edits = 0
+        changed = True
+        while changed:
+            changed = False
+            self.graph.toposort()
+            for node in list(self.graph.nodes):
+                if not node.outputs:
+                    continue
+                if node.op in ("Add", "Sub", "Mul", "Div") and len(node.inputs) == 2 and \
+                        all(const_value(t) is None for t in node.inputs):
+                    (a, via_a), (b, via_b) = self._resolve(node.inputs[0]), self._resolve(node.inputs[1])
+                    if a is b and (via_a or via_b):
+                        # x + 0, x - 0, x * 1, x / 1: the op reduces to its surviving operand.
+                        self._replace_with_identity(a, node.outputs[0], [node])
+                        changed = True
+                elif node.op == "Concat" and self._patch_concat(node):
+                    changed = True
+                if changed:
+                    edits += 1
+                    self.graph.cleanup()
+                    self._invalidate()
+                    break
+        return edits
+
+    def _patch_concat(self, node: gs.Node) -> bool:
+        """Drop repeated copies of one source in a channel Concat and width-prune its successors (3.6-3.7)."""
+        a = self.analysis
+        out = a.axes.get(node.outputs[0].name)
+        if out is None:
+            return False
+        resolved = [self._resolve(t) for t in node.inputs]
+        if not any(via for _, via in resolved):
+            return False
+        widths = [len(a.axes[t.name].classes) if t.name in a.axes else None for t in node.inputs]
+        if None in widths or sum(widths) != out.size:
+            return False  # not a channel concat
+        keep_inputs, seen, keep_mask = [], set(), []
+        for (src, _), tensor, width in zip(resolved, node.inputs, widths):
+            duplicate = id(src) in seen
+            seen.add(id(src))
+            keep_mask.extend([not duplicate] * width)
+            if not duplicate:
+                keep_inputs.append(tensor)
+        if len(keep_inputs) == len(node.inputs):
+            return False
+        edits = self._successor_edits(node.outputs[0], np.array(keep_mask))
+        if edits is None:
+            return False
+        for consumer, index, axis, keep in edits:
+            value = np.compress(keep, const_value(consumer.inputs[index]), axis=axis)
+            set_const_input(consumer, index, value, consumer.inputs[index].name or consumer.name)
+        node.inputs[:] = keep_inputs
+        return True
+
+    def _successor_edits(self, tensor: gs.Tensor, keep: np.ndarray) -> list | None:
+        """Slices that remove positions ~KEEP of TENSOR's channel axis in every successor, or None."""
+        a = self.analysis
+        edits: list = []
+        stack = [tensor]
+        while stack:
+            t = stack.pop()
+            if id(t) in {id(o) for o in self.graph.outputs}:
+                return None
+            for consumer in t.outputs:
+                sites = [s for s in a.sites if s.node is consumer and s.kind in ("weight_in", "param")]
+                if transform_weight_index(consumer) is not None and consumer.inputs[0] is t:
+                    site = next((s for s in sites if s.kind == "weight_in"), None)
+                    if site is None:
+                        return None
+                    edits.append((consumer, site.input_index, site.axis, keep))
+                elif consumer.op in UNARY_PASSTHROUGH and consumer.op != "Resize" or consumer.op in (
+                        "BatchNormalization", "InstanceNormalization") or (
+                        consumer.op in ("Add", "Sub", "Mul", "Div")
+                        and sum(const_value(i) is None for i in consumer.inputs) == 1):
+                    edits.extend((consumer, s.input_index, s.axis, keep) for s in sites if s.kind == "param")
+                    stack.append(consumer.outputs[0])
+                else:
+                    return None
+        return edits
+
+    # -- output --------------------------------------------------------------------------------------
+    def to_model(self, template: onnx.ModelProto) -> onnx.ModelProto:
+        """Export: bypass pruned identities, clean up, toposort, keep TEMPLATE's metadata."""
+        graph = self.graph
+        outputs = {id(t) for t in graph.outputs}
+        for node in list(graph.nodes):
+            if id(node) not in self.identity_nodes or not node.outputs:
+                continue
+            src, dst = node.inputs[0], node.outputs[0]
+            if id(dst) in outputs:
+                continue  # a graph output keeps its name; an Identity stays in front of it
+            for consumer in list(dst.outputs):
+                for k, t in enumerate(consumer.inputs):
+                    if t is dst:
+                        consumer.inputs[k] = src
+            node.outputs.clear()
+        graph.cleanup().toposort()
+        model = gs.export_onnx(graph, do_type_check=False)
+        model.ir_version = template.ir_version
+        del model.opset_import[:]
+        model.opset_import.extend(template.opset_import)
+        model.producer_name = template.producer_name
+        model.producer_version = template.producer_version
+        model.metadata_props.extend(template.metadata_props)
+        # Intermediate shapes changed: drop stale value_info, shape inference recomputes what it can.
+        del model.graph.value_info[:]
+        self._invalidate()
+        return model
+
+
+def _reach(tensor: gs.Tensor, *, forward: bool, outputs: set) -> tuple[set[int], bool]:
+    """Transforms reached from TENSOR through non-transform nodes, and whether a graph end was reached.
+
+    Forward, the end is a graph output; backward, a graph input (a tensor with no producer).
+    """
+    found: set[int] = set()
+    end = False
+    stack, seen = [tensor], set()
+    while stack:
+        t = stack.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        if isinstance(t, gs.Constant):
+            continue
+        if forward:
+            if id(t) in outputs:
+                end = True
+            nodes = t.outputs
+        else:
+            if not t.inputs:
+                end = True
+            nodes = t.inputs
+        for node in nodes:
+            if transform_weight_index(node) is not None and (not forward or node.inputs[0] is t):
+                found.add(id(node))
+            elif forward:
+                stack.extend(node.outputs)
+            else:
+                stack.extend(i for i in node.inputs if not isinstance(i, gs.Constant))
+    return found, end

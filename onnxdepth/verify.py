@@ -1,0 +1,85 @@
+"""Verification of every emitted model: full checker, ONNX Runtime session and run, same signature."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .errors import VerificationError
+
+__all__ = ["signature", "verify_model", "random_feeds", "run_model"]
+
+_NP_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
+             onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.INT64: np.int64,
+             onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_, onnx.TensorProto.UINT8: np.uint8}
+
+
+def signature(model: onnx.ModelProto) -> dict:
+    """Graph input and output names with their declared shapes (dim values or symbolic names)."""
+    init = {i.name for i in model.graph.initializer}
+
+    def dims(value):
+        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in value.type.tensor_type.shape.dim]
+
+    return {"inputs": [(v.name, dims(v)) for v in model.graph.input if v.name not in init],
+            "outputs": [(v.name, dims(v)) for v in model.graph.output]}
+
+
+def random_feeds(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    init = {i.name for i in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name in init:
+            continue
+        dtype = _NP_TYPES.get(value.type.tensor_type.elem_type, np.float32)
+        shape = shapes[value.name]
+        if np.issubdtype(dtype, np.floating):
+            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[value.name] = rng.integers(0, 2, size=shape).astype(dtype)
+    return feeds
+
+
+def run_model(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def verify_model(model: onnx.ModelProto, reference: onnx.ModelProto, input_shapes: dict, *,
+                 run: bool = True) -> list[np.ndarray] | None:
+    """Raise VerificationError unless MODEL passes the full checker, loads and runs in ONNX Runtime,
+    and has REFERENCE's input/output names and shapes. Returns the outputs of the run."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:
+        raise VerificationError(f"onnx.checker rejected the pruned model: {str(exc).splitlines()[0]}") from None
+    if signature(model) != signature(reference):
+        raise VerificationError(f"graph signature changed: {signature(reference)} -> {signature(model)}")
+    if not run:
+        return None
+    try:
+        outputs = run_model(model, random_feeds(model, input_shapes))
+    except Exception as exc:
+        raise VerificationError(f"ONNX Runtime cannot run the pruned model: {str(exc).splitlines()[0]}") from None
+    ref_outputs = [v.name for v in reference.graph.output]
+    ref_shapes = _declared_static(reference)
+    for name, value in zip(ref_outputs, outputs):
+        expected = ref_shapes.get(name)
+        if expected is not None and tuple(value.shape) != expected:
+            raise VerificationError(f"output {name!r} has shape {value.shape}, expected {expected}")
+    return outputs
+
+
+def _declared_static(model: onnx.ModelProto) -> dict:
+    shapes = {}
+    for v in model.graph.output:
+        dims = v.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[v.name] = tuple(d.dim_value for d in dims)
+    return shapes
