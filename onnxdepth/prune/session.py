@@ -21,6 +21,7 @@ from ..graph.channels import (UNARY_PASSTHROUGH, AnalysisError, ChannelAnalysis,
 from ..graph.consts import const_value, set_const_input
 from ..graph.lift import Lifted, NodeClass, lift, transform_weight_index
 from ..graph.shapes import concrete_input_shapes, infer_static_shapes
+from ..importance import magnitude
 from ..params import count_params
 from .search import find_coupled_ops, forward_bounded
 
@@ -30,10 +31,6 @@ logger = logging.getLogger(__name__)
 
 # Per-parameter importance: maps a constant's values to a same-shape array of non-negative scores.
 ParamImportance = Callable[[gs.Node, int, np.ndarray], np.ndarray]
-
-
-def magnitude(node: gs.Node, index: int, values: np.ndarray) -> np.ndarray:
-    return np.abs(values.astype(np.float64))
 
 
 @dataclass
@@ -152,10 +149,11 @@ class PruneSession:
         """Transforms that form the graph head.
 
         H0: a transform whose output reaches a graph output with no transform in between (detection
-        head, classifier). A head *branch* extends H0 backwards through a chain of transforms that feed
-        only the next one, provided the chain starts at a fork (a tensor also feeding other transforms),
-        as in the YOLOv8 Detect head's parallel cv2/cv3 conv stacks. A chain that runs back to the graph
-        input (a plain MLP) is not a head branch.
+        head, classifier). A head *branch* extends H0 backwards through chains of transforms that feed
+        only the next one, when every such chain starts at a fork of the trunk (a tensor that also feeds
+        other transforms) and chains meet only each other, as the YOLOv8 Detect head's parallel cv2/cv3
+        conv stacks do (into the DFL conv). A chain that runs back to the graph input (a plain MLP) or
+        merges with the trunk (a ResNet's last block before its classifier) is not a head branch.
         """
         transforms = {id(n): n for n in self.graph.nodes if transform_weight_index(n) is not None}
         outputs = {id(t) for t in self.graph.outputs}
@@ -165,23 +163,19 @@ class PruneSession:
             if not reaches:
                 continue
             head.add(node.name)
-            chain, cur = [], node
-            while True:
+            frontier = [(node, [])]
+            while frontier:
+                cur, chain = frontier.pop()
                 prev, reaches_input = _reach(cur.inputs[0], forward=False, outputs=outputs)
-                if reaches_input or len(prev) != 1:
-                    chain = []  # ran into the graph input or a merge: not a parallel branch
-                    break
-                p = transforms.get(next(iter(prev)))
-                if p is None:
-                    chain = []
-                    break
-                nxt, p_reaches = _reach(p.outputs[0], forward=True, outputs=outputs)
-                if nxt == {id(cur)} and not p_reaches:
-                    chain.append(p)
-                    cur = p
-                    continue
-                break  # P also feeds other transforms: the chain starts at a fork
-            head.update(n.name for n in chain)
+                links = []
+                for pid in prev:
+                    p = transforms[pid]
+                    nxt, p_reaches = _reach(p.outputs[0], forward=True, outputs=outputs)
+                    links.append(p if nxt == {id(cur)} and not p_reaches else None)
+                if links and all(link is not None for link in links) and not reaches_input:
+                    frontier.extend((p, chain + [p]) for p in links)
+                elif chain and links and all(link is None for link in links) and not reaches_input:
+                    head.update(n.name for n in chain)  # the chain starts at a fork of the trunk
         return head
 
     def _spatial_change(self, node: gs.Node) -> bool:
@@ -209,6 +203,7 @@ class PruneSession:
     def units(self) -> list[Unit]:
         """Every transform in the graph as a unit, with the reason it is excluded, if any."""
         units = []
+        self._plans: dict[str, UnitPlan] = {}
         analysis = self.analysis
         for name, info in analysis.transforms.items():
             if id(info.node) in self.identity_nodes:
@@ -224,10 +219,17 @@ class PruneSession:
             if reason is None:
                 plan = self.plan(name)
                 reason = plan.reason
+                if reason is None:
+                    self._plans[name] = plan
             params = plan.params_removed if plan is not None else self._own_params(info.node)
             n_in, n_out = len(info.in_classes), len(info.out_classes)
             units.append(Unit(name, info.node.op, params, n_in, n_out, n_in != n_out, reason is None, reason))
         return units
+
+    def prunable_plans(self) -> list[UnitPlan]:
+        """Plans of every currently prunable unit (re-planned on the current graph)."""
+        self.units()
+        return list(self._plans.values())
 
     def _own_params(self, node: gs.Node) -> int:
         total = 0

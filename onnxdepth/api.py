@@ -1,0 +1,121 @@
+"""Library entry points: list units, prune to a ratio, write the verified result with its plan."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import onnx
+
+from .errors import InvalidArgumentError, OutputWriteError
+from .graph.io import check_output_path, load_model, save_model_atomic
+from .importance import get_metric
+from .prune.session import PruneSession, Unit, UnitPlan
+from .select import prune_to_ratio
+from .verify import verify_model
+
+__all__ = ["PruneResult", "list_units", "units_summary", "prune_model", "prune_file", "PLAN_METADATA_KEY"]
+
+logger = logging.getLogger(__name__)
+
+PLAN_METADATA_KEY = "onnxdepth.plan"
+
+
+@dataclass
+class PruneResult:
+    model: onnx.ModelProto
+    params_before: int
+    params_after: int
+    pruned_units: list[str]
+    steps: list[dict] = field(default_factory=list)
+
+    @property
+    def reduction(self) -> float:
+        return 1.0 - self.params_after / self.params_before if self.params_before else 0.0
+
+    def summary(self) -> dict:
+        return {"params_before": self.params_before, "params_after": self.params_after,
+                "reduction": round(self.reduction, 6), "pruned_units": self.pruned_units}
+
+
+def list_units(model: onnx.ModelProto, *, exclude: str | None = None,
+               input_shapes: dict | None = None) -> list[Unit]:
+    return PruneSession(model, exclude=exclude, input_shapes=input_shapes).units()
+
+
+def units_summary(units: list[Unit]) -> dict:
+    """Table 4.4's rows: candidates (after head and user exclusions), other exclusions, prunable, reduced."""
+    candidates = [u for u in units if u.excluded_reason not in ("graph head", "user exclude")]
+    excluded: dict[str, int] = {}
+    for unit in candidates:
+        if unit.excluded_reason is not None:
+            key = unit.excluded_reason.split(":")[0]
+            excluded[key] = excluded.get(key, 0) + 1
+    prunable = [u for u in candidates if u.prunable]
+    return {"candidates": len(candidates), "excluded": excluded, "prunable": len(prunable),
+            "prunable_reduced": sum(1 for u in prunable if not u.changes_channels),
+            "head": sum(1 for u in units if u.excluded_reason == "graph head"),
+            "user_excluded": sum(1 for u in units if u.excluded_reason == "user exclude")}
+
+
+def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magnitude", exclude: str | None = None,
+                input_shapes: dict | None = None, verify: bool = True,
+                on_step: Callable[[UnitPlan, float], None] | None = None) -> PruneResult:
+    """Prune MODEL until RATIO of its parameters are gone (Algorithm 9) and verify the result."""
+    if not 0.0 <= ratio < 1.0:
+        raise InvalidArgumentError(f"--ratio {ratio:g}: must be in [0, 1)")
+    metric = get_metric(importance)
+    session = PruneSession(model, exclude=exclude, input_shapes=input_shapes, importance=metric)
+    if ratio == 0.0:
+        # Nothing to remove: the model is returned as it is, so outputs are bit-identical.
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        result = PruneResult(out, session.params_before, session.params_before, [])
+    else:
+        steps = prune_to_ratio(session, ratio, on_step=on_step)
+        out = session.to_model(model)
+        result = PruneResult(out, session.params_before, session.params(), [s.unit_id for s in steps],
+                             [s.describe() for s in steps])
+    plan = {"onnxdepth_version": "0.1.0", "method": "fine-grained depth pruning (Algorithm 9)",
+            "ratio": ratio, "importance": importance, "exclude": exclude, **result.summary(),
+            "steps": result.steps}
+    entry = result.model.metadata_props.add()
+    entry.key, entry.value = PLAN_METADATA_KEY, json.dumps(plan, separators=(",", ":"))
+    if verify:
+        verify_model(result.model, model, session.input_shapes)
+    result.plan = plan
+    return result
+
+
+def plan_path_for(out: Path) -> Path:
+    return out.with_name(out.stem + ".plan.json")
+
+
+def prune_file(src: str | os.PathLike, out: str | os.PathLike, ratio: float, **kwargs) -> PruneResult:
+    """Load SRC, prune, verify, and write OUT and OUT's plan JSON atomically."""
+    out = check_output_path(out, src)
+    if not 0.0 <= ratio < 1.0:
+        raise InvalidArgumentError(f"--ratio {ratio:g}: must be in [0, 1)")
+    model = load_model(src)
+    result = prune_model(model, ratio, **kwargs)
+    result.plan["source"] = str(src)
+    save_model_atomic(result.model, out)
+    _write_json_atomic(plan_path_for(out), result.plan)
+    return result
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise OutputWriteError(f"{path}: cannot write ({exc.strerror or exc})") from None

@@ -1,0 +1,30 @@
+"""Importance metrics: per-parameter scores, summed into unit and channel scores (Eq. 3.8-3.10)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..errors import InvalidArgumentError
+
+__all__ = ["METRICS", "get_metric", "magnitude"]
+
+
+def magnitude(node: gs.Node, index: int, values: np.ndarray) -> np.ndarray:
+    """Data-free weight magnitude |w| (L1), in the place of Taylor's (dE/dw * w)^2."""
+    return np.abs(values.astype(np.float64))
+
+
+METRICS: dict[str, Callable] = {"magnitude": magnitude}
+# Metrics that need calibration data arrive with the importance work; named here so the CLI can say so.
+PLANNED = ("taylor", "angular", "cross_entropy")
+
+
+def get_metric(name: str) -> Callable:
+    if name in METRICS:
+        return METRICS[name]
+    if name in PLANNED:
+        raise InvalidArgumentError(f"--importance {name}: not yet supported (available: {', '.join(METRICS)})")
+    raise InvalidArgumentError(f"--importance {name}: unknown metric (available: {', '.join(METRICS)})")
