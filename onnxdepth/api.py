@@ -114,6 +114,9 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     try:
         with os.fdopen(fd, "w") as handle:
             json.dump(data, handle, indent=2)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except OSError as exc:
         if os.path.exists(tmp):

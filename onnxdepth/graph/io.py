@@ -109,6 +109,9 @@ def save_model_atomic(model: onnx.ModelProto, out: str | os.PathLike) -> Path:
             onnx.save_model(fixed, str(tmp))
         else:
             onnx.save_model(model, str(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the user's usual mode
         os.replace(tmp, out)
     except OSError as exc:
         raise OutputWriteError(f"{out}: cannot write ({exc.strerror or exc})") from None

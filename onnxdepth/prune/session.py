@@ -499,7 +499,8 @@ class PruneSession:
         for consumer, index, axis, keep in edits:
             value = np.compress(keep, const_value(consumer.inputs[index]), axis=axis)
             set_const_input(consumer, index, value, consumer.inputs[index].name or consumer.name)
-        node.inputs[:] = keep_inputs
+        node.inputs.clear()
+        node.inputs.extend(keep_inputs)
         return True
 
     def _successor_edits(self, tensor: gs.Tensor, keep: np.ndarray) -> list | None:

@@ -1,0 +1,169 @@
+"""Command line: onnxdepth units | prune | export. Every failure is one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from . import __version__
+from .errors import InvalidArgumentError, OnnxDepthError, RatioUnreachableError
+
+__all__ = ["main"]
+
+EXIT_ERROR = 1
+EXIT_UNREACHABLE = 3
+
+
+def _input_shapes(values: list[str] | None) -> dict | None:
+    """Parse --input-shape NAME:1x3x320x320 (repeatable)."""
+    if not values:
+        return None
+    shapes = {}
+    for value in values:
+        name, _, dims = value.rpartition(":")
+        try:
+            shapes[name] = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            raise InvalidArgumentError(f"--input-shape {value!r}: expected NAME:DxDxD") from None
+        if not name or any(d <= 0 for d in shapes[name]):
+            raise InvalidArgumentError(f"--input-shape {value!r}: expected NAME:DxDxD with positive dims")
+    return shapes
+
+
+def _cmd_units(args) -> int:
+    from .api import list_units, units_summary
+    from .graph.io import load_model
+
+    model = load_model(args.model)
+    units = list_units(model, exclude=args.exclude, input_shapes=_input_shapes(args.input_shape))
+    summary = units_summary(units)
+    if args.json:
+        print(json.dumps({"units": [u.to_json() for u in units], "summary": summary}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"units of {args.model}")
+    for column in ("id", "op", "params", "in", "out", "changes ch.", "prunable", "excluded because"):
+        table.add_column(column)
+    for u in units:
+        table.add_row(u.id, u.op, f"{u.params:,}", str(u.in_channels), str(u.out_channels),
+                      "yes" if u.changes_channels else "", "yes" if u.prunable else "no", u.excluded_reason or "")
+    console = Console()
+    console.print(table)
+    console.print(f"candidates {summary['candidates']}  excluded {summary['excluded']}  "
+                  f"prunable {summary['prunable']}  reduced search space {summary['prunable_reduced']}  "
+                  f"(graph head {summary['head']}, user excluded {summary['user_excluded']})")
+    return 0
+
+
+def _cmd_prune(args) -> int:
+    from .api import plan_path_for, prune_file
+
+    progress = None
+    if not args.json and sys.stderr.isatty():
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        progress = Progress(TextColumn("pruning"), BarColumn(), TextColumn("{task.description}"), transient=True)
+    started = time.perf_counter()
+    task = None
+
+    def on_step(plan, reduction):
+        if progress is not None:
+            progress.update(task, completed=min(reduction, args.ratio),
+                            description=f"{reduction:.1%} after {plan.unit_id}")
+        elif not args.json:
+            print(f"  pruned {plan.unit_id:<48} reduction {reduction:.2%}", file=sys.stderr)
+
+    kwargs = dict(importance=args.importance, exclude=args.exclude, input_shapes=_input_shapes(args.input_shape),
+                  on_step=on_step)
+    if progress is not None:
+        with progress:
+            task = progress.add_task("", total=args.ratio or 1.0)
+            result = prune_file(args.input, args.output, args.ratio, **kwargs)
+    else:
+        result = prune_file(args.input, args.output, args.ratio, **kwargs)
+    if args.json:
+        print(json.dumps(result.summary()))
+    else:
+        print(f"{args.output}: {result.params_before:,} -> {result.params_after:,} parameters "
+              f"({result.reduction:.2%} removed, {len(result.pruned_units)} units) "
+              f"in {time.perf_counter() - started:.1f}s; plan in {plan_path_for(__import__('pathlib').Path(args.output))}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    if args.source == "ultralytics":
+        from pathlib import Path
+
+        from .export.ultralytics import export_ultralytics
+
+        path = export_ultralytics(args.src, Path(args.out), imgsz=args.imgsz, opset=args.opset)
+        print(path)
+        return 0
+    raise InvalidArgumentError(f"export {args.source}: not yet supported (available: ultralytics)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onnxdepth", description="Fine-grained depth pruning of ONNX models.")
+    parser.add_argument("--version", action="version", version=f"onnxdepth {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--exclude", metavar="REGEX", help="exclude units whose id (node name) matches REGEX")
+        p.add_argument("--input-shape", action="append", metavar="NAME:DxD",
+                       help="concrete shape for a dynamic graph input (repeatable)")
+
+    p = sub.add_parser("units", help="list pruning units and why some are excluded")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true")
+    common(p)
+    p.set_defaults(func=_cmd_units)
+
+    p = sub.add_parser("prune", help="remove RATIO of the parameters by deleting whole layers")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--ratio", type=float, required=True, help="target parameter reduction in [0, 1)")
+    p.add_argument("--importance", default="magnitude", help="importance metric (default: magnitude)")
+    p.add_argument("--json", action="store_true")
+    common(p)
+    p.set_defaults(func=_cmd_prune)
+
+    p = sub.add_parser("export", help="export a framework model to ONNX")
+    p.add_argument("source", choices=["ultralytics", "hf"], help="exporter")
+    p.add_argument("src", help="ultralytics: bundled yaml (yolov5s.yaml) or .pt")
+    p.add_argument("out", help="output .onnx")
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--opset", type=int, default=None)
+    p.set_defaults(func=_cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return args.func(args)
+    except RatioUnreachableError as exc:
+        print(f"onnxdepth: error: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except OnnxDepthError as exc:
+        print(f"onnxdepth: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("onnxdepth: interrupted; no output written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: still one line (rerun with -v for the traceback), never a partial file
+        if args.verbose:
+            raise
+        print(f"onnxdepth: internal error: {type(exc).__name__}: {exc} (rerun with -v for details)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
