@@ -151,6 +151,7 @@ RESHAPE_LIKE = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 class _Builder:
     def __init__(self, graph: gs.Graph, shapes: dict[str, tuple], input_axes: dict[str, int] | None = None):
         self.input_axes = input_axes
+        self._reduces_channels: dict[int, bool] = {}
         self.graph = graph
         self.shapes = shapes
         self.a = ChannelAnalysis(uf=UnionFind())
@@ -239,6 +240,16 @@ class _Builder:
         return 1 - rank if node.op in ("Conv", "ConvTranspose") else -1
 
     def visit(self, node: gs.Node) -> None:
+        self._visit(node)
+        # Safety net: a tracked input whose channels do not come out the other side is only fine for
+        # ops that consume channels whole (Shape, reductions over channels). Anything else is blocked.
+        tracked_in = [self.a.axes[t.name] for t in node.inputs if t.name in self.a.axes]
+        if tracked_in and node.op not in NO_PROPAGATION and not self._reduces_channels.pop(id(node), False):
+            if node.outputs and not any(t.name in self.a.axes for t in node.outputs):
+                for info in tracked_in:
+                    self.block(info.classes, f"channel tracking lost at {node.op} {node.name}")
+
+    def _visit(self, node: gs.Node) -> None:
         op = node.op
         if transform_weight_index(node) is not None:
             self.visit_transform(node)
@@ -370,7 +381,6 @@ class _Builder:
         tracked = [(i, self.a.axes[t.name]) for i, t in enumerate(node.inputs) if t.name in self.a.axes]
         if not tracked:
             return
-        out_rank = self.rank(node.outputs[0])
         axis = tracked[0][1].axis
         size = max(info.size for _, info in tracked)
         base = next(info for _, info in tracked if info.size == size)
@@ -401,7 +411,7 @@ class _Builder:
                 self.a.sites.append(Site("param", node, i, pos, base.classes))
             else:
                 self.block(base.classes, f"{node.name} combines channels with an untracked tensor")
-        if out_rank is not None and node.outputs:
+        if node.outputs:
             self.set_axis(node.outputs[0], axis, base.classes)
 
     def visit_concat(self, node: gs.Node) -> None:
@@ -540,14 +550,17 @@ class _Builder:
         elif len(node.inputs) > 1 and node.inputs[1].name:
             value = const_value(node.inputs[1])
             if value is None:
-                return  # unknown axes: the output carries no channels we rely on
+                self.block(info.classes, f"{node.op} {node.name} has computed axes")
+                return
             axes = [int(v) for v in value]
         else:
             axes = list(range(rank))
         axes = [a % rank for a in axes]
         channel_pos = rank + info.axis
         if channel_pos in axes:
-            return  # reduces over channels: fine for any channel count, output has no channel axis
+            # Reduces over channels: fine for any channel count, the output has no channel axis.
+            self._reduces_channels[id(node)] = True
+            return
         keepdims = int(node.attrs.get("keepdims", 1))
         out_pos = channel_pos if keepdims else channel_pos - sum(1 for a in axes if a < channel_pos)
         out_rank = rank if keepdims else rank - len(axes)
