@@ -1,0 +1,48 @@
+"""Shared pytest setup: make ``tests/`` importable (``import graphs``, ``import helpers``) and common fixtures."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+import graphs  # noqa: E402
+import helpers  # noqa: E402
+
+
+@pytest.fixture
+def tmp(tmp_path: Path) -> Path:
+    """A fresh temporary directory (alias of ``tmp_path``)."""
+    return tmp_path
+
+
+@pytest.fixture(params=sorted(graphs.FAMILIES))
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def model(family) -> onnx.ModelProto:
+    return graphs.FAMILIES[family]()
+
+
+@pytest.fixture
+def save_model(tmp):
+    """save_model(model, name) -> path of MODEL written into the test's tmp dir."""
+
+    def _save(model: onnx.ModelProto, name: str = "m.onnx") -> Path:
+        path = tmp / name
+        onnx.save_model(model, str(path))
+        return path
+
+    return _save
+
+
+def pytest_report_header(config):
+    return f"onnxdepth test families: {', '.join(sorted(helpers.ALL_BUILDERS))}"
