@@ -1,0 +1,223 @@
+"""PruneSession.units(): one unit per Conv/MatMul/Gemm, with the right exclusions, and units_summary."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import graphs
+import helpers
+from onnxdepth import api
+from onnxdepth.errors import InvalidArgumentError
+from onnxdepth.prune.session import PruneSession
+
+HEAD = "graph head"
+USER = "user exclude"
+SPATIAL = "changes spatial dims"
+COUPLING = "unprovable coupling"
+
+ALL = sorted(helpers.ALL_BUILDERS)
+
+# family: (head, spatial, unprovable coupling, prunable, prunable and channel-preserving)
+EXPECTED_COUNTS = {
+    "mlp": (1, 0, 0, 3, 1),
+    "cnn_channels": (1, 1, 0, 3, 1),
+    "residual": (1, 0, 0, 7, 4),
+    # The two concat branches meet only each other (Concat -> conv -> head), starting at a fork of the
+    # trunk: _find_head treats them as a detection-head branch (as in YOLOv8 Detect), so 4 head units.
+    "concat": (4, 0, 0, 1, 0),
+    "c2f_split": (1, 0, 0, 4, 2),
+    "depthwise": (1, 0, 0, 3, 1),
+    "sppf": (1, 0, 0, 2, 0),
+    "upsample_concat": (1, 1, 0, 3, 1),
+    "batchnorm": (1, 0, 0, 3, 1),
+    "bias": (1, 0, 0, 3, 1),
+    "grouped": (1, 0, 1, 1, 1),
+    "silu_gelu": (1, 0, 0, 2, 1),
+    "identity_layer": (1, 0, 0, 2, 1),
+    "identity_matmul": (1, 0, 0, 2, 2),
+}
+
+
+def _units(name, **kwargs):
+    model = helpers.ALL_BUILDERS[name]()
+    return model, PruneSession(model, **kwargs).units()
+
+
+def test_expected_counts_cover_every_builder():
+    assert set(EXPECTED_COUNTS) == set(helpers.ALL_BUILDERS)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_one_unique_unit_per_layer(name):
+    model, units = _units(name)
+    ids = [u.id for u in units]
+    assert len(ids) == len(set(ids)), f"duplicate unit ids: {ids}"
+    layers = {n.name: n.op_type for n in helpers.layer_nodes(model)}
+    assert len(units) == graphs.EXPECTED_LAYER_COUNTS[name] == graphs.count_layers(model)
+    assert set(ids) == set(layers)
+    for unit in units:
+        assert unit.op in ("Conv", "MatMul", "Gemm")
+        assert unit.op == layers[unit.id]
+        assert unit.params > 0
+        assert unit.prunable == (unit.excluded_reason is None)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_unit_channels_match_weights(name):
+    model, units = _units(name)
+    inits = helpers.initializers(model)
+    for unit in units:
+        node = helpers.node_by_name(model, unit.id)
+        w = inits[node.input[1]]
+        if node.op_type == "Conv":
+            expected = (w.shape[1] * helpers.attr(node, "group", 1), w.shape[0])
+        elif node.op_type == "MatMul":
+            expected = (w.shape[0], w.shape[1])
+        else:  # Gemm, transB=1 in the builders
+            assert helpers.attr(node, "transB") == 1
+            expected = (w.shape[1], w.shape[0])
+        assert (unit.in_channels, unit.out_channels) == expected, unit
+        assert unit.changes_channels == (expected[0] != expected[1])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_unit_params(name):
+    """An excluded unit reports its own weights; a prunable one what its plan removes (at least its own)."""
+    model, units = _units(name)
+    inits = helpers.initializers(model)
+    session = PruneSession(model)
+    for unit in units:
+        node = helpers.node_by_name(model, unit.id)
+        own = sum(inits[i].size for i in node.input[1:] if i in inits)
+        if unit.prunable:
+            assert unit.params == session.plan(unit.id).params_removed
+            assert unit.params >= own
+        else:
+            assert unit.params == own
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_last_layer_is_graph_head(name):
+    model, units = _units(name)
+    by_id = {u.id: u for u in units}
+    for out in model.graph.output:
+        last = helpers.producer(model, out.name)
+        while last.op_type not in helpers.LAYER_OPS:  # e.g. a bias Add after MatMul
+            last = helpers.producer(model, next(i for i in last.input if helpers.producer(model, i)))
+        assert by_id[last.name].excluded_reason == HEAD
+        assert not by_id[last.name].prunable
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_exclusion_counts(name):
+    _, units = _units(name)
+    head = sum(u.excluded_reason == HEAD for u in units)
+    spatial = sum(u.excluded_reason == SPATIAL for u in units)
+    coupling = sum((u.excluded_reason or "").startswith(COUPLING) for u in units)
+    prunable = sum(u.prunable for u in units)
+    reduced = sum(u.prunable and not u.changes_channels for u in units)
+    assert (head, spatial, coupling, prunable, reduced) == EXPECTED_COUNTS[name]
+    assert head + spatial + coupling + prunable == len(units), [u.excluded_reason for u in units]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_spatial_units_are_the_strided_convs(name):
+    model, units = _units(name)
+    strided = {n.name for n in model.graph.node
+               if n.op_type == "Conv" and any(s != 1 for s in helpers.attr(n, "strides", [1]))}
+    assert {u.id for u in units if u.excluded_reason == SPATIAL} == strided
+
+
+def test_cnn_channels_has_exactly_one_spatial_unit():
+    model, units = _units("cnn_channels")
+    spatial = [u for u in units if u.excluded_reason == SPATIAL]
+    assert len(spatial) == 1
+    node = helpers.node_by_name(model, spatial[0].id)
+    assert helpers.attr(node, "strides") == [2, 2]
+    assert not spatial[0].prunable
+
+
+def test_grouped_excludes_the_conv_feeding_the_grouped_conv():
+    model, units = _units("grouped")
+    grouped = [n for n in model.graph.node if n.op_type == "Conv" and helpers.attr(n, "group", 1) > 1]
+    assert len(grouped) == 1
+    # Walk back from the grouped conv through the activation to the conv that feeds it.
+    feeder = helpers.producer(model, grouped[0].input[0])
+    while feeder.op_type != "Conv":
+        feeder = helpers.producer(model, feeder.input[0])
+    by_id = {u.id: u for u in units}
+    assert by_id[feeder.name].excluded_reason.startswith("unprovable coupling")
+    assert not by_id[feeder.name].prunable
+    # The grouped conv itself keeps its width (8 -> 8) and is prunable.
+    assert by_id[grouped[0].name].prunable
+
+
+def test_concat_head_branch_leaves_only_the_stem():
+    model, units = _units("concat")
+    stem = helpers.consumers(model, "x")
+    assert [u.id for u in units if u.prunable] == [stem[0].name]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_user_exclude(name):
+    model, units = _units(name)
+    target = next(u for u in units if u.prunable)
+    _, excluded = _units(name, exclude=f"^{re.escape(target.id)}$")
+    before = {u.id: u.excluded_reason for u in units}
+    after = {u.id: u.excluded_reason for u in excluded}
+    assert after[target.id] == USER
+    assert next(u for u in excluded if u.id == target.id).prunable is False
+    # Nothing else changes.
+    assert {k: v for k, v in after.items() if k != target.id} == \
+        {k: v for k, v in before.items() if k != target.id}
+    summary = api.units_summary(excluded)
+    assert summary["user_excluded"] == 1
+    assert summary["prunable"] == api.units_summary(units)["prunable"] - 1
+
+
+def test_exclude_regex_matches_several_units_but_head_wins():
+    _, units = _units("residual", exclude="conv_[0-9]")  # matches every unit, head included
+    reasons = [u.excluded_reason for u in units]
+    assert reasons.count(HEAD) == 1
+    assert reasons.count(USER) == len(units) - 1
+    assert not any(u.prunable for u in units)
+
+
+def test_invalid_exclude_regex_is_an_argument_error():
+    with pytest.raises(InvalidArgumentError, match="--exclude"):
+        PruneSession(graphs.build_mlp(), exclude="conv_[")
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("exclude", [None, "0$"])
+def test_units_summary_is_consistent(name, exclude):
+    model = helpers.ALL_BUILDERS[name]()
+    units = api.list_units(model, exclude=exclude)
+    s = api.units_summary(units)
+    assert s["prunable"] + sum(s["excluded"].values()) == s["candidates"]
+    assert s["candidates"] + s["head"] + s["user_excluded"] == len(units)
+    assert s["prunable"] == sum(u.prunable for u in units)
+    assert s["prunable_reduced"] == sum(u.prunable and not u.changes_channels for u in units)
+    assert 0 <= s["prunable_reduced"] <= s["prunable"] <= s["candidates"]
+    assert s["head"] == EXPECTED_COUNTS[name][0]
+    if exclude is None:
+        assert s["user_excluded"] == 0
+    for key in s["excluded"]:
+        assert ":" not in key and key not in (HEAD, USER)
+
+
+def test_units_summary_groups_coupling_reasons():
+    s = api.units_summary(api.list_units(graphs.build_grouped()))
+    assert s["excluded"] == {"unprovable coupling": 1}
+    s = api.units_summary(api.list_units(graphs.build_cnn_channels()))
+    assert s["excluded"] == {"changes spatial dims": 1}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_units_does_not_modify_the_model(name):
+    model = helpers.ALL_BUILDERS[name]()
+    before = model.SerializeToString()
+    PruneSession(model).units()
+    assert model.SerializeToString() == before
