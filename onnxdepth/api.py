@@ -110,8 +110,9 @@ def prune_file(src: str | os.PathLike, out: str | os.PathLike, ratio: float, **k
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w") as handle:
             json.dump(data, handle, indent=2)
         umask = os.umask(0)
@@ -119,6 +120,6 @@ def _write_json_atomic(path: Path, data: dict) -> None:
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except OSError as exc:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         raise OutputWriteError(f"{path}: cannot write ({exc.strerror or exc})") from None

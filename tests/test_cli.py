@@ -259,10 +259,6 @@ def test_usage_error_exits_2(cli, model_path, tmp):
     assert not (tmp / "out.onnx").exists()
 
 
-@pytest.mark.xfail(IS_ROOT, strict=True, reason=(
-    "BUG: save_model_atomic calls tempfile.mkstemp outside its try block, so an OSError while creating the "
-    "temporary file (here /proc, which os.access reports writable to root) escapes as an internal error "
-    "('onnxdepth: internal error: FileNotFoundError ...') instead of OutputWriteError, after the whole prune"))
 def test_unwritable_directory_that_passes_access_check(cli, model_path):
     code, out, err = cli("prune", model_path, "/proc/out.onnx", "--ratio", "0.2", "--json")
     assert code == 1
@@ -271,9 +267,6 @@ def test_unwritable_directory_that_passes_access_check(cli, model_path):
     assert not Path("/proc/out.onnx").exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: an OSError from tempfile.mkstemp in graph/io.py save_model_atomic (and api._write_json_atomic) "
-    "is not caught (mkstemp is outside the try), so prune_file raises a raw OSError, not OutputWriteError"))
 def test_temp_file_creation_failure_is_an_output_write_error(monkeypatch, model_path, tmp):
     from onnxdepth.errors import OutputWriteError
     from onnxdepth.graph import io

@@ -14,14 +14,6 @@ from onnxdepth import api
 from onnxdepth.params import count_params_proto
 from onnxdepth.prune.session import PruneSession
 
-BN_BUG = ("BUG: pruning a Conv in a Conv-BN-ReLU chain also removes the BatchNormalization of the PREVIOUS "
-          "conv (find_coupled_ops' pre-norm rule matches it, although it is that conv's post-norm), so the "
-          "surviving layer loses its normalization")
-MATMUL_BIAS_BUG = ("BUG: a MatMul + Add(constant bias) layer (nn.Linear on >2-D input) is pruned without its bias: "
-                   "the Add survives and adds the (width-sliced) bias of the deleted layer to its input, while "
-                   "the activation after it is removed; Conv and Gemm biases are removed with their layer")
-
-
 # -- ratio 0 ----------------------------------------------------------------------------------------------
 
 def test_ratio_zero_is_bit_identical(model):
@@ -81,9 +73,7 @@ def _same_width_cases():
     for name, build in sorted(helpers.ALL_BUILDERS.items()):
         for unit in PruneSession(build()).units():
             if unit.prunable and not unit.changes_channels:
-                reason = {"batchnorm": BN_BUG, "mlp": MATMUL_BIAS_BUG}.get(name)
-                marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-                cases.append(pytest.param(name, unit.id, id=f"{name}-{unit.id}", marks=marks))
+                cases.append(pytest.param(name, unit.id, id=f"{name}-{unit.id}"))
     return cases
 
 
@@ -109,8 +99,8 @@ def test_same_width_unit_equals_model_without_the_layer(name, unit_id):
 
 @pytest.mark.parametrize("unit_index", [
     pytest.param(0, id="conv_0"),
-    pytest.param(1, id="conv_1", marks=pytest.mark.xfail(strict=True, reason=BN_BUG)),
-    pytest.param(2, id="conv_2", marks=pytest.mark.xfail(strict=True, reason=BN_BUG)),
+    pytest.param(1, id="conv_1"),
+    pytest.param(2, id="conv_2"),
 ])
 def test_batchnorm_prune_keeps_other_layers_norms(unit_index):
     """After pruning one conv, every surviving conv is still followed by its own BatchNormalization."""
@@ -229,7 +219,6 @@ def test_c2f_bottleneck_pruned_drops_duplicate_concat_input(order):
     np.testing.assert_allclose(actual[0], expected[0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason=MATMUL_BIAS_BUG)
 @pytest.mark.parametrize("unit_index", [0, 2], ids=["matmul_0", "matmul_1"])
 def test_matmul_bias_is_pruned_with_its_layer(unit_index):
     model = graphs.build_mlp()

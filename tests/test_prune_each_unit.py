@@ -27,7 +27,7 @@ CASES = _cases()
 
 def test_every_model_has_prunable_units():
     assert {c.values[0] for c in CASES} == set(helpers.ALL_BUILDERS)
-    assert len(CASES) == 39  # sum of the prunable counts in test_units.EXPECTED_COUNTS
+    assert len(CASES) == 42  # sum of the prunable counts in test_units.EXPECTED_COUNTS
 
 
 def _prune_one(name, unit_id):
@@ -123,10 +123,6 @@ def test_plan_of_unknown_unit():
         session.plan("no_such_unit")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: PruneSession.plan() returns reason=None for a unit that units() excludes as 'changes spatial "
-    "dims', and apply() accepts it, producing a graph the ONNX checker rejects; plan/apply do not "
-    "enforce the spatial exclusion"))
 @pytest.mark.parametrize("name", ["cnn_channels", "upsample_concat"])
 def test_plan_of_spatial_unit_is_refused(name):
     model = graphs.FAMILIES[name]()

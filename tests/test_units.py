@@ -24,9 +24,8 @@ EXPECTED_COUNTS = {
     "mlp": (1, 0, 0, 3, 1),
     "cnn_channels": (1, 1, 0, 3, 1),
     "residual": (1, 0, 0, 7, 4),
-    # The two concat branches meet only each other (Concat -> conv -> head), starting at a fork of the
-    # trunk: _find_head treats them as a detection-head branch (as in YOLOv8 Detect), so 4 head units.
-    "concat": (4, 0, 0, 1, 0),
+    # The two concat branches start at one fork and meet again: a block (diamond), not a head branch.
+    "concat": (1, 0, 0, 4, 0),
     "c2f_split": (1, 0, 0, 4, 2),
     "depthwise": (1, 0, 0, 3, 1),
     "sppf": (1, 0, 0, 2, 0),
@@ -91,11 +90,10 @@ def test_unit_params(name):
     for unit in units:
         node = helpers.node_by_name(model, unit.id)
         own = sum(inits[i].size for i in node.input[1:] if i in inits)
-        if unit.prunable:
-            assert unit.params == session.plan(unit.id).params_removed
-            assert unit.params >= own
-        else:
-            assert unit.params == own
+        # Every unit reports what its plan removes: at least its own weights (plus a MatMul's bias Add,
+        # coupled activations/norms and, when prunable, the reconciled widths).
+        assert unit.params == session.plan(unit.id).params_removed
+        assert unit.params >= own
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -154,10 +152,12 @@ def test_grouped_excludes_the_conv_feeding_the_grouped_conv():
     assert by_id[grouped[0].name].prunable
 
 
-def test_concat_head_branch_leaves_only_the_stem():
+def test_concat_diamond_is_not_a_head_branch():
+    """Two branches from one fork that re-merge (Concat) are a block: only the last conv is head."""
     model, units = _units("concat")
-    stem = helpers.consumers(model, "x")
-    assert [u.id for u in units if u.prunable] == [stem[0].name]
+    head = [u.id for u in units if u.excluded_reason == HEAD]
+    assert head == [helpers.producer(model, model.graph.output[0].name).name]
+    assert sum(u.prunable for u in units) == 4
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -40,12 +40,11 @@ def is_const(tensor: gs.Tensor | None) -> bool:
     return const_value(tensor) is not None
 
 
-_unique = [0]
+def set_const_input(node: gs.Node, index: int, value: np.ndarray, hint: str = "") -> gs.Constant:
+    """Replace NODE's input INDEX with a fresh constant (never mutates a possibly shared one).
 
-
-def set_const_input(node: gs.Node, index: int, value: np.ndarray, hint: str) -> gs.Constant:
-    """Replace NODE's input INDEX with a fresh constant (never mutates a possibly shared one)."""
-    _unique[0] += 1
-    const = gs.Constant(f"{hint}__od{_unique[0]}", np.ascontiguousarray(value))
+    The name derives from the node (unique per graph) and the input index, so runs are reproducible.
+    """
+    const = gs.Constant(f"{node.name}__in{index}", np.ascontiguousarray(value))
     node.inputs[index] = const
     return const

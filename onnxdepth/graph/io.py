@@ -80,6 +80,11 @@ def check_output_path(out: str | os.PathLike, src: str | os.PathLike | None = No
         raise OutputWriteError(f"{out}: directory {parent} is not writable")
     if out.is_dir():
         raise OutputWriteError(f"{out}: is a directory")
+    try:  # os.access says yes to root everywhere; only creating a file proves the directory writable
+        with tempfile.NamedTemporaryFile(prefix=f".{out.name}.", suffix=".probe", dir=parent):
+            pass
+    except OSError as exc:
+        raise OutputWriteError(f"{out}: directory {parent} is not writable ({exc.strerror or exc})") from None
     return out
 
 
@@ -90,12 +95,13 @@ def save_model_atomic(model: onnx.ModelProto, out: str | os.PathLike) -> Path:
     """
     out = check_output_path(out)
     external = model.ByteSize() > _PROTO_LIMIT
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     data_name = out.name + ".data"
     tmp_data = out.parent / f".{data_name}.tmp"
+    tmp = None
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         if external:
             onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=tmp_data.name, size_threshold=1024)
@@ -117,7 +123,7 @@ def save_model_atomic(model: onnx.ModelProto, out: str | os.PathLike) -> Path:
         raise OutputWriteError(f"{out}: cannot write ({exc.strerror or exc})") from None
     finally:
         for leftover in (tmp, tmp_data):
-            if leftover.exists():
+            if leftover is not None and leftover.exists():
                 leftover.unlink()
     logger.info("wrote %s", out)
     return out

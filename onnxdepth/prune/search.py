@@ -68,7 +68,8 @@ def find_coupled_ops(trigger: gs.Node, expected: set[int], lifting: Lifting, gra
     Activations after the trigger whose backward search meets exactly the expected transforms are
     coupled (Alg. 1). Norms before it whose forward search meets exactly them are coupled (Alg. 2).
     A norm right after the trigger (post-norm Conv-BN) is coupled the same way as an activation: it is
-    an affine map that only exists for the trigger's output.
+    an affine map that only exists for the trigger's output. For the same reason a norm found backwards
+    is a pre-norm (Alg. 2) only if no transform feeds it directly: Conv1-BN1-ReLU-Conv2's BN1 is Conv1's.
     """
     coupled: list[Lifted] = []
     forward, _ = forward_bounded(trigger.outputs[0], lifting, graph_outputs)
@@ -79,6 +80,8 @@ def find_coupled_ops(trigger: gs.Node, expected: set[int], lifting: Lifting, gra
     trigger_op = lifting.of_node[id(trigger)]
     for op in backward_bounded(trigger_op, lifting):
         if op.cls is NodeClass.NORM and op.input is not None:
+            if _transforms(backward_bounded(op, lifting)):
+                continue  # a post-norm of an earlier transform (Conv-BN): it belongs to that layer
             ops, reaches_output = forward_bounded(op.output, lifting, graph_outputs)
             if not reaches_output and _transforms(ops) == expected:
                 coupled.append(op)

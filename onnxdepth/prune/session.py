@@ -67,6 +67,7 @@ class UnitPlan:
     score: float
     reason: str | None = None
     masks: dict = field(default_factory=dict)  # (id(node), input index) -> {axis: keep mask}
+    extra_nodes: list = field(default_factory=list)  # nodes removed with the trigger (a MatMul's bias Add)
 
     def describe(self) -> dict:
         return {"unit": self.unit_id, "removed_channels": int(len(self.removed_roots)),
@@ -158,12 +159,13 @@ class PruneSession:
         transforms = {id(n): n for n in self.graph.nodes if transform_weight_index(n) is not None}
         outputs = {id(t) for t in self.graph.outputs}
         head: set[str] = set()
+        branches: list[tuple[frozenset, list[gs.Node]]] = []  # (fork transforms, chain incl. its H0)
         for node in transforms.values():
             _, reaches = _reach(node.outputs[0], forward=True, outputs=outputs)
             if not reaches:
                 continue
             head.add(node.name)
-            frontier = [(node, [])]
+            frontier = [(node, [node])]
             while frontier:
                 cur, chain = frontier.pop()
                 prev, reaches_input = _reach(cur.inputs[0], forward=False, outputs=outputs)
@@ -174,8 +176,15 @@ class PruneSession:
                     links.append(p if nxt == {id(cur)} and not p_reaches else None)
                 if links and all(link is not None for link in links) and not reaches_input:
                     frontier.extend((p, chain + [p]) for p in links)
-                elif chain and links and all(link is None for link in links) and not reaches_input:
-                    head.update(n.name for n in chain)  # the chain starts at a fork of the trunk
+                elif len(chain) > 1 and links and all(link is None for link in links) and not reaches_input:
+                    branches.append((frozenset(prev), chain))  # the chain starts at a fork of the trunk
+        # Two chains from the same fork that meet again form a block (a diamond), not parallel branches.
+        for k, (fork, chain) in enumerate(branches):
+            members = {id(n) for n in chain}
+            if any(other_fork == fork and members & {id(n) for n in other}
+                   for j, (other_fork, other) in enumerate(branches) if j != k):
+                continue
+            head.update(n.name for n in chain)
         return head
 
     def _spatial_change(self, node: gs.Node) -> bool:
@@ -208,20 +217,11 @@ class PruneSession:
         for name, info in analysis.transforms.items():
             if id(info.node) in self.identity_nodes:
                 continue
-            reason = None
-            if name in self.head_units:
-                reason = HEAD
-            elif self.exclude is not None and self.exclude.search(name):
-                reason = USER
-            elif self._spatial_change(info.node):
-                reason = SPATIAL
-            plan = None
+            plan = self.plan(name)
+            reason = plan.reason
             if reason is None:
-                plan = self.plan(name)
-                reason = plan.reason
-                if reason is None:
-                    self._plans[name] = plan
-            params = plan.params_removed if plan is not None else self._own_params(info.node)
+                self._plans[name] = plan
+            params = plan.params_removed
             n_in, n_out = len(info.in_classes), len(info.out_classes)
             units.append(Unit(name, info.node.op, params, n_in, n_out, n_in != n_out, reason is None, reason))
         return units
@@ -243,12 +243,20 @@ class PruneSession:
     def plan(self, unit_id: str) -> UnitPlan:
         """Plan Prune(f) for UNIT_ID: the channels to drop (lowest importance, Eq. 3.10), coupled ops, cost."""
         a = self.analysis
+        if unit_id not in a.transforms:
+            raise InvalidArgumentError(f"no unit named {unit_id!r}")
         info = a.transforms[unit_id]
         node = info.node
         n_in, n_out = len(info.in_classes), len(info.out_classes)
+        bias = self._bias_add(node, n_out)
+        static_reason = self._static_exclusion(node)
         coupled = find_coupled_ops(node, {id(node)}, self.lifting, {id(t) for t in self.graph.outputs})
-        removed_nodes = {id(node)} | {id(n) for op in coupled for n in op.nodes}
-        own = self._own_params(node) + sum(self._own_params(n) for op in coupled for n in op.nodes)
+        removed_nodes = {id(node)} | {id(n) for n in bias} | {id(n) for op in coupled for n in op.nodes}
+        own = sum(self._own_params(n) for n in [node, *bias]) + sum(
+            self._own_params(n) for op in coupled for n in op.nodes)
+        if static_reason is not None:
+            return UnitPlan(unit_id, node, np.zeros(0, dtype=np.int64), coupled, own, own, 0.0, static_reason,
+                            extra_nodes=bias)
         own_score = sum(float(self.importance(node, i, const_value(t)).sum())
                         for i, t in enumerate(node.inputs[1:], start=1) if const_value(t) is not None)
         removed_roots = np.zeros(0, dtype=np.int64)
@@ -273,7 +281,32 @@ class PruneSession:
                         masks = self._masks(a, removed_roots, removed_nodes)
                         extra_params = self._removed_params(masks)
         return UnitPlan(unit_id, node, removed_roots, coupled, own, own + extra_params, own_score + extra_score,
-                        reason, masks)
+                        reason, masks, extra_nodes=bias)
+
+    def _static_exclusion(self, node: gs.Node) -> str | None:
+        if node.name in self.head_units:
+            return HEAD
+        if self.exclude is not None and self.exclude.search(node.name):
+            return USER
+        if self._spatial_change(node):
+            return SPATIAL
+        return None
+
+    def _bias_add(self, node: gs.Node, n_out: int) -> list[gs.Node]:
+        """A MatMul's bias: the single following Add of a constant with N_OUT values on the last axis."""
+        if node.op != "MatMul":
+            return []
+        out = node.outputs[0]
+        if len(out.outputs) != 1 or id(out) in {id(t) for t in self.graph.outputs}:
+            return []
+        add = out.outputs[0]
+        if add.op != "Add" or len(add.inputs) != 2:
+            return []
+        other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+        value = const_value(other)
+        if value is None or value.ndim < 1 or value.shape[-1] != n_out or value.size != n_out:
+            return []
+        return [add]
 
     def _choose_channels(self, a: ChannelAnalysis, pool: np.ndarray, need: int, skip_nodes: set[int]
                          ) -> tuple[str | None, np.ndarray, float]:
@@ -387,7 +420,8 @@ class PruneSession:
         if plan.reason is not None:
             raise InvalidArgumentError(f"unit {plan.unit_id} cannot be pruned: {plan.reason}")
         self._apply_masks(plan.masks)
-        self._replace_with_identity(plan.node.inputs[0], plan.node.outputs[0], [plan.node])
+        trigger_nodes = [plan.node, *plan.extra_nodes]
+        self._replace_with_identity(plan.node.inputs[0], trigger_nodes[-1].outputs[0], trigger_nodes)
         for op in plan.coupled:
             self._replace_with_identity(op.input, op.output, op.nodes)
         self.pruned.append(plan.unit_id)
