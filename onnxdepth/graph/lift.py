@@ -1,7 +1,7 @@
 """Lift ONNX nodes into the thesis's node classes (Sec. 3.1.2), by graph structure, never by names.
 
 Classes: transforms T (Conv/ConvTranspose/MatMul/Gemm with a constant weight), activations A,
-norms N, arithmetic/concat M, and everything else. Spelled-out activations such as
+norms N (also the spelled-out RMSNorm of exported Llama models), arithmetic/concat M, and everything else. Spelled-out activations such as
 SiLU = x * Sigmoid(x), HardSwish = x * Clip(x + 3, 0, 6) / 6 and GELU = x * 0.5 * (1 + Erf(x / sqrt 2))
 are lifted into one activation group so that they are pruned as one op.
 """
@@ -129,6 +129,61 @@ def _match_gated(mul: gs.Node) -> list[gs.Node] | None:
     return None
 
 
+def _only_consumer(tensor: gs.Tensor, op: str | tuple[str, ...]) -> gs.Node | None:
+    ops = (op,) if isinstance(op, str) else op
+    if len(tensor.outputs) == 1 and tensor.outputs[0].op in ops and id(tensor) not in _graph_outputs[0]:
+        return tensor.outputs[0]
+    return None
+
+
+def _match_rmsnorm(pow_node: gs.Node) -> tuple[list[gs.Node], gs.Tensor] | None:
+    """Spelled-out RMSNorm: [Cast] Pow(x, 2) ReduceMean Add(eps) Sqrt Div(1, .)|Reciprocal Mul(x, .) [Cast] [Mul(w)].
+
+    Returns the group's nodes and its input tensor.
+    """
+    exponent = const_value(pow_node.inputs[1]) if len(pow_node.inputs) == 2 else None
+    if exponent is None or exponent.size != 1 or float(exponent.ravel()[0]) != 2.0:
+        return None
+    xc = pow_node.inputs[0]
+    nodes = [pow_node]
+    reduce = _only_consumer(pow_node.outputs[0], "ReduceMean")
+    if reduce is None:
+        return None
+    nodes.append(reduce)
+    tensor = reduce.outputs[0]
+    scale_mul = None
+    for _ in range(4):
+        nxt = _only_consumer(tensor, ("Add", "Sqrt", "Div", "Reciprocal", "Mul"))
+        if nxt is None:
+            return None
+        if nxt.op == "Mul":
+            if xc in nxt.inputs:
+                scale_mul = nxt
+                nodes.append(nxt)
+            break
+        nodes.append(nxt)
+        tensor = nxt.outputs[0]
+    if scale_mul is None:
+        return None
+    # xc is used by the Pow and the scaling Mul only; a Cast in front of it belongs to the norm.
+    x = xc
+    if xc.inputs and xc.inputs[0].op == "Cast" and len(xc.outputs) == 2:
+        nodes.insert(0, xc.inputs[0])
+        x = xc.inputs[0].inputs[0]
+    out = scale_mul.outputs[0]
+    cast_out = _only_consumer(out, "Cast")
+    if cast_out is not None:
+        nodes.append(cast_out)
+        out = cast_out.outputs[0]
+    weight_mul = _only_consumer(out, "Mul")
+    if weight_mul is not None:
+        other = weight_mul.inputs[0] if weight_mul.inputs[1] is out else weight_mul.inputs[1]
+        value = const_value(other)
+        if value is not None and value.ndim == 1:
+            nodes.append(weight_mul)
+    return nodes, x
+
+
 def lift(graph: gs.Graph) -> Lifting:
     """Classify every node of GRAPH; spelled-out activations become one ACTIVATION group."""
     _graph_outputs[0] = {id(t) for t in graph.outputs}
@@ -154,6 +209,14 @@ def lift(graph: gs.Graph) -> Lifting:
                 for member in group:
                     lifting.of_node[id(member)] = lifted
                 continue
+    for node in graph.nodes:
+        if node.op == "Pow" and id(node) not in lifting.of_node:
+            match = _match_rmsnorm(node)
+            if match is not None:
+                group, x = match
+                lifted = Lifted(NodeClass.NORM, group, x, group[-1].outputs[0])
+                for member in group:
+                    lifting.of_node[id(member)] = lifted
     for node in graph.nodes:
         if id(node) in lifting.of_node:
             continue

@@ -21,9 +21,10 @@ from ..graph.channels import (UNARY_PASSTHROUGH, AnalysisError, ChannelAnalysis,
 from ..graph.consts import const_value, set_const_input
 from ..graph.lift import Lifted, NodeClass, lift, transform_weight_index
 from ..graph.shapes import concrete_input_shapes, infer_static_shapes
+from ..graph.transformer import TransformerLayer, find_layers
 from ..importance import magnitude
 from ..params import count_params
-from .search import find_coupled_ops, forward_bounded
+from .search import find_coupled_ops
 
 __all__ = ["Unit", "UnitPlan", "PruneSession", "ParamImportance"]
 
@@ -74,6 +75,26 @@ class UnitPlan:
                 "coupled_ops": [op.head.op for op in self.coupled], "params_removed": self.params_removed}
 
 
+@dataclass
+class StructuralPlan:
+    """Prune an attention block (Algorithm 7) or a composite unit (MLP sub-layer, whole block)."""
+
+    unit_id: str
+    kind: str  # "attention" | "mlp" | "block"
+    layer: TransformerLayer
+    members: list[str]  # for composites: member unit ids applied in order
+    coupled: list[Lifted]
+    params_removed: int
+    score: float
+    reason: str | None = None
+
+    def describe(self) -> dict:
+        return {"unit": self.unit_id, "kind": self.kind, "members": self.members,
+                "coupled_ops": [op.head.op for op in self.coupled], "params_removed": self.params_removed}
+
+
+GRANULARITIES = ("fine", "sublayer", "block")
+
 # Exclusion reasons in the order they are checked (the first that applies is reported).
 HEAD = "graph head"
 USER = "user exclude"
@@ -84,7 +105,7 @@ class PruneSession:
     """Holds the editable graph-surgeon copy of one model and applies Prune(f) to it."""
 
     def __init__(self, model: onnx.ModelProto, *, input_shapes: dict | None = None, exclude: str | None = None,
-                 importance: ParamImportance = magnitude):
+                 importance: ParamImportance = magnitude, granularity: str = "fine"):
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         self.graph = gs.import_onnx(model)
         self._name_nodes()
@@ -102,6 +123,14 @@ class PruneSession:
         self._lifting = None
         self.head_units = self._find_head()
         self.input_axes = input_channel_axes(self.graph, self.shapes)
+        self.graph.toposort()
+        self.layers = find_layers(self.graph, lift(self.graph), self.head_units)
+        if granularity not in GRANULARITIES:
+            raise InvalidArgumentError(f"--granularity {granularity}: expected one of {', '.join(GRANULARITIES)}")
+        if granularity != "fine" and not self.layers:
+            raise InvalidArgumentError(f"--granularity {granularity}: needs a transformer (no attention block found)")
+        self.granularity = granularity
+        self.removed_graph_io: list[str] = []  # past/present names of pruned attention blocks (KV cache)
 
     # -- bookkeeping ---------------------------------------------------------------------------------
     def _name_nodes(self) -> None:
@@ -209,13 +238,52 @@ class PruneSession:
         return any(pads[i] + pads[i + n] != dilations[i] * (kernel[i] - 1) for i in range(n))
 
     # -- units ---------------------------------------------------------------------------------------
+    def structural_ids(self) -> list[str]:
+        """Ids of the transformer units at this session's granularity, in layer order."""
+        ids = []
+        for layer in self.layers:
+            prefix = f"layer{layer.index}"
+            if self.granularity == "block":
+                ids.append(f"{prefix}.block")
+            else:
+                ids.append(f"{prefix}.attention")
+                if self.granularity == "sublayer":
+                    ids.append(f"{prefix}.mlp")
+                else:
+                    ids.extend(f"{prefix}.{kind}" for kind in layer.mlp)
+        return ids
+
+    def _layer_transforms(self) -> set[int]:
+        return {id(n) for layer in self.layers for n in [*layer.attention.projections, *layer.mlp.values()]}
+
     def units(self) -> list[Unit]:
-        """Every transform in the graph as a unit, with the reason it is excluded, if any."""
+        """Every unit with the reason it is excluded, if any.
+
+        Transformers: attention blocks and MLP sub-layer transforms (fine), attention + MLP (sublayer)
+        or whole layers (block); transforms outside the layers are listed as plain layer units.
+        """
         units = []
-        self._plans: dict[str, UnitPlan] = {}
+        self._plans: dict = {}
         analysis = self.analysis
+        for unit_id in self.structural_ids():
+            if unit_id in self.pruned:
+                continue
+            plan = self.plan(unit_id)
+            if plan.reason is None:
+                self._plans[unit_id] = plan
+            kind = unit_id.split(".", 1)[1]
+            if isinstance(plan, StructuralPlan):
+                width = self._width(plan.layer.attention.input)
+                units.append(Unit(unit_id, "Attention" if kind == "attention" else "Layers", plan.params_removed,
+                                  width, width, False, plan.reason is None, plan.reason, kind))
+            else:
+                info = analysis.transforms[plan.node.name]
+                n_in, n_out = len(info.in_classes), len(info.out_classes)
+                units.append(Unit(unit_id, plan.node.op, plan.params_removed, n_in, n_out, n_in != n_out,
+                                  plan.reason is None, plan.reason, kind))
+        in_layers = self._layer_transforms()
         for name, info in analysis.transforms.items():
-            if id(info.node) in self.identity_nodes:
+            if id(info.node) in self.identity_nodes or id(info.node) in in_layers:
                 continue
             plan = self.plan(name)
             reason = plan.reason
@@ -231,17 +299,91 @@ class PruneSession:
         self.units()
         return list(self._plans.values())
 
-    def _own_params(self, node: gs.Node) -> int:
+    def _own_params(self, node: gs.Node, all_inputs: bool = False) -> int:
         total = 0
-        for tensor in node.inputs[1:]:
+        for tensor in (node.inputs if all_inputs else node.inputs[1:]):
             value = const_value(tensor)
             if value is not None and value.ndim >= 1 and np.issubdtype(value.dtype, np.floating):
                 total += value.size
         return total
 
     # -- planning (pure) -----------------------------------------------------------------------------
-    def plan(self, unit_id: str) -> UnitPlan:
-        """Plan Prune(f) for UNIT_ID: the channels to drop (lowest importance, Eq. 3.10), coupled ops, cost."""
+    def _width(self, tensor: gs.Tensor) -> int:
+        info = self.analysis.axes.get(tensor.name)
+        return len(info.classes) if info is not None else 0
+
+    def _layer(self, unit_id: str) -> tuple[TransformerLayer, str]:
+        prefix, _, kind = unit_id.partition(".")
+        try:
+            return self.layers[int(prefix.removeprefix("layer"))], kind
+        except (ValueError, IndexError):
+            raise InvalidArgumentError(f"no unit named {unit_id!r}") from None
+
+    def plan(self, unit_id: str):
+        """Plan Prune(f) for UNIT_ID (pure): what it removes, what it costs, its score, why not if it can't."""
+        if unit_id not in self.analysis.transforms and re.fullmatch(r"layer\d+\.\w+", unit_id) and self.layers:
+            layer, kind = self._layer(unit_id)
+            if kind in layer.mlp:
+                plan = self._plan_transform(layer.mlp[kind].name)
+                plan.unit_id = unit_id
+                return plan
+            if kind == "attention":
+                return self._plan_attention(unit_id, layer)
+            if kind in ("mlp", "block"):
+                return self._plan_composite(unit_id, layer, kind)
+            raise InvalidArgumentError(f"no unit named {unit_id!r}")
+        return self._plan_transform(unit_id)
+
+    def _plan_attention(self, unit_id: str, layer: TransformerLayer) -> StructuralPlan:
+        """Algorithm 7: activations coupled to O (T1), norms coupled to {Q, K, V} (T2), the whole region."""
+        block = layer.attention
+        if any(n.outputs == [] for n in block.projections):
+            return StructuralPlan(unit_id, "attention", layer, [], [], 0, 0.0, "already pruned")
+        outputs = {id(t) for t in self.graph.outputs}
+        acts = [op for op in find_coupled_ops(block.o, {id(block.o)}, self.lifting, outputs)
+                if op.cls is NodeClass.ACTIVATION]
+        norms = [op for op in find_coupled_ops(block.q, {id(block.q), id(block.k), id(block.v)}, self.lifting,
+                                               outputs) if op.cls is NodeClass.NORM]
+        nodes = list(block.region) + [n for op in acts + norms for n in op.nodes]
+        params = sum(self._own_params(n, all_inputs=True) for n in nodes)
+        score = sum(float(self.importance(n, i, const_value(t)).sum()) for n in block.projections
+                    for i, t in enumerate(n.inputs) if i > 0 and const_value(t) is not None)
+        reason = USER if self.exclude is not None and self.exclude.search(unit_id) else None
+        return StructuralPlan(unit_id, "attention", layer, [], acts + norms, params, score, reason)
+
+    def _plan_composite(self, unit_id: str, layer: TransformerLayer, kind: str) -> StructuralPlan:
+        prefix = f"layer{layer.index}"
+        mlp_ids = [f"{prefix}.{k}" for k in ("mlp_gate", "mlp_up", "mlp_down", "mlp_0", "mlp_1") if k in layer.mlp]
+        mlp_ids = [m for m in mlp_ids if m not in self.pruned]
+        members = ([f"{prefix}.attention"] if kind == "block" and f"{prefix}.attention" not in self.pruned
+                   else []) + mlp_ids
+        params, score, reason = 0, 0.0, None
+        mlp_nodes = [layer.mlp[m.split(".", 1)[1]] for m in mlp_ids]
+        for member in members:
+            if member.endswith(".attention"):
+                plan = self._plan_attention(member, layer)
+                params += plan.params_removed
+                score += plan.score
+                reason = reason or plan.reason
+        for node in mlp_nodes:
+            params += sum(self._own_params(n) for n in [node, *self._bias_add(node, 0, any_width=True)])
+            score += sum(float(self.importance(node, i, const_value(t)).sum())
+                         for i, t in enumerate(node.inputs) if i > 0 and const_value(t) is not None)
+        if mlp_nodes:
+            # The post-attention norm goes with the whole MLP (FindNorm with T = its input transforms).
+            first_inputs = {id(n) for n in mlp_nodes if n.inputs[0] is mlp_nodes[0].inputs[0]}
+            outputs = {id(t) for t in self.graph.outputs}
+            for op in find_coupled_ops(mlp_nodes[0], first_inputs, self.lifting, outputs):
+                if op.cls is NodeClass.NORM:
+                    params += sum(self._own_params(n) for n in op.nodes)
+        if self.exclude is not None and self.exclude.search(unit_id):
+            reason = USER
+        if not members:
+            reason = "already pruned"
+        return StructuralPlan(unit_id, kind, layer, members, [], params, score, reason)
+
+    def _plan_transform(self, unit_id: str) -> UnitPlan:
+        """Plan Prune(f) for a transform: channels to drop (lowest importance, Eq. 3.10), coupled ops, cost."""
         a = self.analysis
         if unit_id not in a.transforms:
             raise InvalidArgumentError(f"no unit named {unit_id!r}")
@@ -271,7 +413,7 @@ class PruneSession:
                 pool_classes, other = (info.out_classes, info.in_classes) if n_in < n_out else (info.in_classes,
                                                                                                info.out_classes)
                 pool = a.roots(pool_classes)
-                other_roots = set(a.roots(other).tolist())
+                other_roots = set(a.roots(other).tolist())  # noqa: the trigger's own two sides
                 if other_roots & set(pool.tolist()):
                     reason = "unprovable coupling: input and output channels are tied"
                 else:
@@ -292,7 +434,7 @@ class PruneSession:
             return SPATIAL
         return None
 
-    def _bias_add(self, node: gs.Node, n_out: int) -> list[gs.Node]:
+    def _bias_add(self, node: gs.Node, n_out: int, any_width: bool = False) -> list[gs.Node]:
         """A MatMul's bias: the single following Add of a constant with N_OUT values on the last axis."""
         if node.op != "MatMul":
             return []
@@ -304,7 +446,9 @@ class PruneSession:
             return []
         other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
         value = const_value(other)
-        if value is None or value.ndim < 1 or value.shape[-1] != n_out or value.size != n_out:
+        if value is None or value.ndim < 1 or value.size != value.shape[-1]:
+            return []
+        if not any_width and value.shape[-1] != n_out:
             return []
         return [add]
 
@@ -328,11 +472,12 @@ class PruneSession:
         ranked = sorted(candidates, key=lambda r: (scores.get(r, 0.0) / multiplicity[r], r))
         # Positions left per tensor, so that no tensor is pruned down to zero channels.
         candidate_set = set(candidates)
+        is_candidate = a.lookup(candidates)
         left: dict[str, int] = {}
         tensors_of: dict[int, list[tuple[str, int]]] = {}
-        for name, axis_info in a.axes.items():
-            tensor_roots = a.roots(axis_info.classes)
-            if not np.isin(tensor_roots, candidates).any():
+        for name in a.axes:
+            tensor_roots = a.tensor_roots(name)
+            if not is_candidate[tensor_roots].any():
                 continue
             left[name] = len(tensor_roots)
             for root, count in zip(*np.unique(tensor_roots, return_counts=True)):
@@ -367,11 +512,12 @@ class PruneSession:
     def _channel_scores(self, a: ChannelAnalysis, roots: set[int], skip_nodes: set[int]) -> dict[int, float]:
         """Total importance of each channel class over every site it occurs in (the group sums of 3.10)."""
         scores: dict[int, float] = {}
+        wanted = a.lookup(roots)
         for site in a.sites:
             if site.kind in ("split", "shape") or id(site.node) in skip_nodes:
                 continue
-            site_roots = a.roots(site.classes)
-            hit = np.isin(site_roots, list(roots))
+            site_roots = a.site_roots(site)
+            hit = wanted[site_roots]
             if not hit.any():
                 continue
             value = const_value(site.node.inputs[site.input_index])
@@ -385,10 +531,11 @@ class PruneSession:
     @staticmethod
     def _masks(a: ChannelAnalysis, removed_roots: np.ndarray, skip_nodes: set[int]) -> dict:
         masks: dict = {}
+        removed = a.lookup(removed_roots)
         for site in a.sites:
             if id(site.node) in skip_nodes:
                 continue
-            keep = ~np.isin(a.roots(site.classes), removed_roots)
+            keep = ~removed[a.site_roots(site)]
             if keep.all():
                 continue
             key = (id(site.node), site.input_index)
@@ -415,10 +562,22 @@ class PruneSession:
         return removed
 
     # -- applying ------------------------------------------------------------------------------------
-    def apply(self, plan: UnitPlan) -> None:
+    def apply(self, plan) -> None:
         """Prune(f): slice reconciled widths, replace the trigger and its coupled ops by identities."""
         if plan.reason is not None:
             raise InvalidArgumentError(f"unit {plan.unit_id} cannot be pruned: {plan.reason}")
+        if isinstance(plan, StructuralPlan):
+            if plan.kind == "attention":
+                self._apply_attention(plan)
+            else:
+                for member in plan.members:
+                    member_plan = self.plan(member)
+                    if member_plan.reason is not None:
+                        raise UnsupportedModelError(f"{plan.unit_id}: member {member} cannot be pruned: "
+                                                    f"{member_plan.reason}")
+                    self.apply(member_plan)
+                self.pruned.append(plan.unit_id)
+            return
         self._apply_masks(plan.masks)
         trigger_nodes = [plan.node, *plan.extra_nodes]
         self._replace_with_identity(plan.node.inputs[0], trigger_nodes[-1].outputs[0], trigger_nodes)
@@ -426,6 +585,32 @@ class PruneSession:
             self._replace_with_identity(op.input, op.output, op.nodes)
         self.pruned.append(plan.unit_id)
         self.graph.cleanup()
+        self._invalidate()
+        self.patch()
+
+    def _apply_attention(self, plan: StructuralPlan) -> None:
+        """Algorithm 7: coupled ops and the whole attention region become identities.
+
+        With a KV cache, the block's past key/value inputs and present outputs go with it.
+        """
+        block = plan.layer.attention
+        for op in plan.coupled:
+            self._replace_with_identity(op.input, op.output, op.nodes)
+        region_inputs = [t for n in block.region for t in n.inputs]
+        graph_inputs = {id(t) for t in self.graph.inputs}
+        produced = [t for n in block.region for t in n.outputs if t is not block.output]
+        for node in block.region:
+            node.outputs.clear()
+        self._replace_with_identity(block.input, block.output, [])
+        produced_ids = {id(t) for t in produced}
+        self.removed_graph_io.extend(t.name for t in self.graph.outputs if id(t) in produced_ids)
+        self.graph.outputs = [t for t in self.graph.outputs if id(t) not in produced_ids]
+        self.graph.cleanup()
+        for tensor in region_inputs:
+            if id(tensor) in graph_inputs and not tensor.outputs:
+                self.graph.inputs = [t for t in self.graph.inputs if t is not tensor]
+                self.removed_graph_io.append(tensor.name)
+        self.pruned.append(plan.unit_id)
         self._invalidate()
         self.patch()
 
@@ -467,7 +652,8 @@ class PruneSession:
     def _replace_with_identity(self, source: gs.Tensor, target: gs.Tensor, nodes: list[gs.Node]) -> None:
         for node in nodes:
             node.outputs.clear()
-        identity = gs.Node("Identity", name=f"{nodes[-1].name}__pruned", inputs=[source], outputs=[target])
+        name = f"{nodes[-1].name}__pruned" if nodes else f"{target.name}__pruned"
+        identity = gs.Node("Identity", name=name, inputs=[source], outputs=[target])
         self.graph.nodes.append(identity)
         self.identity_nodes.add(id(identity))
 
