@@ -16,7 +16,7 @@ from .errors import InvalidArgumentError, OutputWriteError
 from .graph.io import check_output_path, load_model, save_model_atomic
 from .importance import get_metric
 from .prune.session import PruneSession, Unit, UnitPlan
-from .select import prune_to_ratio
+from .select import ORDERINGS, prune_to_ratio, prune_transformer
 from .verify import verify_model
 
 __all__ = ["PruneResult", "list_units", "units_summary", "prune_model", "prune_file", "PLAN_METADATA_KEY"]
@@ -44,8 +44,8 @@ class PruneResult:
 
 
 def list_units(model: onnx.ModelProto, *, exclude: str | None = None,
-               input_shapes: dict | None = None) -> list[Unit]:
-    return PruneSession(model, exclude=exclude, input_shapes=input_shapes).units()
+               input_shapes: dict | None = None, granularity: str = "fine") -> list[Unit]:
+    return PruneSession(model, exclude=exclude, input_shapes=input_shapes, granularity=granularity).units()
 
 
 def units_summary(units: list[Unit]) -> dict:
@@ -64,30 +64,45 @@ def units_summary(units: list[Unit]) -> dict:
 
 
 def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magnitude", exclude: str | None = None,
-                input_shapes: dict | None = None, verify: bool = True,
+                input_shapes: dict | None = None, verify: bool = True, granularity: str = "fine",
+                ordering: str = "ascending", seed: int = 0,
                 on_step: Callable[[UnitPlan, float], None] | None = None) -> PruneResult:
-    """Prune MODEL until RATIO of its parameters are gone (Algorithm 9) and verify the result."""
+    """Prune MODEL until RATIO of its parameters are gone and verify the result.
+
+    CNNs and other non-transformer graphs: Algorithm 9 (iterative). Transformers: Algorithm 8 at
+    --granularity fine, one ranking for sublayer/block (scores computed once, as in the thesis).
+    """
     if not 0.0 <= ratio < 1.0:
         raise InvalidArgumentError(f"--ratio {ratio:g}: must be in [0, 1)")
+    if ordering not in ORDERINGS:
+        raise InvalidArgumentError(f"--ordering {ordering}: expected one of {', '.join(ORDERINGS)}")
     metric = get_metric(importance)
-    session = PruneSession(model, exclude=exclude, input_shapes=input_shapes, importance=metric)
+    session = PruneSession(model, exclude=exclude, input_shapes=input_shapes, importance=metric,
+                           granularity=granularity)
     if ratio == 0.0:
         # Nothing to remove: the model is returned as it is, so outputs are bit-identical.
         out = onnx.ModelProto()
         out.CopyFrom(model)
         result = PruneResult(out, session.params_before, session.params_before, [])
     else:
-        steps = prune_to_ratio(session, ratio, on_step=on_step)
+        if session.layers:
+            steps = prune_transformer(session, ratio, ordering=ordering, seed=seed, on_step=on_step)
+        elif ordering != "ascending":
+            raise InvalidArgumentError("--ordering other than ascending is only supported for transformers yet")
+        else:
+            steps = prune_to_ratio(session, ratio, on_step=on_step)
         out = session.to_model(model)
         result = PruneResult(out, session.params_before, session.params(), [s.unit_id for s in steps],
                              [s.describe() for s in steps])
-    plan = {"onnxdepth_version": "0.1.0", "method": "fine-grained depth pruning (Algorithm 9)",
-            "ratio": ratio, "importance": importance, "exclude": exclude, **result.summary(),
-            "steps": result.steps}
+    method = ("Algorithm 8" if granularity == "fine" else f"{granularity} ranking") if session.layers else \
+        "Algorithm 9"
+    plan = {"onnxdepth_version": "0.1.0", "method": f"depth pruning ({method})", "granularity": granularity,
+            "ordering": ordering, "ratio": ratio, "importance": importance, "exclude": exclude,
+            **result.summary(), "removed_graph_io": session.removed_graph_io, "steps": result.steps}
     entry = result.model.metadata_props.add()
     entry.key, entry.value = PLAN_METADATA_KEY, json.dumps(plan, separators=(",", ":"))
     if verify:
-        verify_model(result.model, model, session.input_shapes)
+        verify_model(result.model, model, session.input_shapes, removed=set(session.removed_graph_io))
     result.plan = plan
     return result
 

@@ -38,7 +38,8 @@ def _cmd_units(args) -> int:
     from .graph.io import load_model
 
     model = load_model(args.model)
-    units = list_units(model, exclude=args.exclude, input_shapes=_input_shapes(args.input_shape))
+    units = list_units(model, exclude=args.exclude, input_shapes=_input_shapes(args.input_shape),
+                       granularity=args.granularity)
     summary = units_summary(units)
     if args.json:
         print(json.dumps({"units": [u.to_json() for u in units], "summary": summary}, indent=2))
@@ -47,10 +48,10 @@ def _cmd_units(args) -> int:
     from rich.table import Table
 
     table = Table(title=f"units of {args.model}")
-    for column in ("id", "op", "params", "in", "out", "changes ch.", "prunable", "excluded because"):
+    for column in ("id", "kind", "op", "params", "in", "out", "changes ch.", "prunable", "excluded because"):
         table.add_column(column)
     for u in units:
-        table.add_row(u.id, u.op, f"{u.params:,}", str(u.in_channels), str(u.out_channels),
+        table.add_row(u.id, u.kind, u.op, f"{u.params:,}", str(u.in_channels), str(u.out_channels),
                       "yes" if u.changes_channels else "", "yes" if u.prunable else "no", u.excluded_reason or "")
     console = Console()
     console.print(table)
@@ -79,7 +80,7 @@ def _cmd_prune(args) -> int:
             print(f"  pruned {plan.unit_id:<48} reduction {reduction:.2%}", file=sys.stderr)
 
     kwargs = dict(importance=args.importance, exclude=args.exclude, input_shapes=_input_shapes(args.input_shape),
-                  on_step=on_step)
+                  granularity=args.granularity, ordering=args.ordering, seed=args.seed, on_step=on_step)
     if progress is not None:
         with progress:
             task = progress.add_task("", total=args.ratio or 1.0)
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p):
         p.add_argument("--exclude", metavar="REGEX", help="exclude units whose id (node name) matches REGEX")
+        p.add_argument("--granularity", default="fine", choices=["fine", "sublayer", "block"],
+                       help="transformers: attention + MLP sub-layers (fine, Algorithm 8), attention + MLP "
+                            "(sublayer), whole layers (block)")
         p.add_argument("--input-shape", action="append", metavar="NAME:DxD",
                        help="concrete shape for a dynamic graph input (repeatable)")
 
@@ -129,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output")
     p.add_argument("--ratio", type=float, required=True, help="target parameter reduction in [0, 1)")
     p.add_argument("--importance", default="magnitude", help="importance metric (default: magnitude)")
+    p.add_argument("--ordering", default="ascending", choices=["ascending", "descending", "random"],
+                   help="visit units by ascending score (the method), descending or random (ablations)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --ordering random")
     p.add_argument("--json", action="store_true")
     common(p)
     p.set_defaults(func=_cmd_prune)

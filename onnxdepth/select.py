@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import random
 from typing import Callable
 
 from .errors import RatioUnreachableError
 from .prune.session import PruneSession, UnitPlan
 
-__all__ = ["prune_to_ratio"]
+__all__ = ["prune_to_ratio", "prune_transformer", "algorithm8_order", "prune_one_shot", "ORDERINGS"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,3 +38,70 @@ def prune_to_ratio(session: PruneSession, ratio: float, *, on_step: Callable[[Un
         if on_step is not None:
             on_step(best, reduction)
     return steps
+
+
+ORDERINGS = ("ascending", "descending", "random")
+
+
+def _ordered(plans: list, ordering: str, seed: int) -> list:
+    if ordering == "ascending":
+        return sorted(plans, key=lambda p: (p.score, p.unit_id))
+    if ordering == "descending":
+        return sorted(plans, key=lambda p: (-p.score, p.unit_id))
+    rng = random.Random(seed)
+    shuffled = sorted(plans, key=lambda p: p.unit_id)
+    rng.shuffle(shuffled)
+    return shuffled
+
+
+def algorithm8_order(plans: list, ordering: str = "ascending", seed: int = 0) -> list[str]:
+    """Algorithm 8's visiting order: separate attention / non-attention rankings, interleaved so that
+    position k takes an attention unit when k mod 3 == 1 (two non-attention units per attention unit).
+    When one ranking runs out the other continues alone."""
+    attention = [p.unit_id for p in _ordered([p for p in plans if p.unit_id.endswith(".attention")], ordering, seed)]
+    others = [p.unit_id for p in _ordered([p for p in plans if not p.unit_id.endswith(".attention")], ordering,
+                                          seed + 1)]
+    order: list[str] = []
+    k = 0
+    while attention or others:
+        take_attention = (k % 3 == 1 and attention) or not others
+        order.append((attention if take_attention else others).pop(0))
+        k += 1
+    return order
+
+
+def prune_one_shot(session: PruneSession, ratio: float, order: list[str], *,
+                   on_step: Callable | None = None) -> list:
+    """Prune units in the given ORDER (scores computed once, as the thesis does for LLMs) until the
+    parameter reduction reaches RATIO. Units that became unprunable meanwhile are skipped."""
+    steps = []
+    total = session.params_before
+    reduction = 0.0
+    for unit_id in order:
+        if reduction >= ratio:
+            break
+        plan = session.plan(unit_id)
+        if plan.reason is not None:
+            logger.info("skipping %s: %s", unit_id, plan.reason)
+            continue
+        session.apply(plan)
+        steps.append(plan)
+        reduction = 1.0 - session.params() / total
+        if on_step is not None:
+            on_step(plan, reduction)
+    if reduction < ratio:
+        raise RatioUnreachableError(
+            f"ratio {ratio:g} is not reachable: the largest reachable reduction is {reduction:.4f}"
+            f" ({len(steps)} units pruned, nothing prunable left)", reachable=reduction)
+    return steps
+
+
+def prune_transformer(session: PruneSession, ratio: float, *, ordering: str = "ascending", seed: int = 0,
+                      on_step: Callable | None = None) -> list:
+    """Algorithm 8 for --granularity fine, one plain ranking for sublayer/block."""
+    plans = session.prunable_plans()
+    if session.granularity == "fine":
+        order = algorithm8_order(plans, ordering, seed)
+    else:
+        order = [p.unit_id for p in _ordered(plans, ordering, seed)]
+    return prune_one_shot(session, ratio, order, on_step=on_step)
