@@ -105,7 +105,13 @@ def _cmd_export(args) -> int:
         path = export_ultralytics(args.src, Path(args.out), imgsz=args.imgsz, opset=args.opset)
         print(path)
         return 0
-    raise InvalidArgumentError(f"export {args.source}: not yet supported (available: ultralytics)")
+    from pathlib import Path
+
+    from .export.hf import export_hf
+
+    path = export_hf(args.src, Path(args.out), task=args.task, opset=args.opset, overwrite=args.overwrite)
+    print(path)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,9 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a framework model to ONNX")
     p.add_argument("source", choices=["ultralytics", "hf"], help="exporter")
-    p.add_argument("src", help="ultralytics: bundled yaml (yolov5s.yaml) or .pt")
-    p.add_argument("out", help="output .onnx")
-    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("src", help="ultralytics: bundled yaml (yolov5s.yaml) or .pt; hf: model directory or .gguf")
+    p.add_argument("out", help="ultralytics: output .onnx; hf: output directory (model.onnx + tokenizer/config)")
+    p.add_argument("--imgsz", type=int, default=640, help="ultralytics: image size")
+    p.add_argument("--task", default="text-generation",
+                   choices=["text-generation", "text-generation-with-past", "feature-extraction"],
+                   help="hf: export task")
+    p.add_argument("--overwrite", action="store_true", help="hf: replace an existing model.onnx in OUT")
     p.add_argument("--opset", type=int, default=None)
     p.set_defaults(func=_cmd_export)
     return parser

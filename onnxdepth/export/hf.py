@@ -59,6 +59,7 @@ def _first_line(exc: BaseException) -> str:
         return exc.strerror
     text = str(exc).strip() or type(exc).__name__
     line = text.splitlines()[0].strip()
+    line = line.split(" Please open an issue at", 1)[0]  # optimum's boilerplate tail
     return line if len(line) <= 300 else line[:297] + "..."
 
 
@@ -117,7 +118,9 @@ def _check_outdir(outdir: pathlib.Path, overwrite: bool) -> None:
     if outdir.exists() and not outdir.is_dir():
         raise OutputWriteError(f"output path exists and is not a directory: {outdir}")
     if (outdir / "model.onnx").exists() and not overwrite:
-        raise OutputWriteError(f"{outdir / 'model.onnx'} already exists (pass overwrite=True to replace it)")
+        raise OutputWriteError(
+            f"{outdir / 'model.onnx'} already exists (pass overwrite=True / --overwrite to replace it)"
+        )
     if not os.access(parent, os.W_OK) or (outdir.is_dir() and not os.access(outdir, os.W_OK)):
         raise OutputWriteError(f"output directory is not writable: {outdir if outdir.is_dir() else parent}")
 
