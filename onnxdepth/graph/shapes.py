@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import onnx
 
@@ -19,19 +20,44 @@ def concrete_input_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int
     """Concrete shape of every graph input: OVERRIDES first, then static dims, symbolic ones filled in."""
     overrides = overrides or {}
     init_names = {i.name for i in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in init_names]
+    # One value per symbolic dim name, so that inputs sharing a dim agree (batch 1 when the name is ever
+    # used on axis 0); names in overrides' inputs are taken from there. Expressions such as
+    # "past_sequence_length + sequence_length" (a KV-cache attention mask) are evaluated from them.
+    values: dict[str, int] = {}
+    for value in inputs:
+        if value.name in overrides:
+            for d, size in zip(value.type.tensor_type.shape.dim, overrides[value.name]):
+                if d.dim_param and _NAME.fullmatch(d.dim_param):
+                    values[d.dim_param] = int(size)
+    fixed = set(values)
+    for value in inputs:
+        for k, d in enumerate(value.type.tensor_type.shape.dim):
+            if d.dim_param and _NAME.fullmatch(d.dim_param) and d.dim_param not in fixed:
+                size = 1 if k == 0 else DEFAULT_DYNAMIC_SIZE
+                values[d.dim_param] = min(values.get(d.dim_param, size), size)
     shapes: dict[str, tuple[int, ...]] = {}
-    for value in model.graph.input:
-        if value.name in init_names:
-            continue
+    for value in inputs:
         if value.name in overrides:
             shapes[value.name] = tuple(overrides[value.name])
             continue
-        dims = value.type.tensor_type.shape.dim
-        shapes[value.name] = tuple(
-            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (1 if k == 0 else DEFAULT_DYNAMIC_SIZE)
-            for k, d in enumerate(dims)
-        )
+        dims = []
+        for k, d in enumerate(value.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(d.dim_value)
+            elif d.dim_param and d.dim_param in values:
+                dims.append(values[d.dim_param])
+            elif d.dim_param and _EXPR.fullmatch(d.dim_param):
+                expr = _NAME.sub(lambda match: str(values.get(match.group(0), DEFAULT_DYNAMIC_SIZE)), d.dim_param)
+                dims.append(int(eval(expr, {"__builtins__": {}}, {})))  # digits and + - * only (checked)
+            else:
+                dims.append(1 if k == 0 else DEFAULT_DYNAMIC_SIZE)
+        shapes[value.name] = tuple(dims)
     return shapes
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+_EXPR = re.compile(r"[A-Za-z0-9_. +*-]+")
 
 
 def infer_static_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple]:

@@ -28,6 +28,8 @@ def forward_bounded(start: gs.Tensor, lifting: Lifting, graph_outputs: set) -> t
         if id(tensor) in graph_outputs:
             reached_output = True
         for consumer in tensor.outputs:
+            if consumer.op in ("Shape", "Size"):
+                continue  # carries the tensor's shape, not its data
             op = lifting.of_node.get(id(consumer))
             if op is None or id(op) in seen:
                 continue

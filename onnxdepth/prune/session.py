@@ -803,6 +803,8 @@ def _reach(tensor: gs.Tensor, *, forward: bool, outputs: set) -> tuple[set[int],
                 end = True
             nodes = t.inputs
         for node in nodes:
+            if node.op in ("Shape", "Size"):
+                continue  # carries the tensor's shape, not its data
             if transform_weight_index(node) is not None and (not forward or node.inputs[0] is t):
                 found.add(id(node))
             elif forward:
