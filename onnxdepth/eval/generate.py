@@ -1,0 +1,70 @@
+"""Greedy generation through ONNX Runtime, with the KV cache of a text-generation-with-past export.
+
+Works on pruned models too: the past/present pairs are read off the session's inputs and outputs
+(`past_key_values.<i>.key|value` -> `present.<i>.key|value`), so a layer whose attention was pruned
+simply has no cache entry.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnxruntime as ort
+
+__all__ = ["greedy_generate", "make_session"]
+
+_PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
+
+
+def make_session(model, threads: int | None = None, providers: list[str] | None = None) -> ort.InferenceSession:
+    if isinstance(model, ort.InferenceSession):
+        return model
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
+    return ort.InferenceSession(source, options, providers=providers or ["CPUExecutionProvider"])
+
+
+def greedy_generate(model, input_ids: np.ndarray, max_new_tokens: int, *, eos_token_id: int | None = None,
+                    threads: int | None = None) -> np.ndarray:
+    """Greedy decoding of MAX_NEW_TOKENS after INPUT_IDS ([1, n] int64); returns the new tokens.
+
+    With a KV cache the prompt is run once and each new token is one step; without one, the whole
+    sequence is re-run each step.
+    """
+    session = make_session(model, threads)
+    inputs = {i.name: i for i in session.get_inputs()}
+    past_names = [name for name in inputs if _PAST.fullmatch(name)]
+    ids = np.asarray(input_ids, dtype=np.int64).reshape(1, -1)
+    cache: dict[str, np.ndarray] = {}
+    for name in past_names:
+        # Empty past: [batch, kv_heads, 0, head_dim], the static dims read off the declared shape.
+        dims = inputs[name].shape
+        cache[name] = np.zeros((1, int(dims[1]), 0, int(dims[3])), dtype=np.float32)
+    generated: list[int] = []
+    step_ids, seen = ids, 0
+    for _ in range(max_new_tokens):
+        total = seen + step_ids.shape[1]
+        feeds = {"input_ids": step_ids}
+        if "attention_mask" in inputs:
+            feeds["attention_mask"] = np.ones((1, total), dtype=np.int64)
+        if "position_ids" in inputs:
+            feeds["position_ids"] = np.arange(seen, total, dtype=np.int64)[None]
+        feeds.update(cache)
+        outputs = session.run(None, feeds)
+        by_name = dict(zip([o.name for o in session.get_outputs()], outputs))
+        token = int(np.argmax(by_name["logits"][0, -1]))
+        generated.append(token)
+        if eos_token_id is not None and token == eos_token_id:
+            break
+        if past_names:
+            for name in past_names:
+                cache[name] = by_name[name.replace("past_key_values", "present")]
+            seen = total
+            step_ids = np.array([[token]], dtype=np.int64)
+        else:
+            step_ids = np.concatenate([step_ids, [[token]]], axis=1)
+    return np.array(generated, dtype=np.int64)
