@@ -20,6 +20,7 @@ import onnxruntime as ort  # noqa: E402
 
 from onnxdepth.errors import ExportError, InvalidArgumentError, OutputWriteError  # noqa: E402
 from onnxdepth.export.hf import export_hf  # noqa: E402
+from tiny_hf import save_tiny_bert, save_tiny_llama  # noqa: E402
 
 VOCAB, HIDDEN, LAYERS, HEADS, KV_HEADS, INTER = 256, 64, 2, 4, 2, 128
 SEQ = 8
@@ -28,27 +29,13 @@ SEQ = 8
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory) -> Path:
     """A tiny random LlamaForCausalLM saved with save_pretrained (no tokenizer: optimum does not need one)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                      num_key_value_heads=KV_HEADS, intermediate_size=INTER, vocab_size=VOCAB,
-                      max_position_embeddings=128)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("llama") / "tiny-llama"
-    LlamaForCausalLM(cfg).eval().save_pretrained(path)
-    return path
+    return save_tiny_llama(tmp_path_factory.mktemp("llama") / "tiny-llama", vocab=VOCAB, hidden=HIDDEN,
+                           layers=LAYERS, heads=HEADS, kv_heads=KV_HEADS, inter=INTER)
 
 
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory) -> Path:
-    from transformers import BertConfig, BertModel
-
-    cfg = BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("bert") / "tiny-bert"
-    BertModel(cfg).eval().save_pretrained(path)
-    return path
+    return save_tiny_bert(tmp_path_factory.mktemp("bert") / "tiny-bert")
 
 
 @pytest.fixture(scope="module")

@@ -68,3 +68,41 @@ def greedy_generate(model, input_ids: np.ndarray, max_new_tokens: int, *, eos_to
         else:
             step_ids = np.concatenate([step_ids, [[token]]], axis=1)
     return np.array(generated, dtype=np.int64)
+
+
+def sample_sequences(model, start_token: int, n: int, length: int, *, seed: int = 0, temperature: float = 1.0,
+                     top_k: int = 50, threads: int | None = None) -> np.ndarray:
+    """N sequences of LENGTH tokens sampled (top-k, seeded) from a causal LM, batched, starting at START_TOKEN."""
+    session = make_session(model, threads)
+    inputs = {i.name: i for i in session.get_inputs()}
+    past_names = [name for name in inputs if _PAST.fullmatch(name)]
+    rng = np.random.default_rng(seed)
+    seqs = np.full((n, 1), start_token, dtype=np.int64)
+    cache = {name: np.zeros((n, int(inputs[name].shape[1]), 0, int(inputs[name].shape[3])), dtype=np.float32)
+             for name in past_names}
+    seen = 0
+    while seqs.shape[1] < length:
+        step = seqs[:, seen:] if past_names else seqs
+        offset = seen if past_names else 0
+        total = offset + step.shape[1]
+        feeds = {"input_ids": step}
+        if "attention_mask" in inputs:
+            feeds["attention_mask"] = np.ones((n, total), dtype=np.int64)
+        if "position_ids" in inputs:
+            feeds["position_ids"] = np.broadcast_to(np.arange(offset, total, dtype=np.int64), step.shape).copy()
+        feeds.update(cache)
+        outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+        logits = outputs["logits"][:, -1].astype(np.float64) / temperature
+        # Top-k sampling: keep the K largest logits per row, softmax, draw one token each.
+        top = np.argpartition(-logits, top_k, axis=1)[:, :top_k]
+        top_logits = np.take_along_axis(logits, top, axis=1)
+        probs = np.exp(top_logits - top_logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        picks = np.array([rng.choice(top_k, p=row) for row in probs])
+        tokens = top[np.arange(n), picks]
+        if past_names:
+            for name in past_names:
+                cache[name] = outputs[name.replace("past_key_values", "present")]
+            seen = total
+        seqs = np.concatenate([seqs, tokens[:, None]], axis=1)
+    return seqs

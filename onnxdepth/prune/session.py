@@ -105,7 +105,7 @@ class PruneSession:
     """Holds the editable graph-surgeon copy of one model and applies Prune(f) to it."""
 
     def __init__(self, model: onnx.ModelProto, *, input_shapes: dict | None = None, exclude: str | None = None,
-                 importance: ParamImportance = magnitude, granularity: str = "fine"):
+                 importance: ParamImportance = magnitude, granularity: str = "fine", detect_head: bool = True):
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         self.graph = gs.import_onnx(model)
         self._name_nodes()
@@ -121,7 +121,8 @@ class PruneSession:
         self.params_before = count_params(self.graph)
         self._analysis: ChannelAnalysis | None = None
         self._lifting = None
-        self.head_units = self._find_head()
+        # A cut-out layer (block-local scoring) has no head: its output is just the next layer's input.
+        self.head_units = self._find_head() if detect_head else set()
         self.input_axes = input_channel_axes(self.graph, self.shapes)
         self.graph.toposort()
         self.layers = find_layers(self.graph, lift(self.graph), self.head_units)
@@ -131,6 +132,23 @@ class PruneSession:
             raise InvalidArgumentError(f"--granularity {granularity}: needs a transformer (no attention block found)")
         self.granularity = granularity
         self.removed_graph_io: list[str] = []  # past/present names of pruned attention blocks (KV cache)
+
+    def fork(self) -> "PruneSession":
+        """An independent copy of a session that has not pruned anything yet, without re-running shape
+        inference or head detection (block-local scoring prunes one unit per copy)."""
+        if self.pruned:
+            raise InvalidArgumentError("fork() is only for sessions that have not pruned anything")
+        clone = object.__new__(PruneSession)
+        clone.__dict__.update(self.__dict__)
+        clone.graph = self.graph.copy()
+        clone.identity_nodes = set()
+        clone.pruned = []
+        clone.removed_graph_io = []
+        clone._analysis = None
+        clone._lifting = None
+        clone.graph.toposort()
+        clone.layers = find_layers(clone.graph, lift(clone.graph), clone.head_units)
+        return clone
 
     # -- bookkeeping ---------------------------------------------------------------------------------
     def _name_nodes(self) -> None:

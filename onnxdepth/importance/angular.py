@@ -1,0 +1,191 @@
+"""Angular-distance importance (Eq. 3.11), computed block-locally through ONNX Runtime.
+
+One run of the whole model caches every transformer layer's input and output on the calibration set.
+Each unit is then scored by cutting its own layer out of the graph (`extract_submodel`), applying
+Prune(f) to that small sub-model, running it on the cached layer input and comparing with the cached
+layer output: mean over tokens of arccos(cos(y, y')) / pi. A whole layer (block granularity) needs no
+run at all: pruned, it is the identity, so its score is the distance between its input and output.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from ..errors import UnsupportedModelError
+from ..graph.extract import extract_submodel, with_extra_outputs
+from ..graph.lift import NodeClass
+from ..prune.search import find_coupled_ops
+
+__all__ = ["LayerCache", "layer_boundaries", "cache_layers", "angular_distance", "angular_scores",
+           "model_feeds"]
+
+logger = logging.getLogger(__name__)
+
+
+def angular_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-token arccos(cos(a, b)) / pi over the last axis."""
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
+    return np.arccos(np.clip(cos, -1.0, 1.0)) / np.pi
+
+
+def layer_boundaries(session) -> list[tuple[str, str]]:
+    """(input, output) tensor names of every transformer layer, by structure.
+
+    A layer's input is what its attention's coupled input norm reads (or the Q/K/V input when there is
+    no pre-norm, as in post-norm BERT); its output is the next layer's input, and for the last layer
+    the input of the norm in front of the LM head (or the graph output).
+    """
+    outputs = {id(t) for t in session.graph.outputs}
+    starts = []
+    for layer in session.layers:
+        block = layer.attention
+        norms = [op for op in find_coupled_ops(block.q, {id(block.q), id(block.k), id(block.v)}, session.lifting,
+                                               outputs) if op.cls is NodeClass.NORM]
+        starts.append((norms[0].input if norms else block.input).name)
+    head = [n for n in session.graph.nodes if n.name in session.head_units]
+    last = None
+    if head:
+        data = head[0].inputs[0]
+        producer = session.lifting.of_node.get(id(data.inputs[0])) if data.inputs else None
+        last = producer.input.name if producer is not None and producer.cls is NodeClass.NORM else data.name
+    if last is None:
+        last = session.graph.outputs[0].name
+    ends = starts[1:] + [last]
+    return list(zip(starts, ends))
+
+
+def model_feeds(model_inputs: dict, tokens: np.ndarray) -> dict:
+    """Graph feeds for a token batch: ids, mask, positions, token types, empty KV cache."""
+    batch, length = tokens.shape
+    feeds = {"input_ids": tokens}
+    for name, spec in model_inputs.items():
+        if name == "attention_mask":
+            feeds[name] = np.ones((batch, length), dtype=np.int64)
+        elif name == "position_ids":
+            feeds[name] = np.broadcast_to(np.arange(length, dtype=np.int64), (batch, length)).copy()
+        elif name == "token_type_ids":
+            feeds[name] = np.zeros((batch, length), dtype=np.int64)
+        elif name.startswith("past_key_values"):
+            feeds[name] = np.zeros((batch, int(spec.shape[1]), 0, int(spec.shape[3])), dtype=np.float32)
+    return {k: v for k, v in feeds.items() if k in model_inputs}
+
+
+@dataclass
+class LayerCache:
+    boundaries: list[tuple[str, str]]
+    hidden: dict[str, list[np.ndarray]]  # tensor name -> one array per calibration batch
+    feeds: list[dict]  # graph feeds per batch
+
+
+def _session(model: onnx.ModelProto, threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def cache_layers(model: onnx.ModelProto, boundaries: list[tuple[str, str]], tokens: np.ndarray, *,
+                 batch_size: int = 8, threads: int | None = None) -> LayerCache:
+    names = sorted({n for pair in boundaries for n in pair})
+    session = _session(with_extra_outputs(model, names), threads)
+    inputs = {i.name: i for i in session.get_inputs()}
+    out_names = [o.name for o in session.get_outputs()]
+    hidden: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    feeds_per_batch = []
+    for start in range(0, len(tokens), batch_size):
+        feeds = model_feeds(inputs, tokens[start:start + batch_size])
+        values = dict(zip(out_names, session.run(None, feeds)))
+        for n in names:
+            hidden[n].append(values[n])
+        feeds_per_batch.append(feeds)
+    return LayerCache(boundaries, hidden, feeds_per_batch)
+
+
+def angular_scores(model: onnx.ModelProto, session, tokens: np.ndarray, *, batch_size: int = 8,
+                   threads: int | None = None, progress: bool = True) -> dict[str, float]:
+    """Angular importance of every unit of SESSION (its granularity), block-locally."""
+    from ..prune.session import PruneSession
+
+    if not session.layers:
+        raise UnsupportedModelError("angular importance needs a transformer (no attention block found)")
+    started = time.perf_counter()
+    boundaries = layer_boundaries(session)
+    cache = cache_layers(model, boundaries, tokens, batch_size=batch_size, threads=threads)
+    unit_ids = [u for u in session.structural_ids()]
+    scores: dict[str, float] = {}
+    bar = _progress(len(unit_ids), progress)
+    for index, (start, end) in enumerate(boundaries):
+        prefix = f"layer{index}."
+        kinds = [u[len(prefix):] for u in unit_ids if u.startswith(prefix)]
+        if kinds == ["block"]:
+            # A pruned layer is the identity: compare its input with its output directly.
+            scores[prefix + "block"] = _mean_distance(cache.hidden[start], cache.hidden[end])
+            bar(prefix + "block")
+            continue
+        sub = extract_submodel(model, [start], [end])
+        sub_inputs = [v.name for v in sub.graph.input]
+        base = PruneSession(sub, granularity=session.granularity, input_shapes=_sub_shapes(sub, cache, start),
+                            detect_head=False)
+        if len(base.layers) != 1:
+            raise UnsupportedModelError(f"layer {index}: the cut-out layer has {len(base.layers)} attention blocks")
+        for kind in kinds:
+            local = base.fork()
+            local.apply(local.plan(f"layer0.{kind}"))
+            pruned = local.to_model(sub)
+            runner = _session(pruned, threads)
+            names = {i.name for i in runner.get_inputs()}
+            outs = []
+            for b, feeds in enumerate(cache.feeds):
+                local_feeds = {k: v for k, v in feeds.items() if k in names and k in sub_inputs}
+                local_feeds[start] = cache.hidden[start][b]
+                outs.append(runner.run([end], local_feeds)[0])
+            scores[prefix + kind] = _mean_distance(cache.hidden[end], outs)
+            bar(prefix + kind)
+    bar(None)
+    logger.info("angular scores for %d units in %.1f s", len(scores), time.perf_counter() - started)
+    return scores
+
+
+def _sub_shapes(sub: onnx.ModelProto, cache: LayerCache, start: str) -> dict:
+    shapes = {start: tuple(cache.hidden[start][0].shape)}
+    for name, value in cache.feeds[0].items():
+        if any(v.name == name for v in sub.graph.input):
+            shapes[name] = tuple(value.shape)
+    return shapes
+
+
+def _mean_distance(reference: list[np.ndarray], pruned: list[np.ndarray]) -> float:
+    total, count = 0.0, 0
+    for a, b in zip(reference, pruned):
+        d = angular_distance(a, b)
+        total += float(d.sum())
+        count += d.size
+    return total / max(count, 1)
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return lambda item: None
+    from rich.progress import Progress
+
+    progress = Progress(transient=True)
+    progress.start()
+    task = progress.add_task("angular importance", total=total)
+
+    def advance(item):
+        if item is None:
+            progress.stop()
+        else:
+            progress.update(task, advance=1, description=f"angular: {item}")
+
+    return advance

@@ -1,0 +1,63 @@
+"""Tiny random Hugging Face models for the export / transformer tests (needs torch + transformers).
+
+Builders save with ``save_pretrained`` into a directory and return it; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def llama_config(*, vocab: int = 128, hidden: int = 64, layers: int = 3, heads: int = 4, kv_heads: int = 2,
+                 inter: int = 128, **extra):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                       num_key_value_heads=kv_heads, intermediate_size=inter, vocab_size=vocab,
+                       max_position_embeddings=128, **extra)
+
+
+def save_tiny_llama(path: Path, *, seed: int = 0, norm_noise: float = 0.0, **config) -> Path:
+    """A tiny random LlamaForCausalLM (no tokenizer: optimum does not need one).
+
+    NORM_NOISE > 0 draws the RMSNorm weights as 1 + NORM_NOISE * N(0, 1) instead of all ones, so that
+    each norm is a distinct, non-trivial parameter (identical initializers are shared by the exporter).
+    """
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(llama_config(**config)).eval()
+    if norm_noise:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    param.copy_(1.0 + norm_noise * torch.randn_like(param))
+    model.save_pretrained(path)
+    return path
+
+
+def save_tiny_bert(path: Path, *, seed: int = 0, vocab: int = 128, hidden: int = 32, layers: int = 2,
+                   heads: int = 2, inter: int = 64) -> Path:
+    import torch
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                     intermediate_size=inter, max_position_embeddings=64)
+    torch.manual_seed(seed)
+    BertModel(cfg).eval().save_pretrained(path)
+    return path
+
+
+def decoder_feed(input_ids: np.ndarray, past: int = 0) -> dict[str, np.ndarray]:
+    """input_ids / attention_mask / position_ids of an optimum decoder export for one step."""
+    input_ids = np.asarray(input_ids, dtype=np.int64).reshape(1, -1)
+    seq = input_ids.shape[1]
+    return {"input_ids": input_ids, "attention_mask": np.ones((1, past + seq), dtype=np.int64),
+            "position_ids": np.arange(past, past + seq, dtype=np.int64)[None]}
