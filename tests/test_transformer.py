@@ -51,7 +51,7 @@ LAYER1_UNITS = {
 }
 # What the units of the BERT export are today (see test_bert_units / test_bert_mlp_down_is_a_unit).
 BERT_UNIT_IDS = {
-    "fine": [f"layer{i}.{k}" for i in range(BERT_LAYERS) for k in ("attention", "mlp_0")],
+    "fine": [f"layer{i}.{k}" for i in range(BERT_LAYERS) for k in ("attention", "mlp_up", "mlp_down")],
     "sublayer": [f"layer{i}.{k}" for i in range(BERT_LAYERS) for k in ("attention", "mlp")],
     "block": [f"layer{i}.block" for i in range(BERT_LAYERS)],
 }
@@ -232,9 +232,9 @@ def test_llama_layers_by_structure(hf):
 
 
 def test_bert_units(hf):
-    """What the tool finds in a 2-layer BERT today: attention + intermediate per layer; the output
-    dense of every layer reaches the graph output through residual Adds and LayerNorms only, so it is
-    excluded as a graph head, and the intermediate alone is listed as mlp_0."""
+    """A 2-layer BERT: attention + intermediate (mlp_up) + output dense (mlp_down) per layer. The output
+    dense writes into the residual stream, so it is not a graph head even though only Adds and
+    LayerNorms follow it up to last_hidden_state; nothing is excluded."""
     for granularity in ("fine", "sublayer", "block"):
         session = PruneSession(hf.bert, granularity=granularity)
         assert len(session.layers) == BERT_LAYERS
@@ -242,18 +242,9 @@ def test_bert_units(hf):
         layer_units = [u for u in units if u.id.startswith("layer")]
         assert [u.id for u in layer_units] == BERT_UNIT_IDS[granularity]
         assert all(u.prunable for u in layer_units)
-        assert sorted((u.id, u.excluded_reason) for u in units if not u.prunable) == [
-            (name, "graph head") for name in BERT_OUTPUT_DENSE]
+        assert [u.id for u in units if not u.prunable] == []
     fine = PruneSession(hf.bert).units()
-    assert collections.Counter(u.kind for u in fine if u.id.startswith("layer")) == {"attention": 2, "mlp_0": 2}
-
-
-@pytest.mark.xfail(strict=True, reason="BERT's output dense (MLP down) of every layer is taken for a graph head: "
-                   "the residual stream reaches last_hidden_state without a transform, so find_layers drops it "
-                   "from the MLP and the intermediate is labelled mlp_0 instead of mlp_up/mlp_down")
-def test_bert_mlp_down_is_a_unit(hf):
-    units = [u for u in PruneSession(hf.bert).units() if u.id.startswith("layer")]
-    assert collections.Counter(u.kind for u in units) == {"attention": 2, "mlp_up": 2, "mlp_down": 2}
+    assert collections.Counter(u.kind for u in fine) == {"attention": 2, "mlp_up": 2, "mlp_down": 2}
 
 
 # -- 2. every unit, one at a time ----------------------------------------------------------------------
@@ -271,13 +262,7 @@ def test_prune_each_llama_unit(hf, task, granularity, unit_id):
         assert _io(pruned) == _io(model)
 
 
-@pytest.mark.parametrize("granularity", [
-    "fine",
-    pytest.param("sublayer", marks=pytest.mark.xfail(strict=True, reason=(
-        "_plan_composite counts the post-attention RMSNorm with _own_params(n) (inputs[1:] only) but the "
-        "norm's weight is input 0 of its Mul: the mlp/block plan under-reports params by hidden size"))),
-    pytest.param("block", marks=pytest.mark.xfail(strict=True, reason="same as sublayer (norm weight not counted)")),
-])
+@pytest.mark.parametrize("granularity", ["fine", "sublayer", "block"])
 def test_plan_params_match_removal(hf, granularity):
     """The params a unit reports (and its plan's params_removed) are what pruning it removes."""
     mismatches = []
@@ -406,9 +391,6 @@ def test_kv_cache_io_of_pruned_attention(hf):
         verify_model(pruned, model, session.input_shapes)
 
 
-@pytest.mark.xfail(strict=True, reason="pruning layer0.attention keeps past_key_values.0.key as a graph input "
-                   "(optimum reads the past length off its shape) while present.0.key is removed, so a loop that "
-                   "feeds present.* back as past cannot supply it")
 def test_kv_cache_io_of_pruned_first_attention(hf):
     pruned, session = _prune(hf.tgp, ["layer0.attention"])
     assert sorted(session.removed_graph_io) == sorted(
@@ -416,9 +398,6 @@ def test_kv_cache_io_of_pruned_first_attention(hf):
     _greedy_with_cache(pruned)
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="onnxdepth.eval.generate.greedy_generate cannot run a "
-                   "with-past model whose layer0.attention was pruned (as prune_model(m, 0.3) does on this model): "
-                   "past_key_values.0.key is still an input but present.0.key is gone -> KeyError")
 def test_greedy_generate_after_first_attention_pruned(hf):
     generate = pytest.importorskip("onnxdepth.eval.generate")
     pruned, _ = _prune(hf.tgp, ["layer0.attention"])
@@ -578,3 +557,17 @@ def test_prune_bert_ratio(hf):
     result = prune_model(hf.bert, 0.3)
     assert result.reduction >= 0.3
     assert set(result.pruned_units) <= set(BERT_UNIT_IDS["fine"])
+
+
+def test_last_cached_attention_is_kept(hf):
+    """The exporter reads the past length off a layer's cache: pruning moves that read to another layer,
+    and the last attention block with a cache is not prunable."""
+    session = PruneSession(hf.tgp)
+    attention = [u for u in session.structural_ids() if u.endswith(".attention")]
+    for unit_id in attention[:-1]:
+        session.apply(session.plan(unit_id))
+    last = session.plan(attention[-1])
+    assert last.reason is not None and "past length" in last.reason
+    pruned = session.to_model(hf.tgp)
+    _check_pruned(pruned, hf.tgp, session)
+    assert len(_greedy_with_cache(pruned)) == NEW_TOKENS

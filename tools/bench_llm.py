@@ -130,7 +130,8 @@ class LM:
         # reads the past length off past_key_values.0.key); it is fed zeros of the right length.
         self.carried = [(n, self.output_names.index(n.replace("past_key_values", "present")))
                         for n in self.past_names if n.replace("past_key_values", "present") in self.output_names]
-        self.shape_only = [n for n in self.past_names if n.replace("past_key_values", "present") not in self.output_names]
+        self.shape_only = [n for n in self.past_names
+                           if n.replace("past_key_values", "present") not in self.output_names]
         self.kv_layers = len({_PAST.fullmatch(n).group(1) for n, _ in self.carried})
         self.vocab = next((o.shape[-1] for o in self.session.get_outputs()
                            if o.name == "logits" and isinstance(o.shape[-1], int)), None)
@@ -242,7 +243,8 @@ def main() -> int:
     for m in models:
         p, d = stats(prefill[m.name]), stats([s / args.decode for s in decode[m.name]])
         rows.append({"model": m.name, "path": str(m.path), "params": params[m.name],
-                     "kv_layers": m.kv_layers, "shape_only_past": m.shape_only, "prefill_s": p, "decode_s_per_token": d})
+                     "kv_layers": m.kv_layers, "shape_only_past": m.shape_only, "prefill_s": p,
+                     "decode_s_per_token": d})
     base = rows[0]
     for row in rows:
         pr = reduction(base["params"], row["params"])
@@ -260,8 +262,8 @@ def main() -> int:
     print(head)
     print("-" * len(head))
     for row in rows:
-        ratio_p = "" if row["prefill_ratio"] is None else f"{row['prefill_ratio']:.2f}"
-        ratio_d = "" if row["decode_ratio"] is None else f"{row['decode_ratio']:.2f}"
+        ratio_p, ratio_d = (("" if row[k] is None else f"{row[k]:.2f}" + ("*" if row[k] < TARGET else " "))
+                            for k in ("prefill_ratio", "decode_ratio"))
         print(f"{row['model']:<9}{row['params']:>13,}{row['param_reduction']:>10.1%}{row['kv_layers']:>4}"
               f"{row['prefill_s']['median'] * 1e3:>12.1f}{row['prefill_s']['p90'] * 1e3:>8.1f}"
               f"{row['prefill_reduction']:>8.1%}"
@@ -272,7 +274,7 @@ def main() -> int:
         print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs "
               f"(other processes on the machine add noise; interleaving spreads it over all models)")
     print(f"KV = layers with a KV cache; red = latency reduction vs original (medians); pre/par, dec/par = "
-          f"latency reduction / parameter reduction (target >= {TARGET})")
+          f"latency reduction / parameter reduction (target >= {TARGET}; * = below)")
     misses = [f"{r['model']} {k}" for r in rows[1:] for k in ("prefill_ratio", "decode_ratio")
               if r[k] is not None and r[k] < TARGET]
     print("all pruned models meet the target" if not misses else f"below target: {', '.join(misses)}")
@@ -284,9 +286,9 @@ def main() -> int:
         data = {"source": str(src), "granularity": args.granularity, "importance": args.importance,
                 "threads": args.threads, "runs": args.runs, "prefill_tokens": args.prefill,
                 "decode_steps": args.decode, "decode_prompt_tokens": args.decode_prompt, "target": TARGET,
-                "onnxruntime": ort.__version__, "cpu_count": os.cpu_count(), "loadavg": load, "machine": platform.processor()
-                or platform.machine(), "seconds": {"setup": setup_seconds, "load": load_seconds,
-                                                   "bench": bench_seconds, "total": total},
+                "onnxruntime": ort.__version__, "cpu_count": os.cpu_count(), "loadavg": load,
+                "machine": platform.processor() or platform.machine(),
+                "seconds": {"setup": setup_seconds, "load": load_seconds, "bench": bench_seconds, "total": total},
                 "models": [{**row, "raw": {"prefill_s": prefill[row["model"]],
                                            "decode_total_s": decode[row["model"]]}} for row in rows]}
         args.json.parent.mkdir(parents=True, exist_ok=True)

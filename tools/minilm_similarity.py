@@ -167,7 +167,8 @@ def main() -> int:
     before, after = plan["params_before"], plan["params_after"]
     print(f"\n{src} vs {pruned.name}: {len(lines)} lines of {text} (batch {args.batch}, max_length "
           f"{args.max_length}), mean pooling + L2 norm, ORT CPU {args.threads} threads")
-    print(f"params           {before:,} -> {after:,}  (reduction {1 - after / before:.1%}, target ratio {args.ratio:g})")
+    print(f"params           {before:,} -> {after:,}  (reduction {1 - after / before:.1%}, "
+          f"target ratio {args.ratio:g})")
     print(f"cosine(pruned, original), same line:  mean {cos.mean():.4f}  min {cos.min():.4f}  "
           f"p5 {np.percentile(cos, 5):.4f}  median {np.median(cos):.4f}")
     print(f"reference: cosine between different lines (original model): mean {off.mean():.4f}  "

@@ -208,7 +208,7 @@ class PruneSession:
         head: set[str] = set()
         branches: list[tuple[frozenset, list[gs.Node]]] = []  # (fork transforms, chain incl. its H0)
         for node in transforms.values():
-            _, reaches = _reach(node.outputs[0], forward=True, outputs=outputs)
+            _, reaches = _reach(node.outputs[0], forward=True, outputs=outputs, stop_at_merge=True)
             if not reaches:
                 continue
             head.add(node.name)
@@ -367,7 +367,25 @@ class PruneSession:
         score = sum(float(self.importance(n, i, const_value(t)).sum()) for n in block.projections
                     for i, t in enumerate(n.inputs) if i > 0 and const_value(t) is not None)
         reason = USER if self.exclude is not None and self.exclude.search(unit_id) else None
+        if reason is None and self._carries_past_length(block):
+            reason = "the last attention block with a KV cache carries the past length"
         return StructuralPlan(unit_id, "attention", layer, [], acts + norms, params, score, reason)
+
+    def _carries_past_length(self, block) -> bool:
+        """True if a Shape outside BLOCK reads one of its past inputs and no other layer's cache is left."""
+        region = {id(n) for n in block.region}
+        pasts = [t for n in block.region for t in n.inputs if t.name.startswith("past_key_values.")
+                 and any(t is g for g in self.graph.inputs)]
+        for past in pasts:
+            outside = [c for c in past.outputs if id(c) not in region]
+            if not outside:
+                continue
+            kind = past.name.rsplit(".", 1)[-1]
+            others = [t for t in self.graph.inputs if t is not past and t.name.startswith("past_key_values.")
+                      and t.name.endswith("." + kind)]
+            if not others:
+                return True
+        return False
 
     def _plan_composite(self, unit_id: str, layer: TransformerLayer, kind: str) -> StructuralPlan:
         prefix = f"layer{layer.index}"
@@ -393,7 +411,7 @@ class PruneSession:
             outputs = {id(t) for t in self.graph.outputs}
             for op in find_coupled_ops(mlp_nodes[0], first_inputs, self.lifting, outputs):
                 if op.cls is NodeClass.NORM:
-                    params += sum(self._own_params(n) for n in op.nodes)
+                    params += sum(self._own_params(n, all_inputs=True) for n in op.nodes)
         if self.exclude is not None and self.exclude.search(unit_id):
             reason = USER
         if not members:
@@ -625,7 +643,19 @@ class PruneSession:
         self.graph.outputs = [t for t in self.graph.outputs if id(t) not in produced_ids]
         self.graph.cleanup()
         for tensor in region_inputs:
-            if id(tensor) in graph_inputs and not tensor.outputs:
+            if id(tensor) not in graph_inputs or not tensor.name.startswith("past_key_values."):
+                continue
+            if tensor.outputs and all(c.op in ("Shape", "Size") for c in tensor.outputs):
+                # The exporter reads the past length off this layer's cache: read it off another layer's.
+                kind = tensor.name.rsplit(".", 1)[-1]
+                survivor = next((t for t in self.graph.inputs if t is not tensor and t.name.startswith(
+                    "past_key_values.") and t.name.endswith("." + kind) and t.outputs), None)
+                if survivor is not None:
+                    for reader in list(tensor.outputs):
+                        for k, t in enumerate(reader.inputs):
+                            if t is tensor:
+                                reader.inputs[k] = survivor
+            if not tensor.outputs:
                 self.graph.inputs = [t for t in self.graph.inputs if t is not tensor]
                 self.removed_graph_io.append(tensor.name)
         self.pruned.append(plan.unit_id)
@@ -797,13 +827,32 @@ class PruneSession:
         return model
 
 
-def _reach(tensor: gs.Tensor, *, forward: bool, outputs: set) -> tuple[set[int], bool]:
+def _descendants(tensor: gs.Tensor) -> set[int]:
+    """Ids of every tensor computed from TENSOR through non-transform nodes."""
+    seen, stack = set(), [tensor]
+    while stack:
+        t = stack.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        for node in t.outputs:
+            if transform_weight_index(node) is None and node.op not in ("Shape", "Size"):
+                stack.extend(node.outputs)
+    return seen
+
+
+def _reach(tensor: gs.Tensor, *, forward: bool, outputs: set, stop_at_merge: bool = False
+           ) -> tuple[set[int], bool]:
     """Transforms reached from TENSOR through non-transform nodes, and whether a graph end was reached.
 
-    Forward, the end is a graph output; backward, a graph input (a tensor with no producer).
+    Forward, the end is a graph output; backward, a graph input (a tensor with no producer). With
+    STOP_AT_MERGE, a forward walk does not cross an Add/Sub whose other operand is not computed from
+    TENSOR: a residual connection (a BERT layer's output projection is not the graph head even though
+    only Adds and norms follow it), unlike a detection head's box decoding, whose operands share a source.
     """
     found: set[int] = set()
     end = False
+    own = _descendants(tensor) if stop_at_merge else set()
     stack, seen = [tensor], set()
     while stack:
         t = stack.pop()
@@ -825,6 +874,9 @@ def _reach(tensor: gs.Tensor, *, forward: bool, outputs: set) -> tuple[set[int],
                 continue  # carries the tensor's shape, not its data
             if transform_weight_index(node) is not None and (not forward or node.inputs[0] is t):
                 found.add(id(node))
+            elif stop_at_merge and node.op in ("Add", "Sub") and any(
+                    id(i) not in own and const_value(i) is None for i in node.inputs):
+                continue  # a residual merge with data from elsewhere
             elif forward:
                 stack.extend(node.outputs)
             else:
