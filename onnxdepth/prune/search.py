@@ -85,6 +85,10 @@ def find_coupled_ops(trigger: gs.Node, expected: set[int], lifting: Lifting, gra
             if _transforms(backward_bounded(op, lifting)):
                 continue  # a post-norm of an earlier transform (Conv-BN): it belongs to that layer
             ops, reaches_output = forward_bounded(op.output, lifting, graph_outputs)
-            if not reaches_output and _transforms(ops) == expected:
+            # A norm whose output also feeds a residual Add directly sits on the residual stream (post-LN
+            # BERT's LayerNorm): it normalises the stream itself, not the input of one branch.
+            on_residual = any(c.op in ("Add", "Sub") and lifting.of_node[id(c)].cls is NodeClass.ARITHMETIC
+                              for c in op.output.outputs)
+            if not reaches_output and not on_residual and _transforms(ops) == expected:
                 coupled.append(op)
     return coupled

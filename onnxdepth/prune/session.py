@@ -841,6 +841,26 @@ def _descendants(tensor: gs.Tensor) -> set[int]:
     return seen
 
 
+def _shape_derived(tensor: gs.Tensor, limit: int = 200) -> bool:
+    """True if TENSOR is computed from constants and tensor shapes only (e.g. a dynamic export's anchor
+    grid built with Shape/Range), not from any data."""
+    stack, seen = [tensor], set()
+    while stack:
+        t = stack.pop()
+        if id(t) in seen or isinstance(t, gs.Constant):
+            continue
+        seen.add(id(t))
+        if len(seen) > limit or not t.inputs:
+            return False  # too far to prove, or a graph input: data
+        producer = t.inputs[0]
+        if producer.op in ("Shape", "Size", "Constant"):
+            continue
+        if transform_weight_index(producer) is not None:
+            return False
+        stack.extend(producer.inputs)
+    return True
+
+
 def _reach(tensor: gs.Tensor, *, forward: bool, outputs: set, stop_at_merge: bool = False
            ) -> tuple[set[int], bool]:
     """Transforms reached from TENSOR through non-transform nodes, and whether a graph end was reached.
@@ -875,7 +895,7 @@ def _reach(tensor: gs.Tensor, *, forward: bool, outputs: set, stop_at_merge: boo
             if transform_weight_index(node) is not None and (not forward or node.inputs[0] is t):
                 found.add(id(node))
             elif stop_at_merge and node.op in ("Add", "Sub") and any(
-                    id(i) not in own and const_value(i) is None for i in node.inputs):
+                    id(i) not in own and const_value(i) is None and not _shape_derived(i) for i in node.inputs):
                 continue  # a residual merge with data from elsewhere
             elif forward:
                 stack.extend(node.outputs)
