@@ -16,7 +16,8 @@ from .errors import InvalidArgumentError, OutputWriteError
 from .graph.io import check_output_path, load_model, save_model_atomic
 from .importance import get_metric
 from .prune.session import PruneSession, Unit, UnitPlan
-from .select import ORDERINGS, prune_to_ratio, prune_transformer
+from .importance import UNIT_METRICS
+from .select import ORDERINGS, gromov_order, prune_one_shot, prune_to_ratio, prune_transformer
 from .verify import verify_model
 
 __all__ = ["PruneResult", "list_units", "units_summary", "prune_model", "prune_file", "PLAN_METADATA_KEY"]
@@ -65,7 +66,9 @@ def units_summary(units: list[Unit]) -> dict:
 
 def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magnitude", exclude: str | None = None,
                 input_shapes: dict | None = None, verify: bool = True, granularity: str = "fine",
-                ordering: str = "ascending", seed: int = 0,
+                ordering: str = "ascending", seed: int = 0, scores: dict[str, float] | None = None,
+                calib: str | None = None, model_path: str | os.PathLike | None = None, calib_sequences: int = 32,
+                calib_length: int = 128, block_choice: str = "gromov",
                 on_step: Callable[[UnitPlan, float], None] | None = None) -> PruneResult:
     """Prune MODEL until RATIO of its parameters are gone and verify the result.
 
@@ -85,8 +88,15 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
         out.CopyFrom(model)
         result = PruneResult(out, session.params_before, session.params_before, [])
     else:
-        if session.layers:
-            steps = prune_transformer(session, ratio, ordering=ordering, seed=seed, on_step=on_step)
+        if scores is None and importance in UNIT_METRICS:
+            scores = score_units(model, session, importance, calib=calib, model_path=model_path,
+                                 n_seq=calib_sequences, seq_len=calib_length, seed=seed)
+        if session.layers and granularity == "block" and importance == "angular" and block_choice == "gromov" \
+                and ordering == "ascending":
+            steps = prune_one_shot(session, ratio, _gromov_run(session, ratio, scores), on_step=on_step)
+        elif session.layers:
+            steps = prune_transformer(session, ratio, ordering=ordering, seed=seed, scores=scores,
+                                      on_step=on_step)
         elif ordering != "ascending":
             raise InvalidArgumentError("--ordering other than ascending is only supported for transformers yet")
         else:
@@ -107,6 +117,43 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
     return result
 
 
+def score_units(model: onnx.ModelProto, session: PruneSession, importance: str, *, calib: str | None = None,
+                model_path: str | os.PathLike | None = None, n_seq: int = 32, seq_len: int = 128,
+                seed: int = 0) -> dict[str, float]:
+    """Unit scores of a data-driven metric on calibration data (angular: block-local, Eq. 3.11)."""
+    if not session.layers:
+        raise InvalidArgumentError(f"--importance {importance}: needs a transformer (no attention block found)")
+    if model_path is None:
+        raise InvalidArgumentError(f"--importance {importance}: needs the model's path (its tokenizer sits beside it)")
+    from .calibration import calibration_tokens
+    from .importance.angular import angular_scores, cache_layers, layer_boundaries
+
+    tokens = calibration_tokens(calib, Path(model_path), n_seq=n_seq, seq_len=seq_len, seed=seed)
+    if session.granularity == "block":
+        # Block scores and Gromov's contiguous runs both come from the layer-boundary cache alone.
+        boundaries = layer_boundaries(session)
+        cache = cache_layers(model, boundaries, tokens)
+        from .importance.angular import _mean_distance
+
+        starts = [b[0] for b in boundaries] + [boundaries[-1][1]]
+        table = [[0.0] + [_mean_distance(cache.hidden[starts[l]], cache.hidden[starts[l + n]])
+                          for n in range(1, len(boundaries) - l + 1)] for l in range(len(boundaries))]
+        scores = {f"layer{l}.block": table[l][1] for l in range(len(boundaries))}
+        scores["__gromov__"] = table  # type: ignore[assignment]
+        return scores
+    return angular_scores(model, session, tokens)
+
+
+def _gromov_run(session: PruneSession, ratio: float, scores: dict) -> list[str]:
+    """Gromov et al.: the fewest contiguous layers that reach RATIO, placed where they change least."""
+    table = scores["__gromov__"]
+    per_layer = [session.plan(f"layer{l}.block").params_removed for l in range(len(session.layers))]
+    n = 1
+    while n < len(per_layer) and sum(sorted(per_layer)[:n]) < ratio * session.params_before:
+        n += 1
+    return gromov_order(table, n)
+
+
 def plan_path_for(out: Path) -> Path:
     return out.with_name(out.stem + ".plan.json")
 
@@ -117,6 +164,7 @@ def prune_file(src: str | os.PathLike, out: str | os.PathLike, ratio: float, **k
     if not 0.0 <= ratio < 1.0:
         raise InvalidArgumentError(f"--ratio {ratio:g}: must be in [0, 1)")
     model = load_model(src)
+    kwargs.setdefault("model_path", src)
     result = prune_model(model, ratio, **kwargs)
     result.plan["source"] = str(src)
     save_model_atomic(result.model, out)

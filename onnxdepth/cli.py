@@ -80,7 +80,9 @@ def _cmd_prune(args) -> int:
             print(f"  pruned {plan.unit_id:<48} reduction {reduction:.2%}", file=sys.stderr)
 
     kwargs = dict(importance=args.importance, exclude=args.exclude, input_shapes=_input_shapes(args.input_shape),
-                  granularity=args.granularity, ordering=args.ordering, seed=args.seed, on_step=on_step)
+                  granularity=args.granularity, ordering=args.ordering, seed=args.seed, on_step=on_step,
+                  calib=args.calib, calib_sequences=args.calib_sequences, calib_length=args.calib_length,
+                  scores=_read_scores(args.scores) if args.scores else None, block_choice=args.block_choice)
     if progress is not None:
         with progress:
             task = progress.add_task("", total=args.ratio or 1.0)
@@ -94,6 +96,73 @@ def _cmd_prune(args) -> int:
               f"({result.reduction:.2%} removed, {len(result.pruned_units)} units) "
               f"in {time.perf_counter() - started:.1f}s; plan in {plan_path_for(__import__('pathlib').Path(args.output))}")
     return 0
+
+
+def _read_scores(path: str) -> dict[str, float]:
+    """A score table written by `onnxdepth score`: CSV with a header `unit,score`."""
+    import csv
+    from pathlib import Path
+
+    if not Path(path).exists():
+        raise InvalidArgumentError(f"--scores {path}: no such file")
+    scores = {}
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            try:
+                scores[row["unit"]] = float(row["score"])
+            except (KeyError, TypeError, ValueError):
+                raise InvalidArgumentError(f"--scores {path}: expected CSV columns unit,score") from None
+    if not scores:
+        raise InvalidArgumentError(f"--scores {path}: empty score table")
+    return scores
+
+
+def _cmd_score(args) -> int:
+    import csv
+    import io
+
+    from .api import score_units
+    from .graph.io import check_output_path, load_model
+    from .importance import UNIT_METRICS
+    from .prune.session import PruneSession
+
+    if args.output:
+        check_output_path(args.output)
+    model = load_model(args.model)
+    session = PruneSession(model, exclude=args.exclude, input_shapes=_input_shapes(args.input_shape),
+                           granularity=args.granularity)
+    if args.importance in UNIT_METRICS:
+        scores = score_units(model, session, args.importance, calib=args.calib, model_path=args.model,
+                             n_seq=args.calib_sequences, seq_len=args.calib_length, seed=args.seed)
+        scores = {k: v for k, v in scores.items() if not k.startswith("__")}
+    else:
+        from .importance import get_metric
+
+        get_metric(args.importance)
+        scores = {p.unit_id: p.score for p in session.prunable_plans()}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["unit", "score"])
+    for unit, score in sorted(scores.items(), key=lambda item: item[1]):
+        writer.writerow([unit, f"{score:.8g}"])
+    if args.output:
+        import os
+        import tempfile
+
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.output)), suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(buffer.getvalue())
+        os.replace(tmp, args.output)
+        print(f"{args.output}: {len(scores)} unit scores ({args.importance})")
+    else:
+        print(buffer.getvalue(), end="")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(ratio=args.ratio, granularity=args.granularity, runs=args.runs, threads=args.threads)
 
 
 def _cmd_export(args) -> int:
@@ -128,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--input-shape", action="append", metavar="NAME:DxD",
                        help="concrete shape for a dynamic graph input (repeatable)")
 
+    def calibration(p):
+        p.add_argument("--calib", help="calibration data: .txt, .jsonl (text field) or .npz (input_ids); "
+                                       "default: text sampled from the model itself (seeded)")
+        p.add_argument("--calib-sequences", type=int, default=32, help="calibration sequences (default 32)")
+        p.add_argument("--calib-length", type=int, default=128, help="tokens per sequence (default 128)")
+
     p = sub.add_parser("units", help="list pruning units and why some are excluded")
     p.add_argument("model")
     p.add_argument("--json", action="store_true")
@@ -141,10 +216,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--importance", default="magnitude", help="importance metric (default: magnitude)")
     p.add_argument("--ordering", default="ascending", choices=["ascending", "descending", "random"],
                    help="visit units by ascending score (the method), descending or random (ablations)")
-    p.add_argument("--seed", type=int, default=0, help="seed for --ordering random")
+    p.add_argument("--seed", type=int, default=0, help="seed for --ordering random and sampled calibration")
+    p.add_argument("--scores", help="reuse a score table from `onnxdepth score` (CSV unit,score)")
+    p.add_argument("--block-choice", default="gromov", choices=["gromov", "ranking"],
+                   help="--granularity block with angular importance: Gromov et al.'s most similar contiguous "
+                        "run of layers (default) or a plain ranking of single layers")
+    calibration(p)
     p.add_argument("--json", action="store_true")
     common(p)
     p.set_defaults(func=_cmd_prune)
+
+    p = sub.add_parser("demo", help="main job: build SmolLM2 ONNX from the packaged weights, prune it, compare")
+    p.add_argument("--ratio", type=float, default=0.1)
+    p.add_argument("--granularity", default="fine", choices=["fine", "sublayer", "block"])
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("score", help="importance of every unit, as a CSV score table (lowest first)")
+    p.add_argument("model")
+    p.add_argument("--importance", default="magnitude", help="magnitude or angular")
+    p.add_argument("-o", "--output", help="write the CSV here (default: stdout)")
+    p.add_argument("--seed", type=int, default=0)
+    common(p)
+    calibration(p)
+    p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("export", help="export a framework model to ONNX")
     p.add_argument("source", choices=["ultralytics", "hf"], help="exporter")

@@ -6,10 +6,10 @@ import logging
 import random
 from typing import Callable
 
-from .errors import RatioUnreachableError
+from .errors import InvalidArgumentError, RatioUnreachableError
 from .prune.session import PruneSession, UnitPlan
 
-__all__ = ["prune_to_ratio", "prune_transformer", "algorithm8_order", "prune_one_shot", "ORDERINGS"]
+__all__ = ["gromov_order", "prune_to_ratio", "prune_transformer", "algorithm8_order", "prune_one_shot", "ORDERINGS"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +96,29 @@ def prune_one_shot(session: PruneSession, ratio: float, order: list[str], *,
     return steps
 
 
+def gromov_order(layer_distances: list[float], n_layers: int) -> list[str]:
+    """Gromov et al.: the contiguous run of N_LAYERS layers whose input and output are closest.
+
+    LAYER_DISTANCES[l][n] is the angular distance between the input of layer l and the output of layer
+    l + n - 1 (so a run of n layers starting at l); returns the block unit ids of the best run.
+    """
+    best = min(range(len(layer_distances) - n_layers + 1), key=lambda l: (layer_distances[l][n_layers], l))
+    return [f"layer{best + k}.block" for k in range(n_layers)]
+
+
 def prune_transformer(session: PruneSession, ratio: float, *, ordering: str = "ascending", seed: int = 0,
-                      on_step: Callable | None = None) -> list:
-    """Algorithm 8 for --granularity fine, one plain ranking for sublayer/block."""
+                      scores: dict[str, float] | None = None, on_step: Callable | None = None) -> list:
+    """Algorithm 8 for --granularity fine, one plain ranking for sublayer/block.
+
+    SCORES (unit id -> importance, e.g. angular distance) replace the plans' own (magnitude) scores.
+    """
     plans = session.prunable_plans()
+    if scores is not None:
+        missing = [p.unit_id for p in plans if p.unit_id not in scores]
+        if missing:
+            raise InvalidArgumentError(f"the score table has no score for {len(missing)} units (e.g. {missing[0]})")
+        for plan in plans:
+            plan.score = float(scores[plan.unit_id])
     if session.granularity == "fine":
         order = algorithm8_order(plans, ordering, seed)
     else:

