@@ -308,3 +308,22 @@ def test_subprocess_prune_json(tmp, model_path):
     assert "Traceback" not in proc.stderr
     assert json.loads(proc.stdout)["reduction"] >= 0.2
     assert (tmp / "out.onnx").exists() and (tmp / "out.plan.json").exists()
+
+
+def test_ort_fused_transformer_graph_is_refused(cli, tmp):
+    """A graph already fused by ONNX Runtime's transformer optimizer gets a clear one-line refusal."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8])
+    gamma = helper.make_tensor("gamma", TensorProto.FLOAT, [8], [1.0] * 8)
+    node = helper.make_node("SkipSimplifiedLayerNormalization", ["x", "x", "gamma"], ["y"], domain="com.microsoft")
+    model = helper.make_model(helper.make_graph([node], "fused", [x], [y], [gamma]),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    path = tmp / "fused.onnx"
+    onnx.save(model, path)
+    code, out, err = cli("prune", path, tmp / "out.onnx", "--ratio", "0.1")
+    assert code == 1
+    assert err.strip().splitlines() == [err.strip()]
+    assert "transformer optimizer" in err and "SkipSimplifiedLayerNormalization" in err
+    assert not (tmp / "out.onnx").exists()

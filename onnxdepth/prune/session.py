@@ -95,6 +95,12 @@ class StructuralPlan:
 
 GRANULARITIES = ("fine", "sublayer", "block")
 
+# Contrib ops that onnxruntime.transformers' optimizer fuses transformer blocks into.
+FUSED_OPS = {"Attention", "MultiHeadAttention", "GroupQueryAttention", "SimplifiedLayerNormalization",
+             "SkipSimplifiedLayerNormalization", "SkipLayerNormalization", "EmbedLayerNormalization",
+             "RotaryEmbedding", "FastGelu", "BiasGelu", "BiasSplitGelu", "BiasAdd", "PackedAttention",
+             "PackedMultiHeadAttention", "DecoderMaskedMultiHeadAttention", "SparseAttention"}
+
 # Exclusion reasons in the order they are checked (the first that applies is reported).
 HEAD = "graph head"
 USER = "user exclude"
@@ -107,6 +113,11 @@ class PruneSession:
     def __init__(self, model: onnx.ModelProto, *, input_shapes: dict | None = None, exclude: str | None = None,
                  importance: ParamImportance = magnitude, granularity: str = "fine", detect_head: bool = True):
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        fused = sorted({n.op_type for n in model.graph.node if n.domain == "com.microsoft" and n.op_type in FUSED_OPS})
+        if fused:
+            raise UnsupportedModelError(
+                f"the graph was fused by ONNX Runtime's transformer optimizer ({', '.join(fused)}): not supported "
+                "yet; prune the plain export, then run the optimizer on the pruned model")
         self.graph = gs.import_onnx(model)
         self._name_nodes()
         self.input_shapes = concrete_input_shapes(model, input_shapes)
