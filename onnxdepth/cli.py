@@ -159,6 +159,23 @@ def _cmd_score(args) -> int:
     return 0
 
 
+def _cmd_eval(args) -> int:
+    if args.task != "perplexity":
+        raise InvalidArgumentError(f"eval --task {args.task}: not yet supported (available: perplexity)")
+    if not args.text:
+        raise InvalidArgumentError("eval --task perplexity needs --text FILE")
+    from .eval import evaluate_perplexity
+
+    result = evaluate_perplexity(args.model, args.text, tokenizer_dir=args.tokenizer, ctx=args.ctx,
+                                 max_tokens=args.max_tokens, stride=args.stride, threads=args.threads,
+                                 progress=not args.json and sys.stderr.isatty())
+    if args.json:
+        print(json.dumps({"task": "perplexity", "perplexity": result["perplexity"], "tokens": result["tokens"]}))
+    else:
+        print(f"perplexity {result['perplexity']:.4f} on {result['tokens']:,} tokens ({result['seconds']:.0f} s)")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -225,6 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     common(p)
     p.set_defaults(func=_cmd_prune)
+
+    p = sub.add_parser("eval", help="evaluate a model through ONNX Runtime")
+    p.add_argument("model")
+    p.add_argument("--task", required=True, choices=["perplexity", "multiple-choice", "detection", "ocr", "embedding"])
+    p.add_argument("--text", help="perplexity: a text file (WikiText-2 format)")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: beside the model)")
+    p.add_argument("--ctx", type=int, default=512, help="window length in tokens")
+    p.add_argument("--stride", type=int, default=None, help="sliding windows (default: non-overlapping)")
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("demo", help="main job: build SmolLM2 ONNX from the packaged weights, prune it, compare")
     p.add_argument("--ratio", type=float, default=0.1)
