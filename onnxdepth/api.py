@@ -144,9 +144,31 @@ def score_units(model: onnx.ModelProto, session: PruneSession, importance: str, 
     return angular_scores(model, session, tokens)
 
 
+def gromov_rows(table: list[list[float]]) -> dict[str, float]:
+    """The run distances as score-table rows: `layers{l}-{l+n-1}` -> distance(input of l, output of l+n-1)."""
+    return {f"layers{l}-{l + n - 1}": row[n] for l, row in enumerate(table) for n in range(1, len(row))}
+
+
+def gromov_table_from_rows(scores: dict, n_layers: int) -> list[list[float]] | None:
+    """Inverse of gromov_rows; None if the rows are not all there."""
+    table = []
+    for l in range(n_layers):
+        row = [0.0]
+        for n in range(1, n_layers - l + 1):
+            key = f"layers{l}-{l + n - 1}"
+            if key not in scores:
+                return None
+            row.append(float(scores[key]))
+        table.append(row)
+    return table
+
+
 def _gromov_run(session: PruneSession, ratio: float, scores: dict) -> list[str]:
     """Gromov et al.: the fewest contiguous layers that reach RATIO, placed where they change least."""
-    table = scores["__gromov__"]
+    table = scores.get("__gromov__") or gromov_table_from_rows(scores, len(session.layers))
+    if table is None:
+        raise InvalidArgumentError("--block-choice gromov needs the distances of runs of layers: use a score "
+                                   "table written by `onnxdepth score --granularity block`, or --block-choice ranking")
     per_layer = [session.plan(f"layer{l}.block").params_removed for l in range(len(session.layers))]
     n = 1
     while n < len(per_layer) and sum(sorted(per_layer)[:n]) < ratio * session.params_before:

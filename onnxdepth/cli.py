@@ -134,7 +134,10 @@ def _cmd_score(args) -> int:
     if args.importance in UNIT_METRICS:
         scores = score_units(model, session, args.importance, calib=args.calib, model_path=args.model,
                              n_seq=args.calib_sequences, seq_len=args.calib_length, seed=args.seed)
-        scores = {k: v for k, v in scores.items() if not k.startswith("__")}
+        if "__gromov__" in scores:
+            from .api import gromov_rows
+
+            scores.update(gromov_rows(scores.pop("__gromov__")))
     else:
         from .importance import get_metric
 

@@ -114,7 +114,7 @@ def prune_transformer(session: PruneSession, ratio: float, *, ordering: str = "a
     """
     plans = session.prunable_plans()
     if scores is not None:
-        missing = [p.unit_id for p in plans if p.unit_id not in scores]
+        missing = [p.unit_id for p in plans if p.unit_id not in scores]  # extra rows (run distances) are fine
         if missing:
             raise InvalidArgumentError(f"the score table has no score for {len(missing)} units (e.g. {missing[0]})")
         for plan in plans:

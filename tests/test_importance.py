@@ -245,7 +245,14 @@ def test_batching_does_not_change_scores(tiny, fine_scores):
 def test_angular_distance_basics():
     a = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [2.0, 2.0]])
     b = np.array([[3.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 1.0]])
-    assert np.allclose(angular_distance(a, b), [0.0, 0.5, 1.0, 0.0], atol=1e-7)
+    # Not exactly 0 / 1: the 1e-12 in the cosine's denominator (see the xfail below).
+    assert np.allclose(angular_distance(a, b), [0.0, 0.5, 1.0, 0.0], atol=1e-6)
+    assert angular_distance(a[None], b[None]).shape == (1, 4)
+
+
+def test_angular_distance_of_a_vector_to_itself_is_zero():
+    x = np.array([[6e-4, 8e-4], [0.6, 0.8]])
+    assert np.all(angular_distance(x, x) < 1e-6), angular_distance(x, x)
 
 
 def test_angular_scores_need_a_transformer():
@@ -306,13 +313,16 @@ def test_prune_model_block_angular_on_calibration_data(tiny):
     assert result.pruned_units == gromov_order(table, 2)
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError,
-                   reason="bug: block + angular + gromov with a score table lacking '__gromov__' (e.g. read from "
-                          "a `score` CSV) fails with KeyError in api._gromov_run")
 def test_prune_model_block_gromov_with_plain_scores(tiny):
+    """Single-layer scores do not say which runs of layers are close: Gromov refuses, ranking works."""
+    from onnxdepth.errors import InvalidArgumentError
+
     scores = {k: v for k, v in HAND_SCORES.items() if not k.startswith("__")}
-    result = prune_model(tiny.model, _block_ratio_for_two_layers(tiny.model), granularity="block",
-                         importance="angular", scores=scores)
+    ratio = _block_ratio_for_two_layers(tiny.model)
+    with pytest.raises(InvalidArgumentError, match="block-choice ranking"):
+        prune_model(tiny.model, ratio, granularity="block", importance="angular", scores=scores)
+    result = prune_model(tiny.model, ratio, granularity="block", importance="angular", scores=scores,
+                         block_choice="ranking")
     assert len(result.pruned_units) == 2
 
 
@@ -448,7 +458,12 @@ def test_cli_score_stdout_and_block(cli, tiny, text_calib):
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == "unit,score"
-    assert sorted(line.split(",")[0] for line in lines[1:]) == UNIT_IDS["block"]  # no __gromov__ row
+    units = [line.split(",")[0] for line in lines[1:]]
+    # One row per layer, plus one per contiguous run of layers (Gromov's distances), no internal keys.
+    assert sorted(u for u in units if u.endswith(".block")) == UNIT_IDS["block"]
+    n = len(UNIT_IDS["block"])
+    runs = [u for u in units if u.startswith("layers")]
+    assert len(runs) == n * (n + 1) // 2 and not any(u.startswith("__") for u in units)
 
 
 def test_cli_prune_with_scores_follows_algorithm8(cli, tiny, score_csv, tmp_path):
@@ -528,14 +543,19 @@ def test_cli_calib_errors_are_one_line(cli, tiny, tmp_path):
     assert code == 1 and err.count("\n") == 1 and "expected .txt, .jsonl or .npz" in err
 
 
-@pytest.mark.xfail(strict=True, reason="bug: `prune --granularity block --importance angular --scores CSV` "
-                                       "(default --block-choice gromov) is an internal KeyError '__gromov__'")
 def test_cli_prune_block_gromov_with_score_csv(cli, tiny, text_calib, tmp_path):
     scores = tmp_path / "block.csv"
     code, _, err = cli("score", tiny.path, "--importance", "angular", "--calib", text_calib, "--calib-sequences",
                        N_SEQ, "--calib-length", SEQ_LEN, "--granularity", "block", "-o", scores)
     assert code == 0, err
-    code, _, err = cli("prune", tiny.path, tmp_path / "out.onnx", "--ratio", "0.4", "--granularity", "block",
-                       "--importance", "angular", "--scores", scores, "--json")
+    # The CSV also carries the distances of runs of layers, which Gromov's choice needs.
+    assert any(row.startswith("layers0-1,") for row in scores.read_text().splitlines())
+    code, from_csv, err = cli("prune", tiny.path, tmp_path / "out.onnx", "--ratio", "0.4", "--granularity",
+                              "block", "--importance", "angular", "--scores", scores, "--json")
     assert "internal error" not in err
     assert code == 0, err
+    code, direct, err = cli("prune", tiny.path, tmp_path / "direct.onnx", "--ratio", "0.4", "--granularity",
+                            "block", "--importance", "angular", "--calib", text_calib, "--calib-sequences", N_SEQ,
+                            "--calib-length", SEQ_LEN, "--json")
+    assert code == 0, err
+    assert json.loads(from_csv)["pruned_units"] == json.loads(direct)["pruned_units"]

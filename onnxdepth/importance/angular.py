@@ -31,7 +31,10 @@ def angular_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-token arccos(cos(a, b)) / pi over the last axis."""
     a = a.astype(np.float64)
     b = b.astype(np.float64)
-    cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
+    norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    dots = (a * b).sum(-1)
+    # Zero vectors count as identical (distance 0) rather than dividing by zero.
+    cos = np.divide(dots, norms, out=np.ones_like(dots), where=norms > 0)
     return np.arccos(np.clip(cos, -1.0, 1.0)) / np.pi
 
 
