@@ -17,7 +17,7 @@ from .graph.io import check_output_path, load_model, save_model_atomic
 from .importance import get_metric
 from .prune.session import PruneSession, Unit, UnitPlan
 from .importance import UNIT_METRICS
-from .select import ORDERINGS, gromov_order, prune_one_shot, prune_to_ratio, prune_transformer
+from .select import ORDERINGS, RANKINGS, gromov_order, prune_one_shot, prune_to_ratio, prune_transformer
 from .verify import verify_model
 
 __all__ = ["PruneResult", "list_units", "units_summary", "prune_model", "prune_file", "PLAN_METADATA_KEY"]
@@ -68,7 +68,7 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
                 input_shapes: dict | None = None, verify: bool = True, granularity: str = "fine",
                 ordering: str = "ascending", seed: int = 0, scores: dict[str, float] | None = None,
                 calib: str | None = None, model_path: str | os.PathLike | None = None, calib_sequences: int = 32,
-                calib_length: int = 128, block_choice: str = "gromov",
+                calib_length: int = 128, block_choice: str = "gromov", ranking: str = "split",
                 on_step: Callable[[UnitPlan, float], None] | None = None) -> PruneResult:
     """Prune MODEL until RATIO of its parameters are gone and verify the result.
 
@@ -77,6 +77,8 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
     """
     if not 0.0 <= ratio < 1.0:
         raise InvalidArgumentError(f"--ratio {ratio:g}: must be in [0, 1)")
+    if ranking not in RANKINGS:
+        raise InvalidArgumentError(f"--ranking {ranking}: expected one of {', '.join(RANKINGS)}")
     if ordering not in ORDERINGS:
         raise InvalidArgumentError(f"--ordering {ordering}: expected one of {', '.join(ORDERINGS)}")
     metric = get_metric(importance)
@@ -96,7 +98,7 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
             steps = prune_one_shot(session, ratio, _gromov_run(session, ratio, scores), on_step=on_step)
         elif session.layers:
             steps = prune_transformer(session, ratio, ordering=ordering, seed=seed, scores=scores,
-                                      on_step=on_step)
+                                      ranking=ranking, on_step=on_step)
         elif ordering != "ascending":
             raise InvalidArgumentError("--ordering other than ascending is only supported for transformers yet")
         else:
@@ -107,7 +109,7 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
     method = ("Algorithm 8" if granularity == "fine" else f"{granularity} ranking") if session.layers else \
         "Algorithm 9"
     plan = {"onnxdepth_version": "0.1.0", "method": f"depth pruning ({method})", "granularity": granularity,
-            "ordering": ordering, "ratio": ratio, "importance": importance, "exclude": exclude,
+            "ordering": ordering, "ranking": ranking, "ratio": ratio, "importance": importance, "exclude": exclude,
             **result.summary(), "removed_graph_io": session.removed_graph_io, "steps": result.steps}
     entry = result.model.metadata_props.add()
     entry.key, entry.value = PLAN_METADATA_KEY, json.dumps(plan, separators=(",", ":"))

@@ -82,7 +82,8 @@ def _cmd_prune(args) -> int:
     kwargs = dict(importance=args.importance, exclude=args.exclude, input_shapes=_input_shapes(args.input_shape),
                   granularity=args.granularity, ordering=args.ordering, seed=args.seed, on_step=on_step,
                   calib=args.calib, calib_sequences=args.calib_sequences, calib_length=args.calib_length,
-                  scores=_read_scores(args.scores) if args.scores else None, block_choice=args.block_choice)
+                  scores=_read_scores(args.scores) if args.scores else None, block_choice=args.block_choice,
+                  ranking=args.ranking)
     if progress is not None:
         with progress:
             task = progress.add_task("", total=args.ratio or 1.0)
@@ -238,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="visit units by ascending score (the method), descending or random (ablations)")
     p.add_argument("--seed", type=int, default=0, help="seed for --ordering random and sampled calibration")
     p.add_argument("--scores", help="reuse a score table from `onnxdepth score` (CSV unit,score)")
+    p.add_argument("--ranking", default="split", choices=["split", "global"],
+                   help="transformers: separate attention/MLP rankings (Algorithm 8's 2:1, default) or one "
+                        "global ranking by importance per parameter removed")
     p.add_argument("--block-choice", default="gromov", choices=["gromov", "ranking"],
                    help="--granularity block with angular importance: Gromov et al.'s most similar contiguous "
                         "run of layers (default) or a plain ranking of single layers")

@@ -9,7 +9,7 @@ from typing import Callable
 from .errors import InvalidArgumentError, RatioUnreachableError
 from .prune.session import PruneSession, UnitPlan
 
-__all__ = ["gromov_order", "prune_to_ratio", "prune_transformer", "algorithm8_order", "prune_one_shot", "ORDERINGS"]
+__all__ = ["RANKINGS", "gromov_order", "prune_to_ratio", "prune_transformer", "algorithm8_order", "prune_one_shot", "ORDERINGS"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +106,12 @@ def gromov_order(layer_distances: list[float], n_layers: int) -> list[str]:
     return [f"layer{best + k}.block" for k in range(n_layers)]
 
 
+RANKINGS = ("split", "global")
+
+
 def prune_transformer(session: PruneSession, ratio: float, *, ordering: str = "ascending", seed: int = 0,
-                      scores: dict[str, float] | None = None, on_step: Callable | None = None) -> list:
+                      scores: dict[str, float] | None = None, ranking: str = "split",
+                      on_step: Callable | None = None) -> list:
     """Algorithm 8 for --granularity fine, one plain ranking for sublayer/block.
 
     SCORES (unit id -> importance, e.g. angular distance) replace the plans' own (magnitude) scores.
@@ -119,7 +123,13 @@ def prune_transformer(session: PruneSession, ratio: float, *, ordering: str = "a
             raise InvalidArgumentError(f"the score table has no score for {len(missing)} units (e.g. {missing[0]})")
         for plan in plans:
             plan.score = float(scores[plan.unit_id])
-    if session.granularity == "fine":
+    if ranking == "global":
+        # One shared ranking (past the thesis's limitation 2): importance per parameter removed, so that a
+        # small attention block and a large MLP projection compete on what each costs per parameter.
+        for plan in plans:
+            plan.score = plan.score / max(plan.params_removed, 1)
+        order = [p.unit_id for p in _ordered(plans, ordering, seed)]
+    elif session.granularity == "fine":
         order = algorithm8_order(plans, ordering, seed)
     else:
         order = [p.unit_id for p in _ordered(plans, ordering, seed)]

@@ -810,11 +810,15 @@ class PruneSession:
 
     # -- output --------------------------------------------------------------------------------------
     def to_model(self, template: onnx.ModelProto) -> onnx.ModelProto:
-        """Export: bypass pruned identities, clean up, toposort, keep TEMPLATE's metadata."""
-        graph = self.graph
+        """Export: bypass pruned identities, clean up, toposort, keep TEMPLATE's metadata.
+
+        Works on a copy, so the session can go on pruning (and patching through its identities) after.
+        """
+        graph = self.graph.copy()
+        identity_names = {node.name for node in self.graph.nodes if id(node) in self.identity_nodes}
         outputs = {id(t) for t in graph.outputs}
         for node in list(graph.nodes):
-            if id(node) not in self.identity_nodes or not node.outputs:
+            if node.name not in identity_names or node.op != "Identity" or not node.outputs:
                 continue
             src, dst = node.inputs[0], node.outputs[0]
             if id(dst) in outputs:
@@ -834,7 +838,6 @@ class PruneSession:
         model.metadata_props.extend(template.metadata_props)
         # Intermediate shapes changed: drop stale value_info, shape inference recomputes what it can.
         del model.graph.value_info[:]
-        self._invalidate()
         return model
 
 
