@@ -133,6 +133,8 @@ class PruneSession:
         self._analysis: ChannelAnalysis | None = None
         self._lifting = None
         # A cut-out layer (block-local scoring) has no head: its output is just the next layer's input.
+        # Its KV-cache inputs are fed directly, so they need not stay consistent with other layers either.
+        self.detect_head = detect_head
         self.head_units = self._find_head() if detect_head else set()
         self.input_axes = input_channel_axes(self.graph, self.shapes)
         self.graph.toposort()
@@ -215,7 +217,8 @@ class PruneSession:
         merges with the trunk (a ResNet's last block before its classifier) is not a head branch.
         """
         transforms = {id(n): n for n in self.graph.nodes if transform_weight_index(n) is not None}
-        outputs = {id(t) for t in self.graph.outputs}
+        # KV-cache outputs (present = Concat(past input, new)) carry state, not the model's prediction.
+        outputs = {id(t) for t in self.graph.outputs if not _is_cache_output(t)}
         head: set[str] = set()
         branches: list[tuple[frozenset, list[gs.Node]]] = []  # (fork transforms, chain incl. its H0)
         for node in transforms.values():
@@ -378,7 +381,7 @@ class PruneSession:
         score = sum(float(self.importance(n, i, const_value(t)).sum()) for n in block.projections
                     for i, t in enumerate(n.inputs) if i > 0 and const_value(t) is not None)
         reason = USER if self.exclude is not None and self.exclude.search(unit_id) else None
-        if reason is None and self._carries_past_length(block):
+        if reason is None and self.detect_head and self._carries_past_length(block):
             reason = "the last attention block with a KV cache carries the past length"
         return StructuralPlan(unit_id, "attention", layer, [], acts + norms, params, score, reason)
 
@@ -853,6 +856,13 @@ def _descendants(tensor: gs.Tensor) -> set[int]:
             if transform_weight_index(node) is None and node.op not in ("Shape", "Size"):
                 stack.extend(node.outputs)
     return seen
+
+
+def _is_cache_output(tensor: gs.Tensor) -> bool:
+    """A graph output that appends to a graph input (a KV cache's present = Concat(past, new))."""
+    if not tensor.inputs or tensor.inputs[0].op != "Concat":
+        return False
+    return any(not i.inputs and not isinstance(i, gs.Constant) for i in tensor.inputs[0].inputs)
 
 
 def _shape_derived(tensor: gs.Tensor, limit: int = 200) -> bool:
