@@ -26,6 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from onnxdepth.api import plan_path_for, prune_file
+
+# Data-driven importance calibrates on WikiText-2 *valid*; the similarity is measured on *test* lines.
+DEFAULT_CALIB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext-2" / "valid.txt"
 from onnxdepth.errors import OnnxDepthError
 from onnxdepth.eval.generate import make_session
 
@@ -72,7 +75,8 @@ def pruned_model(src: Path, work_dir: Path, ratio: float, granularity: str, impo
         return out, plan, "reused"
     work_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    result = prune_file(src, out, ratio, granularity=granularity, importance=importance)
+    calib = str(DEFAULT_CALIB) if importance != "magnitude" and DEFAULT_CALIB.exists() else None
+    result = prune_file(src, out, ratio, granularity=granularity, importance=importance, calib=calib)
     return out, result.plan, f"pruned in {time.perf_counter() - t0:.1f} s"
 
 
