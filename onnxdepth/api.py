@@ -178,6 +178,36 @@ def _gromov_run(session: PruneSession, ratio: float, scores: dict) -> list[str]:
     return gromov_order(table, n)
 
 
+def replay_plan(model: onnx.ModelProto, plan: dict, *, input_shapes: dict | None = None,
+                verify: bool = True) -> PruneResult:
+    """Apply a saved plan's units in its order: the same pruned model, with no scoring (for pipelines).
+
+    Channel choices are recomputed deterministically from the weights (magnitude, Eq. 3.10), as when
+    the plan was made.
+    """
+    try:
+        granularity = plan.get("granularity", "fine")
+        unit_ids = [step["unit"] for step in plan["steps"]]
+    except (KeyError, TypeError):
+        raise InvalidArgumentError("--plan: not an onnxdepth plan (needs granularity and steps[].unit)") from None
+    session = PruneSession(model, input_shapes=input_shapes, granularity=granularity)
+    for unit_id in unit_ids:
+        step = session.plan(unit_id)
+        if step.reason is not None:
+            raise InvalidArgumentError(f"--plan: unit {unit_id} cannot be pruned in this model: {step.reason}")
+        session.apply(step)
+    out = session.to_model(model)
+    result = PruneResult(out, session.params_before, session.params(), unit_ids,
+                         [s for s in plan["steps"]])
+    replayed = {**plan, **result.summary(), "replayed": True}
+    entry = result.model.metadata_props.add()
+    entry.key, entry.value = PLAN_METADATA_KEY, json.dumps(replayed, separators=(",", ":"))
+    if verify:
+        verify_model(result.model, model, session.input_shapes, removed=set(session.removed_graph_io))
+    result.plan = replayed
+    return result
+
+
 def plan_path_for(out: Path) -> Path:
     return out.with_name(out.stem + ".plan.json")
 
@@ -185,11 +215,15 @@ def plan_path_for(out: Path) -> Path:
 def prune_file(src: str | os.PathLike, out: str | os.PathLike, ratio: float, **kwargs) -> PruneResult:
     """Load SRC, prune, verify, and write OUT and OUT's plan JSON atomically."""
     out = check_output_path(out, src)
-    if not 0.0 <= ratio < 1.0:
+    if "plan" not in kwargs and not 0.0 <= ratio < 1.0:
         raise InvalidArgumentError(f"--ratio {ratio:g}: must be in [0, 1)")
     model = load_model(src)
-    kwargs.setdefault("model_path", src)
-    result = prune_model(model, ratio, **kwargs)
+    plan = kwargs.pop("plan", None)
+    if plan is not None:
+        result = replay_plan(model, plan, input_shapes=kwargs.get("input_shapes"))
+    else:
+        kwargs.setdefault("model_path", src)
+        result = prune_model(model, ratio, **kwargs)
     result.plan["source"] = str(src)
     save_model_atomic(result.model, out)
     _write_json_atomic(plan_path_for(out), result.plan)

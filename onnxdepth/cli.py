@@ -64,6 +64,11 @@ def _cmd_units(args) -> int:
 def _cmd_prune(args) -> int:
     from .api import plan_path_for, prune_file
 
+    if args.ratio is None and not args.plan:
+        raise InvalidArgumentError("prune needs --ratio R (or --plan PLAN.json)")
+    if args.ratio is None:
+        args.ratio = 0.0  # unused when replaying a plan
+
     progress = None
     if not args.json and sys.stderr.isatty():
         from rich.progress import BarColumn, Progress, TextColumn
@@ -84,6 +89,8 @@ def _cmd_prune(args) -> int:
                   calib=args.calib, calib_sequences=args.calib_sequences, calib_length=args.calib_length,
                   scores=_read_scores(args.scores) if args.scores else None, block_choice=args.block_choice,
                   ranking=args.ranking)
+    if args.plan:
+        kwargs = dict(plan=_read_plan(args.plan), input_shapes=kwargs["input_shapes"])
     if progress is not None:
         with progress:
             task = progress.add_task("", total=args.ratio or 1.0)
@@ -97,6 +104,17 @@ def _cmd_prune(args) -> int:
               f"({result.reduction:.2%} removed, {len(result.pruned_units)} units) "
               f"in {time.perf_counter() - started:.1f}s; plan in {plan_path_for(__import__('pathlib').Path(args.output))}")
     return 0
+
+
+def _read_plan(path: str) -> dict:
+    from pathlib import Path
+
+    if not Path(path).exists():
+        raise InvalidArgumentError(f"--plan {path}: no such file")
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError:
+        raise InvalidArgumentError(f"--plan {path}: not JSON") from None
 
 
 def _read_scores(path: str) -> dict[str, float]:
@@ -233,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="remove RATIO of the parameters by deleting whole layers")
     p.add_argument("input")
     p.add_argument("output")
-    p.add_argument("--ratio", type=float, required=True, help="target parameter reduction in [0, 1)")
+    p.add_argument("--ratio", type=float, default=None, help="target parameter reduction in [0, 1)")
+    p.add_argument("--plan", help="replay a saved plan (OUT.plan.json) exactly instead of selecting units")
     p.add_argument("--importance", default="magnitude", help="importance metric (default: magnitude)")
     p.add_argument("--ordering", default="ascending", choices=["ascending", "descending", "random"],
                    help="visit units by ascending score (the method), descending or random (ablations)")

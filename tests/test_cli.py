@@ -327,3 +327,25 @@ def test_ort_fused_transformer_graph_is_refused(cli, tmp):
     assert err.strip().splitlines() == [err.strip()]
     assert "transformer optimizer" in err and "SkipSimplifiedLayerNormalization" in err
     assert not (tmp / "out.onnx").exists()
+
+
+def test_plan_replay_is_byte_identical(cli, model_path, tmp):
+    """`prune --plan OUT.plan.json` reproduces the pruned model exactly, without selecting anything."""
+    code, out, err = cli("prune", model_path, tmp / "a.onnx", "--ratio", "0.3", "--json")
+    assert code == 0, err
+    code, out2, err = cli("prune", model_path, tmp / "b.onnx", "--plan", tmp / "a.plan.json", "--json")
+    assert code == 0, err
+    assert json.loads(out2)["pruned_units"] == json.loads(out)["pruned_units"]
+    a, b = onnx.load(tmp / "a.onnx"), onnx.load(tmp / "b.onnx")
+    assert [n.SerializeToString() for n in a.graph.node] == [n.SerializeToString() for n in b.graph.node]
+    assert [t.SerializeToString() for t in a.graph.initializer] == [t.SerializeToString() for t in b.graph.initializer]
+
+
+def test_plan_replay_errors(cli, model_path, tmp):
+    bad = tmp / "bad.json"
+    bad.write_text("{\"steps\": [{\"unit\": \"no_such_unit\"}]}")
+    code, _, err = cli("prune", model_path, tmp / "o.onnx", "--plan", bad)
+    assert code == 1 and err.startswith("onnxdepth: error:") and err.count("\n") == 1
+    code, _, err = cli("prune", model_path, tmp / "o.onnx")
+    assert code == 1 and "--ratio" in err
+    assert not (tmp / "o.onnx").exists()

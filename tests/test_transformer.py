@@ -571,3 +571,14 @@ def test_last_cached_attention_is_kept(hf):
     pruned = session.to_model(hf.tgp)
     _check_pruned(pruned, hf.tgp, session)
     assert len(_greedy_with_cache(pruned)) == NEW_TOKENS
+
+
+@pytest.mark.parametrize("granularity", ["fine", "block"])
+def test_plan_replay_transformer(hf, granularity):
+    from onnxdepth.api import replay_plan
+
+    result = prune_model(hf.tg, 0.3, granularity=granularity)
+    replayed = replay_plan(hf.tg, result.plan)
+    assert replayed.pruned_units == result.pruned_units
+    assert [n.SerializeToString() for n in replayed.model.graph.node] == [
+        n.SerializeToString() for n in result.model.graph.node]
