@@ -99,10 +99,8 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
         elif session.layers:
             steps = prune_transformer(session, ratio, ordering=ordering, seed=seed, scores=scores,
                                       ranking=ranking, on_step=on_step)
-        elif ordering != "ascending":
-            raise InvalidArgumentError("--ordering other than ascending is only supported for transformers yet")
         else:
-            steps = prune_to_ratio(session, ratio, on_step=on_step)
+            steps = prune_to_ratio(session, ratio, ordering=ordering, seed=seed, on_step=on_step)
         out = session.to_model(model)
         result = PruneResult(out, session.params_before, session.params(), [s.unit_id for s in steps],
                              [s.describe() for s in steps])

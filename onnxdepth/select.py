@@ -14,13 +14,16 @@ __all__ = ["RANKINGS", "gromov_order", "prune_to_ratio", "prune_transformer", "a
 logger = logging.getLogger(__name__)
 
 
-def prune_to_ratio(session: PruneSession, ratio: float, *, on_step: Callable[[UnitPlan, float], None] | None = None
-                   ) -> list[UnitPlan]:
+def prune_to_ratio(session: PruneSession, ratio: float, *, ordering: str = "ascending", seed: int = 0,
+                   on_step: Callable[[UnitPlan, float], None] | None = None) -> list[UnitPlan]:
     """Algorithm 9: while the parameter reduction is below RATIO, prune the lowest-scoring unit.
 
     Every unit is re-planned (channels to drop, cost, score) on the current graph after each prune.
-    Raises RatioUnreachableError with the largest reduction reached when no prunable unit is left.
+    ORDERING descending / random picks the highest-scoring / a random unit instead (line 7 of the
+    algorithm, the thesis's Table 4.5 ablation). Raises RatioUnreachableError with the largest reduction
+    reached when no prunable unit is left.
     """
+    rng = random.Random(seed)
     steps: list[UnitPlan] = []
     total = session.params_before
     reduction = 0.0
@@ -30,7 +33,12 @@ def prune_to_ratio(session: PruneSession, ratio: float, *, on_step: Callable[[Un
             raise RatioUnreachableError(
                 f"ratio {ratio:g} is not reachable: the largest reachable reduction is {reduction:.4f}"
                 f" ({len(steps)} units pruned, nothing prunable left)", reachable=reduction)
-        best = min(plans, key=lambda p: (p.score, p.unit_id))
+        if ordering == "descending":
+            best = max(plans, key=lambda p: (p.score, p.unit_id))
+        elif ordering == "random":
+            best = rng.choice(sorted(plans, key=lambda p: p.unit_id))
+        else:
+            best = min(plans, key=lambda p: (p.score, p.unit_id))
         session.apply(best)
         steps.append(best)
         reduction = 1.0 - session.params() / total

@@ -134,3 +134,24 @@ def test_exclude_is_honoured_by_selection():
     assert first not in result.pruned_units
     assert result.reduction >= 0.1
     assert _plan(result.model)["exclude"] == f"^{first}$"
+
+
+@pytest.mark.parametrize("ordering", ["descending", "random"])
+def test_cnn_orderings_for_ablation(ordering):
+    """Algorithm 9 with line 7 picking the highest-scoring or a random unit (Table 4.5's ablation)."""
+    model = graphs.FAMILIES["residual"]()
+    ascending = api.prune_model(model, 0.3)
+    other = api.prune_model(model, 0.3, ordering=ordering, seed=1)
+    assert other.reduction >= 0.3
+    assert other.pruned_units != ascending.pruned_units
+    again = api.prune_model(model, 0.3, ordering=ordering, seed=1)
+    assert again.pruned_units == other.pruned_units  # reproducible
+
+
+def test_descending_prunes_the_highest_score_first():
+    from onnxdepth.prune.session import PruneSession
+
+    model = graphs.FAMILIES["residual"]()
+    plans = PruneSession(model).prunable_plans()
+    result = api.prune_model(model, 0.01, ordering="descending")
+    assert result.pruned_units[0] == max(plans, key=lambda p: (p.score, p.unit_id)).unit_id
