@@ -582,3 +582,19 @@ def test_plan_replay_transformer(hf, granularity):
     assert replayed.pruned_units == result.pruned_units
     assert [n.SerializeToString() for n in replayed.model.graph.node] == [
         n.SerializeToString() for n in result.model.graph.node]
+
+
+def test_layer_deletion_matches_exported_deleted_model(hf, torch_llama, tmp_path):
+    """All four fine units of layer 1 pruned == the ONNX export of the model with layer 1 deleted
+    (allclose 1e-5: same runtime on both sides, so only float reassociation may differ)."""
+    import copy
+
+    deleted = copy.deepcopy(torch_llama)
+    del deleted.model.layers[1]
+    for i, layer in enumerate(deleted.model.layers):
+        layer.self_attn.layer_idx = i
+    deleted.config.num_hidden_layers = LAYERS - 1
+    deleted.save_pretrained(tmp_path / "deleted")
+    reference = onnx.load(str(export_hf(tmp_path / "deleted", tmp_path / "deleted_onnx", task="text-generation")))
+    pruned, _ = _prune(hf.tg, LAYER1_UNITS["fine"], "fine")
+    np.testing.assert_allclose(_logits(pruned), _logits(reference), atol=1e-5, rtol=1e-5)
