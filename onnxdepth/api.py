@@ -12,7 +12,7 @@ from typing import Callable
 
 import onnx
 
-from .errors import InvalidArgumentError, OutputWriteError
+from .errors import InvalidArgumentError, OutputWriteError, RatioUnreachableError
 from .graph.io import check_output_path, load_model, save_model_atomic
 from .importance import get_metric
 from .prune.session import PruneSession, Unit, UnitPlan
@@ -69,6 +69,7 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
                 ordering: str = "ascending", seed: int = 0, scores: dict[str, float] | None = None,
                 calib: str | None = None, model_path: str | os.PathLike | None = None, calib_sequences: int = 32,
                 calib_length: int = 128, block_choice: str = "gromov", ranking: str = "split",
+                rescore_every: int | None = None,
                 on_step: Callable[[UnitPlan, float], None] | None = None) -> PruneResult:
     """Prune MODEL until RATIO of its parameters are gone and verify the result.
 
@@ -90,10 +91,19 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
         out.CopyFrom(model)
         result = PruneResult(out, session.params_before, session.params_before, [])
     else:
-        if scores is None and importance in UNIT_METRICS:
+        if rescore_every:
+            if importance != "angular" or granularity != "fine" or not session.layers:
+                raise InvalidArgumentError("--rescore-every needs --importance angular and --granularity fine "
+                                           "on a transformer")
+            steps = _prune_with_rescoring(model, session, ratio, rescore_every, calib=calib, model_path=model_path,
+                                          n_seq=calib_sequences, seq_len=calib_length, seed=seed, ranking=ranking,
+                                          on_step=on_step)
+        elif scores is None and importance in UNIT_METRICS:
             scores = score_units(model, session, importance, calib=calib, model_path=model_path,
                                  n_seq=calib_sequences, seq_len=calib_length, seed=seed)
-        if session.layers and granularity == "block" and importance == "angular" and block_choice == "gromov" \
+        if rescore_every:
+            pass
+        elif session.layers and granularity == "block" and importance == "angular" and block_choice == "gromov" \
                 and ordering == "ascending":
             steps = prune_one_shot(session, ratio, _gromov_run(session, ratio, scores), on_step=on_step)
         elif session.layers:
@@ -107,7 +117,7 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
     method = ("Algorithm 8" if granularity == "fine" else f"{granularity} ranking") if session.layers else \
         "Algorithm 9"
     plan = {"onnxdepth_version": "0.1.0", "method": f"depth pruning ({method})", "granularity": granularity,
-            "ordering": ordering, "ranking": ranking, "ratio": ratio, "importance": importance, "exclude": exclude,
+            "ordering": ordering, "ranking": ranking, "rescore_every": rescore_every, "ratio": ratio, "importance": importance, "exclude": exclude,
             **result.summary(), "removed_graph_io": session.removed_graph_io, "steps": result.steps}
     entry = result.model.metadata_props.add()
     entry.key, entry.value = PLAN_METADATA_KEY, json.dumps(plan, separators=(",", ":"))
@@ -142,6 +152,71 @@ def score_units(model: onnx.ModelProto, session: PruneSession, importance: str, 
         scores["__gromov__"] = table  # type: ignore[assignment]
         return scores
     return angular_scores(model, session, tokens)
+
+
+def _prune_with_rescoring(model, session: PruneSession, ratio: float, every: int, *, calib, model_path, n_seq,
+                          seq_len, seed, ranking, on_step) -> list:
+    """Algorithm 8 with the importance re-estimated (block-locally) after every EVERY pruned units."""
+    from .calibration import calibration_tokens
+    from .importance.angular import layer_boundaries, rescore_fine
+
+    if model_path is None:
+        raise InvalidArgumentError("--rescore-every needs the model's path (its tokenizer sits beside it)")
+    tokens = calibration_tokens(calib, Path(model_path), n_seq=n_seq, seq_len=seq_len, seed=seed)
+    boundaries = layer_boundaries(session)
+    keep = {name for pair in boundaries for name in pair}
+    targets = {}
+    for layer in session.layers:
+        targets[f"layer{layer.index}.attention"] = (layer.index, None)
+        for kind, node in layer.mlp.items():
+            targets[f"layer{layer.index}.{kind}"] = (layer.index, node.name)
+    steps: list = []
+    reduction = 0.0
+    while reduction < ratio:
+        current = session.to_model(model, keep=keep)
+        remaining = {u: t for u, t in targets.items() if u not in session.pruned}
+        scores = rescore_fine(current, boundaries, remaining, tokens)
+        plans = [p for p in session.prunable_plans() if p.unit_id in scores]
+        if not plans:
+            break
+        for plan in plans:
+            plan.score = scores[plan.unit_id]
+        if ranking == "global":
+            order = [p.unit_id for p in sorted(plans, key=lambda p: (p.score / max(p.params_removed, 1), p.unit_id))]
+        else:
+            # Keep Algorithm 8's 2:1 rhythm across rounds: continue the interleave where the last round stopped.
+            order = _continue_interleave(plans, len(steps) % 3)
+        applied = 0
+        for unit_id in order:
+            if applied == every or reduction >= ratio:
+                break
+            plan = session.plan(unit_id)
+            if plan.reason is not None:
+                continue
+            session.apply(plan)
+            steps.append(plan)
+            applied += 1
+            reduction = 1.0 - session.params() / session.params_before
+            if on_step is not None:
+                on_step(plan, reduction)
+        if applied == 0:
+            break
+    if reduction < ratio:
+        raise RatioUnreachableError(f"ratio {ratio:g} is not reachable: the largest reachable reduction is "
+                                    f"{reduction:.4f}", reachable=reduction)
+    return steps
+
+
+def _continue_interleave(plans: list, position: int) -> list[str]:
+    """Algorithm 8's order, starting at interleave position POSITION (k mod 3 == 1 takes attention)."""
+    attention = [p.unit_id for p in sorted(plans, key=lambda p: (p.score, p.unit_id)) if p.unit_id.endswith(".attention")]
+    others = [p.unit_id for p in sorted(plans, key=lambda p: (p.score, p.unit_id)) if not p.unit_id.endswith(".attention")]
+    order, k = [], position
+    while attention or others:
+        take_attention = (k % 3 == 1 and attention) or not others
+        order.append((attention if take_attention else others).pop(0))
+        k += 1
+    return order
 
 
 def gromov_rows(table: list[list[float]]) -> dict[str, float]:

@@ -88,7 +88,7 @@ def _cmd_prune(args) -> int:
                   granularity=args.granularity, ordering=args.ordering, seed=args.seed, on_step=on_step,
                   calib=args.calib, calib_sequences=args.calib_sequences, calib_length=args.calib_length,
                   scores=_read_scores(args.scores) if args.scores else None, block_choice=args.block_choice,
-                  ranking=args.ranking)
+                  ranking=args.ranking, rescore_every=args.rescore_every)
     if args.plan:
         kwargs = dict(plan=_read_plan(args.plan), input_shapes=kwargs["input_shapes"])
     if progress is not None:
@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="visit units by ascending score (the method), descending or random (ablations)")
     p.add_argument("--seed", type=int, default=0, help="seed for --ordering random and sampled calibration")
     p.add_argument("--scores", help="reuse a score table from `onnxdepth score` (CSV unit,score)")
+    p.add_argument("--rescore-every", type=int, default=None, metavar="N",
+                   help="re-estimate angular importance (block-locally, on the pruned model) after every N "
+                        "pruned units (fine granularity)")
     p.add_argument("--ranking", default="split", choices=["split", "global"],
                    help="transformers: separate attention/MLP rankings (Algorithm 8's 2:1, default) or one "
                         "global ranking by importance per parameter removed")

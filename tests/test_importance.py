@@ -559,3 +559,17 @@ def test_cli_prune_block_gromov_with_score_csv(cli, tiny, text_calib, tmp_path):
                             "--calib-length", SEQ_LEN, "--json")
     assert code == 0, err
     assert json.loads(from_csv)["pruned_units"] == json.loads(direct)["pruned_units"]
+
+
+def test_rescore_every_reaches_the_ratio_and_matches_one_shot_first_round(tiny, tmp_path):
+    """--rescore-every N: the first N units are those of the one-shot order; the result is valid."""
+    from onnxdepth.verify import verify_model
+
+    kwargs = dict(granularity="fine", importance="angular", calib=str(tiny.npz), model_path=tiny.path,
+                  calib_sequences=N_SEQ, calib_length=SEQ_LEN)
+    one_shot = prune_model(tiny.model, 0.3, **kwargs)
+    rescored = prune_model(tiny.model, 0.3, rescore_every=2, **kwargs)
+    assert rescored.reduction >= 0.3
+    assert rescored.pruned_units[:2] == one_shot.pruned_units[:2]
+    assert rescored.plan["rescore_every"] == 2
+    verify_model(rescored.model, tiny.model, {"input_ids": (1, 8), "attention_mask": (1, 8), "position_ids": (1, 8)})

@@ -192,3 +192,49 @@ def _progress(total: int, enabled: bool):
             progress.update(task, advance=1, description=f"angular: {item}")
 
     return advance
+
+
+def rescore_fine(model: onnx.ModelProto, boundaries: list[tuple[str, str]], targets: dict[str, tuple[int, str | None]],
+                 tokens: np.ndarray, *, batch_size: int = 8, threads: int | None = None) -> dict[str, float]:
+    """Angular scores of the fine units in TARGETS on MODEL as it is now (partly pruned).
+
+    TARGETS maps an original unit id to (layer index, node name of its transform, or None for the
+    attention block). Layers are cut at the original BOUNDARIES (kept alive by `to_model(keep=...)`);
+    in a cut-out layer an MLP projection is addressed by its node name, the attention block as the
+    only one there. Used by --rescore-every (the thesis's limitation 1).
+    """
+    from ..prune.session import PruneSession
+
+    cache = cache_layers(model, boundaries, tokens, batch_size=batch_size, threads=threads)
+    by_layer: dict[int, list[str]] = {}
+    for unit_id, (layer, _) in targets.items():
+        by_layer.setdefault(layer, []).append(unit_id)
+    scores: dict[str, float] = {}
+    for index, unit_ids in sorted(by_layer.items()):
+        start, end = boundaries[index]
+        sub = extract_submodel(model, [start], [end])
+        sub_inputs = [v.name for v in sub.graph.input]
+        base = PruneSession(sub, granularity="fine", input_shapes=_sub_shapes(sub, cache, start), detect_head=False)
+        for unit_id in unit_ids:
+            node_name = targets[unit_id][1]
+            local = base.fork()
+            if node_name is None:
+                if len(local.layers) != 1:
+                    continue  # the attention block is gone already
+                plan = local.plan("layer0.attention")
+            else:
+                if node_name not in local.analysis.transforms:
+                    continue
+                plan = local.plan(node_name)
+            if plan.reason is not None:
+                continue
+            local.apply(plan)
+            runner = _session(local.to_model(sub), threads)
+            names = {i.name for i in runner.get_inputs()}
+            outs = []
+            for b, feeds in enumerate(cache.feeds):
+                local_feeds = {k: v for k, v in feeds.items() if k in names and k in sub_inputs}
+                local_feeds[start] = cache.hidden[start][b]
+                outs.append(runner.run([end], local_feeds)[0])
+            scores[unit_id] = _mean_distance(cache.hidden[end], outs)
+    return scores

@@ -812,11 +812,13 @@ class PruneSession:
         return edits
 
     # -- output --------------------------------------------------------------------------------------
-    def to_model(self, template: onnx.ModelProto) -> onnx.ModelProto:
+    def to_model(self, template: onnx.ModelProto, keep: set[str] | None = None) -> onnx.ModelProto:
         """Export: bypass pruned identities, clean up, toposort, keep TEMPLATE's metadata.
 
         Works on a copy, so the session can go on pruning (and patching through its identities) after.
+        Tensors named in KEEP survive (behind an Identity if need be), e.g. layer boundaries for rescoring.
         """
+        keep = keep or set()
         graph = self.graph.copy()
         identity_names = {node.name for node in self.graph.nodes if id(node) in self.identity_nodes}
         outputs = {id(t) for t in graph.outputs}
@@ -824,7 +826,7 @@ class PruneSession:
             if node.name not in identity_names or node.op != "Identity" or not node.outputs:
                 continue
             src, dst = node.inputs[0], node.outputs[0]
-            if id(dst) in outputs:
+            if id(dst) in outputs or dst.name in keep:
                 continue  # a graph output keeps its name; an Identity stays in front of it
             for consumer in list(dst.outputs):
                 for k, t in enumerate(consumer.inputs):
