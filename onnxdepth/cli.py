@@ -182,8 +182,24 @@ def _cmd_score(args) -> int:
 
 
 def _cmd_eval(args) -> int:
+    if args.task == "detection":
+        if not args.reference:
+            raise InvalidArgumentError("eval --task detection: labels are not supported yet; give --reference "
+                                       "UNPRUNED.onnx for fidelity mAP")
+        from .eval import fidelity_map, reference_images
+        from .graph.io import load_model
+
+        load_model(args.model), load_model(args.reference)  # one-line errors for bad files
+        result = fidelity_map(args.model, args.reference, reference_images(args.images, args.imgsz),
+                              threads=args.threads)
+        summary = {"task": "detection", "map50": result["map50"], "map50_95": result["map50_95"],
+                   "images": result["images"], "reference_boxes": result["reference_boxes"]}
+        print(json.dumps(summary) if args.json else
+              f"fidelity mAP50 {summary['map50']:.4f}, mAP50-95 {summary['map50_95']:.4f} on {summary['images']} "
+              f"images ({summary['reference_boxes']} reference boxes)")
+        return 0
     if args.task != "perplexity":
-        raise InvalidArgumentError(f"eval --task {args.task}: not yet supported (available: perplexity)")
+        raise InvalidArgumentError(f"eval --task {args.task}: not yet supported (available: perplexity, detection)")
     if not args.text:
         raise InvalidArgumentError("eval --task perplexity needs --text FILE")
     from .eval import evaluate_perplexity
@@ -280,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx", type=int, default=512, help="window length in tokens")
     p.add_argument("--stride", type=int, default=None, help="sliding windows (default: non-overlapping)")
     p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--reference", help="detection: the unpruned model, whose detections are the ground truth")
+    p.add_argument("--images", type=int, default=24, help="detection: images from the packaged photos")
+    p.add_argument("--imgsz", type=int, default=320, help="detection: letterbox size")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_eval)
