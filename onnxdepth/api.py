@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import onnx
 
 from .errors import InvalidArgumentError, OutputWriteError, RatioUnreachableError
@@ -25,6 +26,8 @@ __all__ = ["PruneResult", "list_units", "units_summary", "prune_model", "prune_f
 logger = logging.getLogger(__name__)
 
 PLAN_METADATA_KEY = "onnxdepth.plan"
+# Calibration images for the Taylor sidecar (packaged photos and seeded variants, see eval.detection).
+TAYLOR_IMAGES = 24
 
 
 @dataclass
@@ -85,6 +88,8 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
     metric = get_metric(importance)
     session = PruneSession(model, exclude=exclude, input_shapes=input_shapes, importance=metric,
                            granularity=granularity)
+    if importance == "taylor" and session.layers and scores is None:
+        raise InvalidArgumentError("--importance taylor: not yet supported for transformers (use angular)")
     if ratio == 0.0:
         # Nothing to remove: the model is returned as it is, so outputs are bit-identical.
         out = onnx.ModelProto()
@@ -110,7 +115,8 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
             steps = prune_transformer(session, ratio, ordering=ordering, seed=seed, scores=scores,
                                       ranking=ranking, on_step=on_step)
         else:
-            steps = prune_to_ratio(session, ratio, ordering=ordering, seed=seed, on_step=on_step)
+            refresh = _taylor_refresh(model, session, input_shapes) if importance == "taylor" else None
+            steps = prune_to_ratio(session, ratio, ordering=ordering, seed=seed, on_step=on_step, refresh=refresh)
         out = session.to_model(model)
         result = PruneResult(out, session.params_before, session.params(), [s.unit_id for s in steps],
                              [s.describe() for s in steps])
@@ -236,6 +242,28 @@ def gromov_table_from_rows(scores: dict, n_layers: int) -> list[list[float]] | N
             row.append(float(scores[key]))
         table.append(row)
     return table
+
+
+def _taylor_refresh(model: onnx.ModelProto, session: PruneSession, input_shapes: dict | None):
+    """The Taylor sidecar for a CNN: calibration images from the packaged photos, scores refreshed per step."""
+    if session.layers:
+        raise InvalidArgumentError("--importance taylor: not yet supported for transformers (use angular)")
+    from .eval.detection import reference_images
+    from .importance.taylor import TaylorSidecar
+
+    name, shape = next(iter(session.input_shapes.items()))
+    if len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3]:
+        raise InvalidArgumentError("--importance taylor: needs an image model with a square [1, 3, S, S] input "
+                                   "(give --input-shape)")
+    images = np.stack(reference_images(TAYLOR_IMAGES, shape[2]))
+    sidecar = TaylorSidecar(model, images)
+
+    def refresh(current_session: PruneSession) -> None:
+        sidecar.refresh(current_session.to_model(model))
+        current_session.importance = sidecar
+        current_session._invalidate()
+
+    return refresh
 
 
 def _gromov_run(session: PruneSession, ratio: float, scores: dict) -> list[str]:

@@ -161,6 +161,12 @@ def _cmd_score(args) -> int:
         from .importance import get_metric
 
         get_metric(args.importance)
+        if args.importance == "taylor":
+            from .api import _taylor_refresh
+
+            if session.layers:
+                raise InvalidArgumentError("--importance taylor: not yet supported for transformers (use angular)")
+            _taylor_refresh(model, session, None)(session)
         scores = {p.unit_id: p.score for p in session.prunable_plans()}
     buffer = io.StringIO()
     writer = csv.writer(buffer)

@@ -15,7 +15,8 @@ logger = logging.getLogger(__name__)
 
 
 def prune_to_ratio(session: PruneSession, ratio: float, *, ordering: str = "ascending", seed: int = 0,
-                   on_step: Callable[[UnitPlan, float], None] | None = None) -> list[UnitPlan]:
+                   on_step: Callable[[UnitPlan, float], None] | None = None,
+                   refresh: Callable[[PruneSession], None] | None = None) -> list[UnitPlan]:
     """Algorithm 9: while the parameter reduction is below RATIO, prune the lowest-scoring unit.
 
     Every unit is re-planned (channels to drop, cost, score) on the current graph after each prune.
@@ -28,6 +29,8 @@ def prune_to_ratio(session: PruneSession, ratio: float, *, ordering: str = "asce
     total = session.params_before
     reduction = 0.0
     while reduction < ratio:
+        if refresh is not None:
+            refresh(session)  # line 5: importance re-estimated on the current graph (Taylor)
         plans = session.prunable_plans()
         if not plans:
             raise RatioUnreachableError(

@@ -30,7 +30,8 @@ def main() -> int:
     args = parser.parse_args()
     started = time.perf_counter()
     src = nudenet_yolov8n()
-    images = reference_images(args.images, 320)
+    # Evaluation images are other seeded variants than the Taylor calibration images (seed 0).
+    images = reference_images(args.images, 320, seed=1)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         runs = [("ascending", 0), ("descending", 0)] + [("random", seed) for seed in args.seeds]

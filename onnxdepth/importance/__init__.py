@@ -20,17 +20,19 @@ def magnitude(node: gs.Node, index: int, values: np.ndarray) -> np.ndarray:
 METRICS: dict[str, Callable] = {"magnitude": magnitude}
 # Unit-level metrics measured on calibration data (they score whole units, not parameters).
 UNIT_METRICS = ("angular",)
+# Per-parameter metrics computed from data by a sidecar (set up by the API, not a plain function).
+SIDECAR_METRICS = ("taylor",)
 # Metrics not implemented yet; named here so the CLI can say so.
-PLANNED = ("taylor", "cross_entropy")
+PLANNED = ("cross_entropy",)
 
 
 def get_metric(name: str) -> Callable:
     """The per-parameter metric behind NAME (unit-level metrics use magnitude for channel choices)."""
     if name in METRICS:
         return METRICS[name]
-    if name in UNIT_METRICS:
+    if name in UNIT_METRICS or name in SIDECAR_METRICS:
         return magnitude
-    available = ", ".join([*METRICS, *UNIT_METRICS])
+    available = ", ".join([*METRICS, *UNIT_METRICS, *SIDECAR_METRICS])
     if name in PLANNED:
         raise InvalidArgumentError(f"--importance {name}: not yet supported (available: {available})")
     raise InvalidArgumentError(f"--importance {name}: unknown metric (available: {available})")
