@@ -123,8 +123,15 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
     method = ("Algorithm 8" if granularity == "fine" else f"{granularity} ranking") if session.layers else \
         "Algorithm 9"
     plan = {"onnxdepth_version": "0.1.0", "method": f"depth pruning ({method})", "granularity": granularity,
-            "ordering": ordering, "ranking": ranking, "rescore_every": rescore_every, "ratio": ratio, "importance": importance, "exclude": exclude,
-            **result.summary(), "removed_graph_io": session.removed_graph_io, "steps": result.steps}
+            "ordering": ordering, "ranking": ranking, "rescore_every": rescore_every, "ratio": ratio,
+            "importance": importance, "exclude": exclude, **result.summary(),
+            "removed_graph_io": session.removed_graph_io, "steps": result.steps}
+    return _finish(result, plan, model, session, verify)
+
+
+def _finish(result: PruneResult, plan: dict, model: onnx.ModelProto, session: PruneSession,
+            verify: bool) -> PruneResult:
+    """Record PLAN in the pruned model's metadata and verify it against MODEL before anything is written."""
     entry = result.model.metadata_props.add()
     entry.key, entry.value = PLAN_METADATA_KEY, json.dumps(plan, separators=(",", ":"))
     if verify:
@@ -300,13 +307,7 @@ def replay_plan(model: onnx.ModelProto, plan: dict, *, input_shapes: dict | None
     out = session.to_model(model)
     result = PruneResult(out, session.params_before, session.params(), unit_ids,
                          [s for s in plan["steps"]])
-    replayed = {**plan, **result.summary(), "replayed": True}
-    entry = result.model.metadata_props.add()
-    entry.key, entry.value = PLAN_METADATA_KEY, json.dumps(replayed, separators=(",", ":"))
-    if verify:
-        verify_model(result.model, model, session.input_shapes, removed=set(session.removed_graph_io))
-    result.plan = replayed
-    return result
+    return _finish(result, {**plan, **result.summary(), "replayed": True}, model, session, verify)
 
 
 def plan_path_for(out: Path) -> Path:

@@ -136,7 +136,6 @@ def angular_scores(model: onnx.ModelProto, session, tokens: np.ndarray, *, batch
             bar(prefix + "block")
             continue
         sub = extract_submodel(model, [start], [end])
-        sub_inputs = [v.name for v in sub.graph.input]
         base = PruneSession(sub, granularity=session.granularity, input_shapes=_sub_shapes(sub, cache, start),
                             detect_head=False)
         if len(base.layers) != 1:
@@ -144,15 +143,7 @@ def angular_scores(model: onnx.ModelProto, session, tokens: np.ndarray, *, batch
         for kind in kinds:
             local = base.fork()
             local.apply(local.plan(f"layer0.{kind}"))
-            pruned = local.to_model(sub)
-            runner = _session(pruned, threads)
-            names = {i.name for i in runner.get_inputs()}
-            outs = []
-            for b, feeds in enumerate(cache.feeds):
-                local_feeds = {k: v for k, v in feeds.items() if k in names and k in sub_inputs}
-                local_feeds[start] = cache.hidden[start][b]
-                outs.append(runner.run([end], local_feeds)[0])
-            scores[prefix + kind] = _mean_distance(cache.hidden[end], outs)
+            scores[prefix + kind] = _pruned_layer_distance(local, sub, cache, start, end, threads)
             bar(prefix + kind)
     bar(None)
     logger.info("angular scores for %d units in %.1f s", len(scores), time.perf_counter() - started)
@@ -213,7 +204,6 @@ def rescore_fine(model: onnx.ModelProto, boundaries: list[tuple[str, str]], targ
     for index, unit_ids in sorted(by_layer.items()):
         start, end = boundaries[index]
         sub = extract_submodel(model, [start], [end])
-        sub_inputs = [v.name for v in sub.graph.input]
         base = PruneSession(sub, granularity="fine", input_shapes=_sub_shapes(sub, cache, start), detect_head=False)
         for unit_id in unit_ids:
             node_name = targets[unit_id][1]
@@ -229,12 +219,19 @@ def rescore_fine(model: onnx.ModelProto, boundaries: list[tuple[str, str]], targ
             if plan.reason is not None:
                 continue
             local.apply(plan)
-            runner = _session(local.to_model(sub), threads)
-            names = {i.name for i in runner.get_inputs()}
-            outs = []
-            for b, feeds in enumerate(cache.feeds):
-                local_feeds = {k: v for k, v in feeds.items() if k in names and k in sub_inputs}
-                local_feeds[start] = cache.hidden[start][b]
-                outs.append(runner.run([end], local_feeds)[0])
-            scores[unit_id] = _mean_distance(cache.hidden[end], outs)
+            scores[unit_id] = _pruned_layer_distance(local, sub, cache, start, end, threads)
     return scores
+
+
+def _pruned_layer_distance(local, sub: onnx.ModelProto, cache: LayerCache, start: str, end: str,
+                           threads: int | None) -> float:
+    """Run the cut-out layer SUB as pruned in session LOCAL on the cached inputs; mean angular distance
+    of its output to the cached unpruned output."""
+    runner = _session(local.to_model(sub), threads)
+    names = {i.name for i in runner.get_inputs()} & {v.name for v in sub.graph.input}
+    outs = []
+    for b, feeds in enumerate(cache.feeds):
+        local_feeds = {k: v for k, v in feeds.items() if k in names}
+        local_feeds[start] = cache.hidden[start][b]
+        outs.append(runner.run([end], local_feeds)[0])
+    return _mean_distance(cache.hidden[end], outs)
