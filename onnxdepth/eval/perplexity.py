@@ -317,6 +317,6 @@ def evaluate_perplexity(model_path: str | os.PathLike, text_file: str | os.PathL
     if tokenizer_dir is not None and not tok_dir.is_dir():
         raise InvalidArgumentError(f"tokenizer directory not found: {tok_dir}")
     if not _has_tokenizer(tok_dir):
-        raise ModelLoadError(f"no tokenizer found in {tok_dir}; pass tokenizer_dir")
+        raise ModelLoadError(f"no tokenizer found in {tok_dir}; give its directory (--tokenizer DIR)")
     tokens = load_text_tokens(text_file, tok_dir, max_tokens, add_bos=add_bos, join=join)
     return perplexity(str(path), tokens, ctx=ctx, stride=stride, **kw)
