@@ -59,16 +59,12 @@ def run_demo(ratio: float = 0.1, granularity: str = "fine", runs: int = 5, threa
     import onnxruntime as ort
 
     from .eval.generate import greedy_generate
-    from .export.hf import export_hf
-    from .models_zoo import smollm2_gguf
+    from .models_zoo import ensure_export
 
     started = time.perf_counter()
-    model_path = out_dir / "model.onnx"
-    if not model_path.exists():
-        _say(f"[1/4] exporting SmolLM2-135M-Instruct from the packaged GGUF to {out_dir} (about a minute)")
-        export_hf(smollm2_gguf(), out_dir, task="text-generation-with-past")
-    else:
-        _say(f"[1/4] using the export in {out_dir}")
+    _say(f"[1/4] SmolLM2-135M-Instruct ONNX with KV cache in {out_dir} (exported from the packaged GGUF if "
+         "missing, about a minute)")
+    model_path = ensure_export("smollm2-135m", "text-generation-with-past", out_dir, log=_say)
     calib = SHARED_DATA / "valid.txt"
     calib_arg = str(calib) if calib.exists() else None
     with tempfile.TemporaryDirectory() as tmp:

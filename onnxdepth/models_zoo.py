@@ -117,3 +117,25 @@ def packaged_model(name: str) -> Path:
     except KeyError:
         raise InvalidArgumentError(f"unknown packaged model {name!r}; known: {', '.join(PACKAGED)}") from None
     return locate()
+
+
+def ensure_export(name: str, task: str, out_dir: Path, log=print) -> Path:
+    """OUT_DIR/model.onnx exported from the packaged source NAME (see PACKAGED_SOURCES) with TASK,
+    reusing an earlier export in OUT_DIR; recipes, tools and the demo all build their models here."""
+    import time
+
+    out_dir = Path(out_dir)
+    path = out_dir / "model.onnx"
+    if path.is_file():
+        return path
+    if name not in PACKAGED_SOURCES:
+        raise InvalidArgumentError(f"unknown packaged source {name!r} (available: {', '.join(PACKAGED_SOURCES)})")
+    from .export.hf import export_hf
+
+    src = PACKAGED_SOURCES[name]()
+    log(f"exporting {name} ({task}) from {src} into {out_dir}/ ...")
+    started = time.perf_counter()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    out = export_hf(src, out_dir, task=task)
+    log(f"  exported {out} ({out.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - started:.1f} s")
+    return out

@@ -55,19 +55,9 @@ def resolve_model(arg: str | None) -> Path:
         if not path.is_file():
             raise SystemExit(f"error: {path}: no such file")
         return path
-    path = DEFAULT_MODEL_DIR / "model.onnx"
-    if path.is_file():
-        return path
-    from onnxdepth.export.hf import export_hf
-    from onnxdepth.models_zoo import smollm2_gguf
+    from onnxdepth.models_zoo import ensure_export
 
-    gguf = smollm2_gguf()
-    print(f"exporting {gguf.name} (text-generation-with-past) into {DEFAULT_MODEL_DIR}/ ...", flush=True)
-    t0 = time.perf_counter()
-    DEFAULT_MODEL_DIR.parent.mkdir(parents=True, exist_ok=True)
-    out = export_hf(gguf, DEFAULT_MODEL_DIR, task="text-generation-with-past")
-    print(f"  exported {out} ({out.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f} s", flush=True)
-    return out
+    return ensure_export("smollm2-135m", "text-generation-with-past", DEFAULT_MODEL_DIR, log=lambda m: print(m, flush=True))
 
 
 def source_name(model: Path) -> str:

@@ -45,19 +45,9 @@ def resolve_model(arg: str | None) -> Path:
         if not path.is_file():
             raise SystemExit(f"error: {path}: no such file")
         return path
-    path = DEFAULT_MODEL_DIR / "model.onnx"
-    if path.is_file():
-        return path
-    from onnxdepth.export.hf import export_hf
-    from onnxdepth.models_zoo import minilm_dir
+    from onnxdepth.models_zoo import ensure_export
 
-    src = minilm_dir()
-    print(f"exporting {src} (feature-extraction) into {DEFAULT_MODEL_DIR}/ ...", flush=True)
-    t0 = time.perf_counter()
-    DEFAULT_MODEL_DIR.parent.mkdir(parents=True, exist_ok=True)
-    out = export_hf(src, DEFAULT_MODEL_DIR, task="feature-extraction")
-    print(f"  exported {out} ({out.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f} s", flush=True)
-    return out
+    return ensure_export("all-minilm-l6-v2", "feature-extraction", DEFAULT_MODEL_DIR, log=lambda m: print(m, flush=True))
 
 
 def pruned_model(src: Path, work_dir: Path, ratio: float, granularity: str, importance: str) -> tuple[Path, dict, str]:
