@@ -220,6 +220,30 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from .bench import bench_models, render_html, render_table
+
+    if args.html:
+        from .graph.io import check_output_path
+
+        check_output_path(args.html)
+    rows = bench_models(args.models, runs=args.runs, warmup=args.warmup, threads=args.threads, device=args.device,
+                        input_shapes=_input_shapes(args.input_shape))
+    if args.html:
+        import os
+        import tempfile
+
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.html)), suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(render_html(rows))
+        os.replace(tmp, args.html)
+    if args.json:
+        print(json.dumps([row.to_json() for row in rows]))
+    else:
+        print(render_table(rows))
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -308,6 +332,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("bench", help="ONNX Runtime latency of models side by side (interleaved runs)")
+    p.add_argument("models", nargs="+")
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--input-shape", action="append", metavar="NAME:DxD",
+                   help="concrete shape for a dynamic graph input (repeatable)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--html", help="also write an HTML table here")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("demo", help="main job: build SmolLM2 ONNX from the packaged weights, prune it, compare")
     p.add_argument("--ratio", type=float, default=0.1)

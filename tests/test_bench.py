@@ -1,0 +1,47 @@
+"""onnxdepth bench: interleaved latency table for several models."""
+
+from __future__ import annotations
+
+import json
+
+import graphs
+import onnx
+import pytest
+
+from onnxdepth import api
+from onnxdepth.bench import bench_models
+from onnxdepth.cli import main
+
+
+@pytest.fixture()
+def two_models(tmp_path):
+    model = graphs.build_residual()
+    original = tmp_path / "a.onnx"
+    onnx.save(model, original)
+    pruned = tmp_path / "b.onnx"
+    onnx.save(api.prune_model(model, 0.3).model, pruned)
+    return original, pruned
+
+
+def test_bench_rows(two_models):
+    rows = bench_models([str(p) for p in two_models], runs=5, warmup=1)
+    assert [r.model for r in rows] == [str(p) for p in two_models]
+    assert rows[0].params > rows[1].params and rows[0].file_mb > rows[1].file_mb
+    assert all(r.median_ms > 0 and r.p90_ms >= r.median_ms and r.runs == 5 for r in rows)
+    assert rows[0].vs_first == 1.0
+
+
+def test_bench_cli_json_and_html(two_models, tmp_path, capsys):
+    html = tmp_path / "bench.html"
+    assert main(["bench", *map(str, two_models), "--runs", "3", "--json", "--html", str(html)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {"model", "params", "file_mb", "median_ms", "p90_ms", "vs_first", "session_rss_mb"} <= set(data[0])
+    assert "<table>" in html.read_text() and "a.onnx" in html.read_text()
+
+
+def test_bench_errors(two_models, tmp_path, capsys):
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("not onnx")
+    assert main(["bench", str(two_models[0]), str(bad)]) == 1
+    assert capsys.readouterr().err.startswith("onnxdepth: error:")
+    assert main(["bench", str(two_models[0]), "--runs", "0"]) == 1
