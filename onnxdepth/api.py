@@ -332,6 +332,24 @@ def prune_file(src: str | os.PathLike, out: str | os.PathLike, ratio: float, **k
     return result
 
 
+def prune_file_cached(src: str | os.PathLike, out: str | os.PathLike, ratio: float, **kwargs
+                      ) -> tuple[Path, dict, bool]:
+    """Like prune_file, but reuse OUT when its plan JSON records the same source, ratio, granularity and
+    importance (benchmarks and tools that revisit the same points). Returns (OUT, plan, reused)."""
+    src, out = Path(src), Path(out)
+    try:
+        plan = json.loads(plan_path_for(out).read_text()) if out.is_file() else None
+    except (OSError, ValueError):
+        plan = None
+    wanted = {"ratio": ratio, "granularity": kwargs.get("granularity", "fine"),
+              "importance": kwargs.get("importance", "magnitude")}
+    if plan is not None and all(plan.get(k) == v for k, v in wanted.items()) and plan.get("source") \
+            and Path(plan["source"]).resolve() == src.resolve():
+        return out, plan, True
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out, prune_file(src, out, ratio, **kwargs).plan, False
+
+
 def _write_json_atomic(path: Path, data: dict) -> None:
     tmp = None
     try:

@@ -44,5 +44,18 @@ def save_model(tmp):
     return _save
 
 
+@pytest.fixture
+def cli(capsys):
+    """cli(*argv) -> (exit code, stdout, stderr) of onnxdepth.cli.main run in-process."""
+    from onnxdepth.cli import main
+
+    def _run(*argv):
+        code = main([str(a) for a in argv])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return _run
+
+
 def pytest_report_header(config):
     return f"onnxdepth test families: {', '.join(sorted(helpers.ALL_BUILDERS))}"

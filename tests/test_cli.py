@@ -15,25 +15,12 @@ import pytest
 import graphs
 import helpers
 from onnxdepth import api
-from onnxdepth.cli import main
 from onnxdepth.errors import RatioUnreachableError
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 UNIT_KEYS = {"id", "op", "params", "in_channels", "out_channels", "changes_channels", "prunable",
              "excluded_reason"}
 SUMMARY_KEYS = {"candidates", "excluded", "prunable", "prunable_reduced"}
-
-
-@pytest.fixture
-def cli(capsys):
-    """cli(*argv) -> (exit code, stdout, stderr) of onnxdepth.cli.main run in-process."""
-
-    def _run(*argv):
-        code = main([str(a) for a in argv])
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return _run
 
 
 @pytest.fixture

@@ -93,16 +93,6 @@ def fine_scores(tiny) -> dict[str, float]:
     return angular_scores(tiny.model, PruneSession(tiny.model), tiny.tokens, progress=False)
 
 
-@pytest.fixture
-def cli(capsys):
-    def _run(*argv):
-        code = main([str(a) for a in argv])
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return _run
-
-
 # -- the whole-model reference -------------------------------------------------------------------------
 def _run_with(model: onnx.ModelProto, names: list[str], tokens: np.ndarray) -> dict[str, np.ndarray]:
     options = ort.SessionOptions()

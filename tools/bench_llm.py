@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from onnxdepth.api import plan_path_for, prune_file
+from onnxdepth.api import prune_file_cached
 from onnxdepth.errors import OnnxDepthError
 from onnxdepth.eval.generate import make_session
 
@@ -64,29 +64,13 @@ def source_name(model: Path) -> str:
     return model.parent.name if model.name == "model.onnx" else model.stem
 
 
-def _read_plan(path: Path) -> dict | None:
-    try:
-        return json.loads(plan_path_for(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def pruned_model(src: Path, work_dir: Path, ratio: float, granularity: str, importance: str) -> tuple[Path, dict, str]:
     """(path, plan, how) of SRC pruned to RATIO: reused from WORK_DIR when its plan matches, else pruned now."""
     out = work_dir / f"{source_name(src)}-r{ratio:g}-{granularity}-{importance}.onnx"
-    plan = _read_plan(out) if out.is_file() else None
-    if plan is not None and plan.get("ratio") == ratio and plan.get("granularity") == granularity \
-            and plan.get("importance") == importance and plan.get("source") \
-            and Path(plan["source"]).resolve() == src.resolve():
-        return out, plan, "reused"
-    work_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    result = prune_file(src, out, ratio, granularity=granularity, importance=importance)
-    seconds = time.perf_counter() - t0
-    plan = result.plan
-    del result
+    out, plan, reused = prune_file_cached(src, out, ratio, granularity=granularity, importance=importance)
     gc.collect()
-    return out, plan, f"pruned in {seconds:.1f} s"
+    return out, plan, "reused" if reused else f"pruned in {time.perf_counter() - t0:.1f} s"
 
 
 def count_params_file(path: Path) -> int:

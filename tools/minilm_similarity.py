@@ -17,7 +17,6 @@ model is printed too: unrelated WikiText sentences are not orthogonal in this sp
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxdepth.api import plan_path_for, prune_file
+from onnxdepth.api import prune_file_cached
 
 # Data-driven importance calibrates on WikiText-2 *valid*; the similarity is measured on *test* lines.
 DEFAULT_CALIB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext-2" / "valid.txt"
@@ -51,23 +50,14 @@ def resolve_model(arg: str | None) -> Path:
 
 
 def pruned_model(src: Path, work_dir: Path, ratio: float, granularity: str, importance: str) -> tuple[Path, dict, str]:
+    """(path, plan, how) of SRC pruned to RATIO: reused from WORK_DIR when its plan matches, else pruned now."""
     name = src.parent.name if src.name == "model.onnx" else src.stem
     out = work_dir / f"{name}-r{ratio:g}-{granularity}-{importance}.onnx"
-    plan = None
-    if out.is_file():
-        try:
-            plan = json.loads(plan_path_for(out).read_text())
-        except (OSError, ValueError):
-            plan = None
-    if plan is not None and plan.get("ratio") == ratio and plan.get("granularity") == granularity \
-            and plan.get("importance") == importance and plan.get("source") \
-            and Path(plan["source"]).resolve() == src.resolve():
-        return out, plan, "reused"
-    work_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
     calib = str(DEFAULT_CALIB) if importance != "magnitude" and DEFAULT_CALIB.exists() else None
-    result = prune_file(src, out, ratio, granularity=granularity, importance=importance, calib=calib)
-    return out, result.plan, f"pruned in {time.perf_counter() - t0:.1f} s"
+    t0 = time.perf_counter()
+    out, plan, reused = prune_file_cached(src, out, ratio, granularity=granularity, importance=importance,
+                                          calib=calib)
+    return out, plan, "reused" if reused else f"pruned in {time.perf_counter() - t0:.1f} s"
 
 
 def read_lines(path: Path, n: int) -> list[str]:
