@@ -21,7 +21,8 @@ from .importance import UNIT_METRICS
 from .select import ORDERINGS, RANKINGS, gromov_order, prune_one_shot, prune_to_ratio, prune_transformer
 from .verify import verify_model
 
-__all__ = ["PruneResult", "list_units", "units_summary", "prune_model", "prune_file", "PLAN_METADATA_KEY"]
+__all__ = ["PruneResult", "list_units", "units_summary", "prune_model", "prune_file", "prune_file_cached",
+           "cached_plan", "PLAN_METADATA_KEY"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +89,9 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
     metric = get_metric(importance)
     session = PruneSession(model, exclude=exclude, input_shapes=input_shapes, importance=metric,
                            granularity=granularity)
-    if importance == "taylor" and session.layers and scores is None:
-        raise InvalidArgumentError("--importance taylor: not yet supported for transformers (use angular)")
+    if importance == "taylor" and session.layers and scores is None and ratio > 0.0 and not rescore_every:
+        attach_lm_taylor(model, session, calib=calib, model_path=model_path, n_seq=calib_sequences,
+                         seq_len=calib_length, seed=seed)
     if ratio == 0.0:
         # Nothing to remove: the model is returned as it is, so outputs are bit-identical.
         out = onnx.ModelProto()
@@ -124,7 +126,7 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
         "Algorithm 9"
     plan = {"onnxdepth_version": "0.1.0", "method": f"depth pruning ({method})", "granularity": granularity,
             "ordering": ordering, "ranking": ranking, "rescore_every": rescore_every, "ratio": ratio,
-            "importance": importance, "exclude": exclude, **result.summary(),
+            "importance": importance, "exclude": exclude, "layers": len(session.layers), **result.summary(),
             "removed_graph_io": session.removed_graph_io, "steps": result.steps}
     return _finish(result, plan, model, session, verify)
 
@@ -143,7 +145,8 @@ def _finish(result: PruneResult, plan: dict, model: onnx.ModelProto, session: Pr
 def score_units(model: onnx.ModelProto, session: PruneSession, importance: str, *, calib: str | None = None,
                 model_path: str | os.PathLike | None = None, n_seq: int = 32, seq_len: int = 128,
                 seed: int = 0) -> dict[str, float]:
-    """Unit scores of a data-driven metric on calibration data (angular: block-local, Eq. 3.11)."""
+    """Unit scores of a data-driven metric on calibration data (angular: block-local, Eq. 3.11;
+    cross_entropy: next-token distribution change, Sec. 4.3)."""
     if not session.layers:
         raise InvalidArgumentError(f"--importance {importance}: needs a transformer (no attention block found)")
     if model_path is None:
@@ -152,6 +155,10 @@ def score_units(model: onnx.ModelProto, session: PruneSession, importance: str, 
     from .importance.angular import angular_scores, cache_layers, layer_boundaries
 
     tokens = calibration_tokens(calib, Path(model_path), n_seq=n_seq, seq_len=seq_len, seed=seed)
+    if importance == "cross_entropy":
+        from .importance.cross_entropy import cross_entropy_scores
+
+        return cross_entropy_scores(model, session, tokens)
     if session.granularity == "block":
         # Block scores and Gromov's contiguous runs both come from the layer-boundary cache alone.
         boundaries = layer_boundaries(session)
@@ -251,10 +258,24 @@ def gromov_table_from_rows(scores: dict, n_layers: int) -> list[list[float]] | N
     return table
 
 
+def attach_lm_taylor(model: onnx.ModelProto, session: PruneSession, *, calib: str | None,
+                     model_path: str | os.PathLike | None, n_seq: int = 32, seq_len: int = 128, seed: int = 0,
+                     batch_size: int = 4) -> None:
+    """Score SESSION's units by Taylor importance (Eq. 3.8-3.10) of a causal LM, once, on calibration text."""
+    if model_path is None:
+        raise InvalidArgumentError("--importance taylor: needs the model's path (its tokenizer sits beside it)")
+    from .calibration import calibration_tokens
+    from .importance.taylor import TaylorLMScores
+
+    tokens = calibration_tokens(calib, Path(model_path), n_seq=n_seq, seq_len=seq_len, seed=seed)
+    session.importance = TaylorLMScores(model, tokens, batch_size=batch_size)
+    session._invalidate()
+
+
 def _taylor_refresh(model: onnx.ModelProto, session: PruneSession, input_shapes: dict | None):
     """The Taylor sidecar for a CNN: calibration images from the packaged photos, scores refreshed per step."""
     if session.layers:
-        raise InvalidArgumentError("--importance taylor: not yet supported for transformers (use angular)")
+        raise InvalidArgumentError("--importance taylor: transformers are scored once (attach_lm_taylor)")
     from .eval.detection import reference_images
     from .importance.taylor import TaylorSidecar
 
@@ -337,17 +358,27 @@ def prune_file_cached(src: str | os.PathLike, out: str | os.PathLike, ratio: flo
     """Like prune_file, but reuse OUT when its plan JSON records the same source, ratio, granularity and
     importance (benchmarks and tools that revisit the same points). Returns (OUT, plan, reused)."""
     src, out = Path(src), Path(out)
-    try:
-        plan = json.loads(plan_path_for(out).read_text()) if out.is_file() else None
-    except (OSError, ValueError):
-        plan = None
-    wanted = {"ratio": ratio, "granularity": kwargs.get("granularity", "fine"),
-              "importance": kwargs.get("importance", "magnitude")}
-    if plan is not None and all(plan.get(k) == v for k, v in wanted.items()) and plan.get("source") \
-            and Path(plan["source"]).resolve() == src.resolve():
+    plan = cached_plan(src, out, ratio, granularity=kwargs.get("granularity", "fine"),
+                       importance=kwargs.get("importance", "magnitude"))
+    if plan is not None:
         return out, plan, True
     out.parent.mkdir(parents=True, exist_ok=True)
     return out, prune_file(src, out, ratio, **kwargs).plan, False
+
+
+def cached_plan(src: str | os.PathLike, out: str | os.PathLike, ratio: float, *, granularity: str = "fine",
+                importance: str = "magnitude") -> dict | None:
+    """The plan of OUT when prune_file_cached would reuse it (same source, ratio, granularity, importance)."""
+    src, out = Path(src), Path(out)
+    try:
+        plan = json.loads(plan_path_for(out).read_text()) if out.is_file() else None
+    except (OSError, ValueError):
+        return None
+    wanted = {"ratio": ratio, "granularity": granularity, "importance": importance}
+    if isinstance(plan, dict) and all(plan.get(k) == v for k, v in wanted.items()) and plan.get("source") \
+            and Path(plan["source"]).resolve() == src.resolve():
+        return plan
+    return None
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:

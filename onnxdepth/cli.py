@@ -162,11 +162,13 @@ def _cmd_score(args) -> int:
 
         get_metric(args.importance)
         if args.importance == "taylor":
-            from .api import _taylor_refresh
+            from .api import _taylor_refresh, attach_lm_taylor
 
             if session.layers:
-                raise InvalidArgumentError("--importance taylor: not yet supported for transformers (use angular)")
-            _taylor_refresh(model, session, None)(session)
+                attach_lm_taylor(model, session, calib=args.calib, model_path=args.model, n_seq=args.calib_sequences,
+                                 seq_len=args.calib_length, seed=args.seed)
+            else:
+                _taylor_refresh(model, session, None)(session)
         scores = {p.unit_id: p.score for p in session.prunable_plans()}
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -299,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output")
     p.add_argument("--ratio", type=float, default=None, help="target parameter reduction in [0, 1)")
     p.add_argument("--plan", help="replay a saved plan (OUT.plan.json) exactly instead of selecting units")
-    p.add_argument("--importance", default="magnitude", help="importance metric (default: magnitude)")
+    p.add_argument("--importance", default="magnitude",
+                   help="magnitude, angular, cross_entropy or taylor (default: magnitude)")
     p.add_argument("--ordering", default="ascending", choices=["ascending", "descending", "random"],
                    help="visit units by ascending score (the method), descending or random (ablations)")
     p.add_argument("--seed", type=int, default=0, help="seed for --ordering random and sampled calibration")
@@ -354,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="importance of every unit, as a CSV score table (lowest first)")
     p.add_argument("model")
-    p.add_argument("--importance", default="magnitude", help="magnitude or angular")
+    p.add_argument("--importance", default="magnitude", help="magnitude, angular, cross_entropy or taylor")
     p.add_argument("-o", "--output", help="write the CSV here (default: stdout)")
     p.add_argument("--seed", type=int, default=0)
     common(p)

@@ -181,7 +181,7 @@ def _make_case(case: str, tmp: Path, model_path: Path):
         # A CNN that is not an image detector: the Taylor sidecar has no label-free loss for it.
         return ["prune", model_path, out, "--ratio", "0.2", "--importance", "taylor"], 1, "taylor", out
     if case == "importance-cross-entropy":
-        return ["prune", model_path, out, "--ratio", "0.2", "--importance", "cross_entropy"], 1, "not yet supported", out
+        return ["prune", model_path, out, "--ratio", "0.2", "--importance", "cross_entropy"], 1, "transformer", out
     if case == "bad-exclude-regex":
         return ["prune", model_path, out, "--ratio", "0.2", "--exclude", "conv_["], 1, "--exclude", out
     if case == "bad-input-shape":

@@ -509,11 +509,12 @@ def test_cli_prune_missing_scores_file(cli, tiny, tmp_path):
 
 
 @pytest.mark.parametrize("command", ["prune", "score"])
-def test_cli_taylor_not_yet_supported(cli, tiny, tmp_path, command):
-    argv = ["prune", tiny.path, tmp_path / "out.onnx", "--ratio", "0.3"] if command == "prune" else \
-        ["score", tiny.path]
-    code, _, err = cli(*argv, "--importance", "taylor")
-    assert code == 1 and err.count("\n") == 1 and "not yet supported" in err, err
+def test_cli_cross_entropy_on_a_cnn(cli, save_model, tmp_path, command):
+    path = save_model(graphs.build_residual(), "cnn.onnx")
+    argv = ["prune", path, tmp_path / "out.onnx", "--ratio", "0.3"] if command == "prune" else ["score", path]
+    code, _, err = cli(*argv, "--importance", "cross_entropy")
+    assert code == 1 and err.count("\n") == 1 and "transformer" in err, err
+    assert not (tmp_path / "out.onnx").exists()
 
 
 @pytest.mark.parametrize("command", ["prune", "score"])

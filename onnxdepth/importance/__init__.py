@@ -19,11 +19,11 @@ def magnitude(node: gs.Node, index: int, values: np.ndarray) -> np.ndarray:
 
 METRICS: dict[str, Callable] = {"magnitude": magnitude}
 # Unit-level metrics measured on calibration data (they score whole units, not parameters).
-UNIT_METRICS = ("angular",)
+UNIT_METRICS = ("angular", "cross_entropy")
 # Per-parameter metrics computed from data by a sidecar (set up by the API, not a plain function).
 SIDECAR_METRICS = ("taylor",)
 # Metrics not implemented yet; named here so the CLI can say so.
-PLANNED = ("cross_entropy",)
+PLANNED: tuple[str, ...] = ()
 
 
 def get_metric(name: str) -> Callable:

@@ -167,20 +167,20 @@ def _mean_distance(reference: list[np.ndarray], pruned: list[np.ndarray]) -> flo
     return total / max(count, 1)
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool, label: str = "angular"):
     if not enabled:
         return lambda item: None
     from rich.progress import Progress
 
     progress = Progress(transient=True)
     progress.start()
-    task = progress.add_task("angular importance", total=total)
+    task = progress.add_task(f"{label} importance", total=total)
 
     def advance(item):
         if item is None:
             progress.stop()
         else:
-            progress.update(task, advance=1, description=f"angular: {item}")
+            progress.update(task, advance=1, description=f"{label}: {item}")
 
     return advance
 

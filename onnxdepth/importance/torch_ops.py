@@ -1,0 +1,86 @@
+"""onnx2torch converters for the op versions that modern exporters emit and onnx2torch 1.5 lacks.
+
+Registered once, on first use, so that the Taylor sidecar can evaluate optimum's Llama exports
+(opset 18: ReduceMean with axes as an input, LessOrEqual-16) with autograd.
+"""
+
+from __future__ import annotations
+
+__all__ = ["register_missing_converters"]
+
+_REGISTERED = False
+
+#: Reductions whose axes moved from an attribute to an input in opset 18.
+_REDUCTIONS_18 = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
+                  "ReduceLogSumExp", "ReduceSumSquare")
+
+
+def register_missing_converters() -> None:
+    """Add the missing converters to onnx2torch's registry (idempotent)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    import torch
+    from onnx2torch.node_converters import registry
+    from onnx2torch.node_converters.reduce import OnnxReduceStaticAxes
+    from onnx2torch.utils.common import OnnxMapping, OperationConverterResult, get_const_value
+
+    known = {(k.operation_type, k.version) for k in registry._CONVERTER_REGISTRY}
+
+    def alias(op_type: str, old: int, new: int) -> None:
+        # Same semantics in both versions (only the type lists grew): reuse the older converter.
+        if (op_type, new) in known:
+            return
+        older = next(k for k in registry._CONVERTER_REGISTRY if k.operation_type == op_type and k.version == old)
+        registry.add_converter(operation_type=op_type, version=new)(registry._CONVERTER_REGISTRY[older])
+
+    for op_type, old, new in (("LessOrEqual", 12, 16), ("GreaterOrEqual", 12, 16)):
+        alias(op_type, old, new)
+
+    class _Identity(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    def reduce_18(node, graph):
+        keepdims = node.attributes.get("keepdims", 1)
+        noop = node.attributes.get("noop_with_empty_axes", 0)
+        axes = None
+        if len(node.input_values) > 1 and node.input_values[1]:
+            try:
+                axes = [int(a) for a in get_const_value(node.input_values[1], graph).reshape(-1).tolist()]
+            except KeyError:
+                raise NotImplementedError(f"{node.operation_type}-18 with non-constant axes") from None
+        mapping = OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values)
+        if not axes and noop:
+            return OperationConverterResult(torch_module=_Identity(), onnx_mapping=mapping)
+        module = OnnxReduceStaticAxes(operation_type=node.operation_type, axes=axes or None, keepdims=keepdims)
+        return OperationConverterResult(torch_module=module, onnx_mapping=mapping)
+
+    for op_type in _REDUCTIONS_18:
+        if (op_type, 18) not in known:
+            registry.add_converter(operation_type=op_type, version=18)(reduce_18)
+
+    class _Flatten(torch.nn.Module):
+        """ONNX Flatten: [prod(shape[:axis]), prod(shape[axis:])], axis 0 included (onnx2torch breaks on it)."""
+
+        def __init__(self, axis: int):
+            super().__init__()
+            self.axis = axis
+
+        def forward(self, x):
+            axis = self.axis + x.dim() if self.axis < 0 else self.axis  # negative axes count from the end
+            lead = 1
+            for size in x.shape[:axis]:
+                lead *= size
+            return x.reshape(lead, -1)
+
+    def flatten(node, graph):
+        return OperationConverterResult(torch_module=_Flatten(node.attributes.get("axis", 1)),
+                                        onnx_mapping=OnnxMapping(inputs=tuple(node.input_values),
+                                                                 outputs=tuple(node.output_values)))
+
+    for key in [k for k in registry._CONVERTER_REGISTRY if k.operation_type == "Flatten"]:
+        registry._CONVERTER_REGISTRY[key] = flatten
+    if ("Flatten", 21) not in known:
+        registry.add_converter(operation_type="Flatten", version=21)(flatten)
+    _REGISTERED = True
