@@ -117,7 +117,7 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
             steps = prune_transformer(session, ratio, ordering=ordering, seed=seed, scores=scores,
                                       ranking=ranking, on_step=on_step)
         else:
-            refresh = _taylor_refresh(model, session, input_shapes) if importance == "taylor" else None
+            refresh = _taylor_refresh(model, session, input_shapes, calib) if importance == "taylor" else None
             steps = prune_to_ratio(session, ratio, ordering=ordering, seed=seed, on_step=on_step, refresh=refresh)
         out = session.to_model(model)
         result = PruneResult(out, session.params_before, session.params(), [s.unit_id for s in steps],
@@ -272,18 +272,20 @@ def attach_lm_taylor(model: onnx.ModelProto, session: PruneSession, *, calib: st
     session._invalidate()
 
 
-def _taylor_refresh(model: onnx.ModelProto, session: PruneSession, input_shapes: dict | None):
-    """The Taylor sidecar for a CNN: calibration images from the packaged photos, scores refreshed per step."""
+def _taylor_refresh(model: onnx.ModelProto, session: PruneSession, input_shapes: dict | None,
+                    calib: str | None = None):
+    """The Taylor sidecar for a CNN: calibration images (--calib folder/.npz, or the packaged photos),
+    scores refreshed after every step."""
     if session.layers:
         raise InvalidArgumentError("--importance taylor: transformers are scored once (attach_lm_taylor)")
-    from .eval.detection import reference_images
+    from .calibration import calibration_images
     from .importance.taylor import TaylorSidecar
 
     name, shape = next(iter(session.input_shapes.items()))
     if len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3]:
         raise InvalidArgumentError("--importance taylor: needs an image model with a square [1, 3, S, S] input "
                                    "(give --input-shape)")
-    images = np.stack(reference_images(TAYLOR_IMAGES, shape[2]))
+    images = calibration_images(calib, shape[2], count=TAYLOR_IMAGES)
     sidecar = TaylorSidecar(model, images)
 
     def refresh(current_session: PruneSession) -> None:

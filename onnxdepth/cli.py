@@ -168,7 +168,7 @@ def _cmd_score(args) -> int:
                 attach_lm_taylor(model, session, calib=args.calib, model_path=args.model, n_seq=args.calib_sequences,
                                  seq_len=args.calib_length, seed=args.seed)
             else:
-                _taylor_refresh(model, session, None)(session)
+                _taylor_refresh(model, session, None, args.calib)(session)
         scores = {p.unit_id: p.score for p in session.prunable_plans()}
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -285,8 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="concrete shape for a dynamic graph input (repeatable)")
 
     def calibration(p):
-        p.add_argument("--calib", help="calibration data: .txt, .jsonl (text field) or .npz (input_ids); "
-                                       "default: text sampled from the model itself (seeded)")
+        p.add_argument("--calib", help="calibration data: text models .txt, .jsonl (text field) or .npz "
+                                       "(input_ids), default text sampled from the model itself (seeded); image "
+                                       "models a folder of images or .npz (images), default packaged photos")
         p.add_argument("--calib-sequences", type=int, default=32, help="calibration sequences (default 32)")
         p.add_argument("--calib-length", type=int, default=128, help="tokens per sequence (default 128)")
 

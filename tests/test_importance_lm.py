@@ -142,3 +142,60 @@ def test_prune_and_score_with_taylor_on_a_transformer(tiny, cli, tmp_path):
                             "--calib", tiny.npz, "--calib-sequences", N_SEQ, "--calib-length", SEQ_LEN, "--json")
     assert code == 0, err
     assert json.loads(stdout)["pruned_units"] == result.pruned_units
+
+
+# -- image calibration ---------------------------------------------------------------------------------
+def test_calibration_images_from_a_folder_npz_and_default(tmp_path, caplog):
+    from PIL import Image
+
+    from onnxdepth.calibration import calibration_images
+    from onnxdepth.errors import InvalidArgumentError
+
+    rng = np.random.default_rng(0)
+    for i, (w, h) in enumerate([(64, 32), (20, 40), (33, 33)]):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"img{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    images = calibration_images(str(tmp_path), 32, count=2)
+    # Sorted file names, the first COUNT, letterboxed to [3, 32, 32] in [0, 1].
+    assert images.shape == (2, 3, 32, 32) and images.dtype == np.float32
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    # A 64x32 image letterboxed to 32: scale 0.5 -> 32x16 content centred between gray (114/255) bands.
+    np.testing.assert_allclose(images[0, :, :8, :], 114 / 255, atol=1e-6)
+    assert not np.allclose(images[0, :, 8:24, :], 114 / 255)
+    np.savez(tmp_path / "calib.npz", images=images)
+    np.testing.assert_array_equal(calibration_images(str(tmp_path / "calib.npz"), 32), images)
+    with caplog.at_level("WARNING"):
+        default = calibration_images(None, 32, count=3)
+    assert default.shape == (3, 3, 32, 32) and "real images" in caplog.text
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for bad, message in [(empty, "no images"), (tmp_path / "calib.npz", "expected"), (tmp_path / "x.csv", "no such")]:
+        size = 16 if bad.suffix == ".npz" else 32
+        with pytest.raises(InvalidArgumentError, match=message):
+            calibration_images(str(bad), size)
+
+
+def test_taylor_on_a_detector_uses_the_calibration_folder(tmp_path, monkeypatch):
+    """The CNN Taylor sidecar receives the --calib images (not the packaged photos)."""
+    from onnxdepth import api
+    from onnxdepth.importance import taylor
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, reference, images, **kwargs):
+            seen["images"] = images
+
+        def refresh(self, model):
+            pass
+
+    monkeypatch.setattr(taylor, "TaylorSidecar", Recorder)
+    from PIL import Image
+
+    Image.new("RGB", (40, 20), (255, 0, 0)).save(tmp_path / "red.png")
+    model = graphs.build_residual()
+    session = PruneSession(model)
+    shape = next(iter(session.input_shapes.values()))  # [1, 3, 16, 16]
+    api._taylor_refresh(model, session, None, str(tmp_path))(session)
+    assert seen["images"].shape == (1, 3, shape[2], shape[2])
+    assert seen["images"][0, 0].max() == pytest.approx(1.0)
