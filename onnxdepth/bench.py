@@ -1,6 +1,13 @@
 """`onnxdepth bench`: ONNX Runtime latency of several models side by side, interleaved (A B A B ...)
-so that machine noise hits all of them alike; median and p90 per run, parameters, file size, and the
-resident memory each session added when it was created."""
+so that machine noise hits all of them alike.
+
+Inputs are random tensors of the model's input shapes (one batch, or --batches of them), or a dataset
+from an .npz (--data: arrays named like the graph inputs, or `input_ids` for a causal LM / encoder, or
+`images` for a one-input image model), cut into batches of --batch-size along axis 0. One timed run is a
+pass over all batches: the table gives the median and p90 latency per batch and the median total per
+pass, the parameters, the file size, the resident memory the session added when it was created and the
+further memory its first runs added (arena growth). On --device cuda, inputs and outputs are bound to
+the GPU once with IO binding, so the timing is the model, not host-device copies."""
 
 from __future__ import annotations
 
@@ -27,10 +34,13 @@ class BenchRow:
     params: int
     file_mb: float
     session_rss_mb: float
-    median_ms: float
-    p90_ms: float
+    median_ms: float  # per batch
+    p90_ms: float  # per batch
     runs: int
     vs_first: float | None = None  # median relative to the first model
+    batches: int = 1
+    total_ms: float = 0.0  # median over runs of the time for all batches
+    run_rss_mb: float = 0.0  # resident memory added by the first runs (arena growth)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -59,17 +69,83 @@ def _providers(device: str) -> list[str]:
     raise InvalidArgumentError(f"--device {device}: expected cpu or cuda")
 
 
+def _dataset_feeds(model, data: dict, batch_size: int, shapes: dict) -> list[dict]:
+    """Feeds per batch for MODEL from the arrays in DATA (see the module docstring)."""
+    from .importance.angular import model_feeds
+
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    names = [v.name for v in inputs]
+    if all(n in data for n in names):
+        arrays = {n: data[n] for n in names}
+        count = len(arrays[names[0]])
+        return [{n: np.ascontiguousarray(a[i:i + batch_size]) for n, a in arrays.items()}
+                for i in range(0, count, batch_size)]
+    if "input_ids" in data and "input_ids" in names:
+        ids = np.asarray(data["input_ids"], dtype=np.int64)
+        specs = {v.name: _Spec(shapes.get(v.name, ())) for v in inputs}
+        return [model_feeds(specs, ids[i:i + batch_size]) for i in range(0, len(ids), batch_size)]
+    if "images" in data and len(names) == 1:
+        images = np.asarray(data["images"], dtype=np.float32)
+        return [{names[0]: np.ascontiguousarray(images[i:i + batch_size])} for i in range(0, len(images), batch_size)]
+    raise InvalidArgumentError(f"--data: needs arrays named like the model inputs ({', '.join(names)}), "
+                               f"or input_ids / images (has: {', '.join(data) or 'nothing'})")
+
+
+class _Spec:
+    def __init__(self, shape):
+        self.shape = list(shape)
+
+
+def _load_data(path: str) -> dict:
+    try:
+        with np.load(path) as archive:
+            return {k: archive[k] for k in archive.files}
+    except FileNotFoundError:
+        raise InvalidArgumentError(f"--data {path}: no such file") from None
+    except Exception as exc:
+        raise InvalidArgumentError(f"--data {path}: not an .npz archive ({type(exc).__name__})") from None
+
+
+class _Runner:
+    """One model's session and its batches; on CUDA the batches are bound to the device once."""
+
+    def __init__(self, session, feeds: list[dict], device: str):
+        self.session, self.feeds, self.bindings = session, feeds, None
+        if device == "cuda":
+            import onnxruntime as ort
+
+            self.bindings = []
+            for feed in feeds:
+                binding = session.io_binding()
+                for name, value in feed.items():
+                    binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
+                for output in session.get_outputs():
+                    binding.bind_output(output.name, "cuda")
+                self.bindings.append(binding)
+
+    def run(self, index: int) -> None:
+        if self.bindings is None:
+            self.session.run(None, self.feeds[index])
+        else:
+            self.session.run_with_iobinding(self.bindings[index])
+
+
 def bench_models(paths: list[str], *, runs: int = 20, warmup: int = 3, threads: int | None = None,
-                 device: str = "cpu", input_shapes: dict | None = None, seed: int = 0) -> list[BenchRow]:
-    """Latency of every model in PATHS on the same random inputs, runs interleaved across models."""
+                 device: str = "cpu", input_shapes: dict | None = None, seed: int = 0, data: str | None = None,
+                 batch_size: int = 1, batches: int = 1) -> list[BenchRow]:
+    """Latency of every model in PATHS on the same inputs, runs interleaved across models."""
     import onnxruntime as ort
 
     if not paths:
         raise InvalidArgumentError("bench needs at least one model")
     if runs < 1 or warmup < 0:
         raise InvalidArgumentError("--runs must be >= 1 and --warmup >= 0")
+    if batch_size < 1 or batches < 1:
+        raise InvalidArgumentError("--batch-size and --batches must be >= 1")
     providers = _providers(device)
-    sessions, feeds, rows = [], [], []
+    dataset = _load_data(data) if data else None
+    runners, rows = [], []
     for path in paths:
         model = load_model(path)  # one-line errors for bad files
         options = ort.SessionOptions()
@@ -80,42 +156,66 @@ def bench_models(paths: list[str], *, runs: int = 20, warmup: int = 3, threads: 
         session = ort.InferenceSession(str(path), options, providers=providers)
         rss = _rss_mb() - before
         shapes = concrete_input_shapes(model, input_shapes)
-        feeds.append(random_feeds(model, shapes, seed=seed))
-        sessions.append(session)
+        if dataset is not None:
+            feeds = _dataset_feeds(model, dataset, batch_size, shapes)
+        else:
+            feeds = [random_feeds(model, shapes, seed=seed + b) for b in range(batches)]
+        if not feeds:
+            raise InvalidArgumentError("--data: the arrays are empty")
+        runners.append(_Runner(session, feeds, device))
         rows.append(BenchRow(str(path), count_params_proto(model), Path(path).stat().st_size / 1e6, rss, 0.0, 0.0,
-                             runs))
+                             runs, batches=len(feeds)))
+    for row, runner in zip(rows, runners):
+        before = _rss_mb()
+        try:
+            runner.run(0)
+        except Exception as exc:  # ORT's own message names the input and the dimension at fault
+            raise InvalidArgumentError(f"{row.model} does not run on these inputs: "
+                                       f"{' '.join(str(exc).split())[:240]}") from None
+        row.run_rss_mb = _rss_mb() - before
     for _ in range(warmup):
-        for session, feed in zip(sessions, feeds):
-            session.run(None, feed)
-    times: list[list[float]] = [[] for _ in sessions]
+        for runner in runners:
+            for b in range(len(runner.feeds)):
+                runner.run(b)
+    per_batch: list[list[float]] = [[] for _ in runners]
+    totals: list[list[float]] = [[] for _ in runners]
     for _ in range(runs):
-        for k, (session, feed) in enumerate(zip(sessions, feeds)):
-            started = time.perf_counter()
-            session.run(None, feed)
-            times[k].append((time.perf_counter() - started) * 1e3)
-    for row, samples in zip(rows, times):
+        for k, runner in enumerate(runners):
+            total = 0.0
+            for b in range(len(runner.feeds)):
+                started = time.perf_counter()
+                runner.run(b)
+                elapsed = (time.perf_counter() - started) * 1e3
+                per_batch[k].append(elapsed)
+                total += elapsed
+            totals[k].append(total)
+    for row, samples, total in zip(rows, per_batch, totals):
         row.median_ms = statistics.median(samples)
         row.p90_ms = float(np.percentile(samples, 90))
+        row.total_ms = statistics.median(total)
     for row in rows:
-        row.vs_first = row.median_ms / rows[0].median_ms if rows[0].median_ms else None
+        row.vs_first = row.total_ms / rows[0].total_ms if rows[0].total_ms else None
     return rows
 
 
 def render_table(rows: list[BenchRow]) -> str:
-    lines = [f"{'model':<40}{'params':>13}{'MB':>9}{'median ms':>11}{'p90 ms':>9}{'vs first':>9}{'RSS MB':>8}"]
+    lines = [f"{'model':<40}{'params':>13}{'MB':>9}{'batches':>8}{'ms/batch':>10}{'p90':>9}{'total ms':>10}"
+             f"{'vs first':>9}{'RSS MB':>8}"]
     for r in rows:
         name = r.model if len(r.model) <= 38 else "..." + r.model[-35:]
-        lines.append(f"{name:<40}{r.params:>13,}{r.file_mb:>9.2f}{r.median_ms:>11.2f}{r.p90_ms:>9.2f}"
-                     f"{(r.vs_first or 0):>9.3f}{r.session_rss_mb:>8.0f}")
+        lines.append(f"{name:<40}{r.params:>13,}{r.file_mb:>9.2f}{r.batches:>8}{r.median_ms:>10.2f}{r.p90_ms:>9.2f}"
+                     f"{r.total_ms:>10.1f}{(r.vs_first or 0):>9.3f}{r.session_rss_mb + r.run_rss_mb:>8.0f}")
     return "\n".join(lines)
 
 
 def render_html(rows: list[BenchRow]) -> str:
     cells = "".join(
-        f"<tr><td>{html.escape(r.model)}</td><td>{r.params:,}</td><td>{r.file_mb:.2f}</td><td>{r.median_ms:.2f}</td>"
-        f"<td>{r.p90_ms:.2f}</td><td>{(r.vs_first or 0):.3f}</td><td>{r.session_rss_mb:.0f}</td></tr>" for r in rows)
+        f"<tr><td>{html.escape(r.model)}</td><td>{r.params:,}</td><td>{r.file_mb:.2f}</td><td>{r.batches}</td>"
+        f"<td>{r.median_ms:.2f}</td><td>{r.p90_ms:.2f}</td><td>{r.total_ms:.1f}</td><td>{(r.vs_first or 0):.3f}</td>"
+        f"<td>{r.session_rss_mb:.0f}</td><td>{r.run_rss_mb:.0f}</td></tr>" for r in rows)
     return ("<!doctype html><meta charset='utf-8'><title>onnxdepth bench</title><style>body{font-family:sans-serif}"
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
             "td:first-child{text-align:left}</style><h1>ONNX Runtime latency</h1><table><tr><th>model</th>"
-            "<th>params</th><th>MB</th><th>median ms</th><th>p90 ms</th><th>vs first</th><th>session RSS MB</th>"
+            "<th>params</th><th>MB</th><th>batches</th><th>median ms / batch</th><th>p90 ms / batch</th>"
+            "<th>total ms</th><th>vs first (total)</th><th>session RSS MB</th><th>run RSS MB</th>"
             f"</tr>{cells}</table>")

@@ -230,7 +230,8 @@ def _cmd_bench(args) -> int:
 
         check_output_path(args.html)
     rows = bench_models(args.models, runs=args.runs, warmup=args.warmup, threads=args.threads, device=args.device,
-                        input_shapes=_input_shapes(args.input_shape))
+                        input_shapes=_input_shapes(args.input_shape), data=args.data, batch_size=args.batch_size,
+                        batches=args.batches)
     if args.html:
         import os
         import tempfile
@@ -342,9 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cuda: CUDA execution provider (onnxruntime-gpu) with IO binding")
     p.add_argument("--input-shape", action="append", metavar="NAME:DxD",
                    help="concrete shape for a dynamic graph input (repeatable)")
+    p.add_argument("--data", help="a dataset .npz (arrays named like the inputs, or input_ids, or images) "
+                                  "instead of random inputs")
+    p.add_argument("--batch-size", type=int, default=1, help="--data: rows per batch (default 1)")
+    p.add_argument("--batches", type=int, default=1, help="random inputs: batches per timed pass (default 1)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--html", help="also write an HTML table here")
     p.set_defaults(func=_cmd_bench)
