@@ -8,7 +8,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -74,11 +74,16 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
                 calib: str | None = None, model_path: str | os.PathLike | None = None, calib_sequences: int = 32,
                 calib_length: int = 128, block_choice: str = "gromov", ranking: str = "split",
                 rescore_every: int | None = None,
-                on_step: Callable[[UnitPlan, float], None] | None = None) -> PruneResult:
+                on_step: Callable[[UnitPlan, float], None] | None = None, checkpoints: Sequence[float] = (),
+                on_checkpoint: Callable[[float, PruneResult], None] | None = None) -> PruneResult:
     """Prune MODEL until RATIO of its parameters are gone and verify the result.
 
     CNNs and other non-transformer graphs: Algorithm 9 (iterative). Transformers: Algorithm 8 at
     --granularity fine, one ranking for sublayer/block (scores computed once, as in the thesis).
+
+    CHECKPOINTS (ratios below RATIO): the selection is a sequence of units, and pruning to a smaller
+    ratio visits a prefix of it, so the model at each checkpoint is materialized, verified and handed to
+    ON_CHECKPOINT(ratio, result) on the way, in one run (sweeps pay for the scoring once).
     """
     if not 0.0 <= ratio < 1.0:
         raise InvalidArgumentError(f"--ratio {ratio:g}: must be in [0, 1)")
@@ -89,6 +94,26 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
     metric = get_metric(importance)
     session = PruneSession(model, exclude=exclude, input_shapes=input_shapes, importance=metric,
                            granularity=granularity)
+    pending = sorted(r for r in checkpoints if 0.0 < r < ratio)
+    if pending and session.layers and granularity == "block" and block_choice == "gromov" and importance == "angular":
+        raise InvalidArgumentError("checkpoints: Gromov's contiguous choice depends on the ratio (a smaller ratio is "
+                                   "not a prefix); prune each ratio on its own")
+    if pending and on_checkpoint is not None:
+        taken: list[UnitPlan] = []
+        user_step = on_step
+
+        def on_step(plan: UnitPlan, reduction: float) -> None:  # noqa: F811 (wraps the caller's hook)
+            taken.append(plan)
+            if user_step is not None:
+                user_step(plan, reduction)
+            while pending and reduction >= pending[0]:
+                target = pending.pop(0)
+                partial = PruneResult(session.to_model(model), session.params_before, session.params(),
+                                      [s.unit_id for s in taken], [s.describe() for s in taken])
+                record = _plan_record(session, partial, granularity=granularity, ordering=ordering, ranking=ranking,
+                                      rescore_every=rescore_every, ratio=target, importance=importance,
+                                      exclude=exclude)
+                on_checkpoint(target, _finish(partial, record, model, session, verify))
     if importance == "taylor" and session.layers and scores is None and ratio > 0.0 and not rescore_every:
         attach_lm_taylor(model, session, calib=calib, model_path=model_path, n_seq=calib_sequences,
                          seq_len=calib_length, seed=seed)
@@ -122,13 +147,20 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
         out = session.to_model(model)
         result = PruneResult(out, session.params_before, session.params(), [s.unit_id for s in steps],
                              [s.describe() for s in steps])
+    plan = _plan_record(session, result, granularity=granularity, ordering=ordering, ranking=ranking,
+                        rescore_every=rescore_every, ratio=ratio, importance=importance, exclude=exclude)
+    return _finish(result, plan, model, session, verify)
+
+
+def _plan_record(session: PruneSession, result: PruneResult, *, granularity, ordering, ranking, rescore_every, ratio,
+                 importance, exclude) -> dict:
+    """The plan JSON of RESULT: how it was selected, what it removed, every step (replayable)."""
     method = ("Algorithm 8" if granularity == "fine" else f"{granularity} ranking") if session.layers else \
         "Algorithm 9"
-    plan = {"onnxdepth_version": "0.1.0", "method": f"depth pruning ({method})", "granularity": granularity,
+    return {"onnxdepth_version": "0.1.0", "method": f"depth pruning ({method})", "granularity": granularity,
             "ordering": ordering, "ranking": ranking, "rescore_every": rescore_every, "ratio": ratio,
             "importance": importance, "exclude": exclude, "layers": len(session.layers), **result.summary(),
-            "removed_graph_io": session.removed_graph_io, "steps": result.steps}
-    return _finish(result, plan, model, session, verify)
+            "removed_graph_io": list(session.removed_graph_io), "steps": result.steps}
 
 
 def _finish(result: PruneResult, plan: dict, model: onnx.ModelProto, session: PruneSession,

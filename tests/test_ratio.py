@@ -155,3 +155,25 @@ def test_descending_prunes_the_highest_score_first():
     plans = PruneSession(model).prunable_plans()
     result = api.prune_model(model, 0.01, ordering="descending")
     assert result.pruned_units[0] == max(plans, key=lambda p: (p.score, p.unit_id)).unit_id
+
+
+def test_checkpoints_equal_separate_runs():
+    """The model handed over at a checkpoint is the one a separate run to that ratio gives (a prefix)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from onnxdepth.api import prune_model
+
+    model = graphs.build_residual()
+    seen = {}
+    final = prune_model(model, 0.5, checkpoints=[0.1, 0.3], on_checkpoint=lambda r, res: seen.setdefault(r, res))
+    assert sorted(seen) == [0.1, 0.3]
+    x = np.random.default_rng(0).random((1, 3, 16, 16), dtype=np.float32)
+    for ratio, result in seen.items():
+        alone = prune_model(model, ratio)
+        assert result.pruned_units == alone.pruned_units and result.reduction >= ratio
+        assert result.plan["ratio"] == ratio and result.plan["steps"] == alone.plan["steps"]
+        run = [ort.InferenceSession(m.model.SerializeToString(), providers=["CPUExecutionProvider"])
+               .run(None, {"x": x})[0] for m in (result, alone)]
+        np.testing.assert_array_equal(run[0], run[1])
+        assert final.pruned_units[:len(result.pruned_units)] == result.pruned_units
