@@ -124,11 +124,12 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
         result = PruneResult(out, session.params_before, session.params_before, [])
     else:
         if rescore_every:
-            if importance != "angular" or granularity != "fine" or not session.layers:
-                raise InvalidArgumentError("--rescore-every needs --importance angular and --granularity fine "
-                                           "on a transformer")
+            if importance not in ("angular", "cross_entropy") or granularity != "fine" or not session.layers:
+                raise InvalidArgumentError("--rescore-every needs --importance angular or cross_entropy and "
+                                           "--granularity fine on a transformer")
             steps = _prune_with_rescoring(model, session, ratio, rescore_every, calib=calib, model_path=model_path,
                                           n_seq=calib_sequences, seq_len=calib_length, seed=seed, ranking=ranking,
+                                          importance=importance,
                                           on_step=on_step)
         elif scores is None and importance in UNIT_METRICS:
             scores = score_units(model, session, importance, calib=calib, model_path=model_path,
@@ -207,8 +208,10 @@ def score_units(model: onnx.ModelProto, session: PruneSession, importance: str, 
 
 
 def _prune_with_rescoring(model, session: PruneSession, ratio: float, every: int, *, calib, model_path, n_seq,
-                          seq_len, seed, ranking, on_step) -> list:
-    """Algorithm 8 with the importance re-estimated (block-locally) after every EVERY pruned units."""
+                          seq_len, seed, ranking, on_step, importance: str = "angular") -> list:
+    """Algorithm 8 with the importance re-estimated after every EVERY pruned units, on the model as pruned
+    so far: angular block-locally; cross-entropy against the *unpruned* model's next-token distribution,
+    the current model run on from each unit's layer (a greedy search for the closest smaller model)."""
     from .calibration import calibration_tokens
     from .importance.angular import layer_boundaries, rescore_fine
 
@@ -217,6 +220,11 @@ def _prune_with_rescoring(model, session: PruneSession, ratio: float, every: int
     tokens = calibration_tokens(calib, Path(model_path), n_seq=n_seq, seq_len=seq_len, seed=seed)
     boundaries = layer_boundaries(session)
     keep = {name for pair in boundaries for name in pair}
+    measure = None
+    if importance == "cross_entropy":
+        from .importance.cross_entropy import chained_measure, reference_distribution
+
+        measure = chained_measure(reference_distribution(model, boundaries, tokens))
     targets = {}
     for layer in session.layers:
         targets[f"layer{layer.index}.attention"] = (layer.index, None)
@@ -227,7 +235,7 @@ def _prune_with_rescoring(model, session: PruneSession, ratio: float, every: int
     while reduction < ratio:
         current = session.to_model(model, keep=keep)
         remaining = {u: t for u, t in targets.items() if u not in session.pruned}
-        scores = rescore_fine(current, boundaries, remaining, tokens)
+        scores = rescore_fine(current, boundaries, remaining, tokens, measure=measure)
         plans = [p for p in session.prunable_plans() if p.unit_id in scores]
         if not plans:
             break

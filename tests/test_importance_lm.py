@@ -199,3 +199,15 @@ def test_taylor_on_a_detector_uses_the_calibration_folder(tmp_path, monkeypatch)
     api._taylor_refresh(model, session, None, str(tmp_path))(session)
     assert seen["images"].shape == (1, 3, shape[2], shape[2])
     assert seen["images"][0, 0].max() == pytest.approx(1.0)
+
+
+def test_cross_entropy_rescoring(tiny):
+    """--rescore-every with cross-entropy: one long round is the one-shot method; short rounds reach the ratio."""
+    kwargs = dict(granularity="fine", importance="cross_entropy", calib=str(tiny.npz), model_path=tiny.path,
+                  calib_sequences=N_SEQ, calib_length=SEQ_LEN)
+    one_shot = prune_model(tiny.model, 0.3, **kwargs)
+    one_round = prune_model(tiny.model, 0.3, rescore_every=100, **kwargs)
+    assert one_round.pruned_units == one_shot.pruned_units
+    greedy = prune_model(tiny.model, 0.3, rescore_every=1, **kwargs)
+    assert greedy.reduction >= 0.3 and greedy.pruned_units[0] == one_shot.pruned_units[0]
+    assert greedy.plan["rescore_every"] == 1 and greedy.plan["importance"] == "cross_entropy"

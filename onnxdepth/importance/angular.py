@@ -186,7 +186,8 @@ def _progress(total: int, enabled: bool, label: str = "angular"):
 
 
 def rescore_fine(model: onnx.ModelProto, boundaries: list[tuple[str, str]], targets: dict[str, tuple[int, str | None]],
-                 tokens: np.ndarray, *, batch_size: int = 8, threads: int | None = None) -> dict[str, float]:
+                 tokens: np.ndarray, *, batch_size: int = 8, threads: int | None = None,
+                 measure=None) -> dict[str, float]:
     """Angular scores of the fine units in TARGETS on MODEL as it is now (partly pruned).
 
     TARGETS maps an original unit id to (layer index, node name of its transform, or None for the
@@ -197,6 +198,11 @@ def rescore_fine(model: onnx.ModelProto, boundaries: list[tuple[str, str]], targ
     from ..prune.session import PruneSession
 
     cache = cache_layers(model, boundaries, tokens, batch_size=batch_size, threads=threads)
+    if measure is None:
+        def measure(local, sub, start, end, index):
+            return _pruned_layer_distance(local, sub, cache, start, end, threads)
+    else:
+        measure = measure(model, cache)  # a factory: binds the current model and its cache
     by_layer: dict[int, list[str]] = {}
     for unit_id, (layer, _) in targets.items():
         by_layer.setdefault(layer, []).append(unit_id)
@@ -219,7 +225,7 @@ def rescore_fine(model: onnx.ModelProto, boundaries: list[tuple[str, str]], targ
             if plan.reason is not None:
                 continue
             local.apply(plan)
-            scores[unit_id] = _pruned_layer_distance(local, sub, cache, start, end, threads)
+            scores[unit_id] = measure(local, sub, start, end, index)
     return scores
 
 

@@ -25,7 +25,7 @@ from ..errors import UnsupportedModelError
 from ..graph.extract import extract_submodel
 from .angular import LayerCache, _progress, _session, _sub_shapes, cache_layers, layer_boundaries
 
-__all__ = ["cross_entropy_scores", "log_softmax", "cross_entropy"]
+__all__ = ["cross_entropy_scores", "log_softmax", "cross_entropy", "reference_distribution", "chained_measure"]
 
 logger = logging.getLogger(__name__)
 
@@ -143,3 +143,35 @@ def _mean_ce(chain: _Chain, reference: list[np.ndarray], layer_outputs: list[np.
         total += float(ce.sum(dtype=np.float64))
         count += ce.size
     return total / max(count, 1)
+
+
+def reference_distribution(model: onnx.ModelProto, boundaries: list[tuple[str, str]], tokens: np.ndarray, *,
+                           batch_size: int = 8, threads: int | None = None) -> list[np.ndarray]:
+    """The unpruned model's next-token probabilities (float16), one array per calibration batch."""
+    logits = _logits_name(model)
+    cache = cache_layers(model, boundaries, tokens, batch_size=batch_size, threads=threads)
+    chain = _Chain(model, cache, boundaries[-1][1], logits, threads)
+    return [np.exp(log_softmax(chain.head(h, b))).astype(np.float16)
+            for b, h in enumerate(cache.hidden[boundaries[-1][1]])]
+
+
+def chained_measure(reference: list[np.ndarray], threads: int | None = None):
+    """A `rescore_fine` MEASURE: CE against REFERENCE (the unpruned model's distribution) of the current model
+    with one more unit pruned, the rest of the current model run on from the unit's layer."""
+
+    def bind(model: onnx.ModelProto, cache: LayerCache):
+        chain = _Chain(model, cache, cache.boundaries[-1][1], _logits_name(model), threads)
+
+        def measure(local, sub, start, end, index):
+            runner = _session(local.to_model(sub), threads)
+            names = {i.name for i in runner.get_inputs()}
+            outputs = []
+            for b, feeds in enumerate(cache.feeds):
+                local_feeds = {k: v for k, v in feeds.items() if k in names}
+                local_feeds[start] = cache.hidden[start][b]
+                outputs.append(runner.run([end], local_feeds)[0])
+            return _mean_ce(chain, reference, outputs, index)
+
+        return measure
+
+    return bind
