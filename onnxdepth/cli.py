@@ -310,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for --ordering random and sampled calibration")
     p.add_argument("--scores", help="reuse a score table from `onnxdepth score` (CSV unit,score)")
     p.add_argument("--rescore-every", type=int, default=None, metavar="N",
-                   help="re-estimate angular importance (block-locally, on the pruned model) after every N "
-                        "pruned units (fine granularity)")
+                   help="re-estimate angular or cross_entropy importance on the model pruned so far after every "
+                        "N pruned units (fine granularity; cross_entropy makes it a greedy search)")
     p.add_argument("--ranking", default="split", choices=["split", "global"],
                    help="transformers: separate attention/MLP rankings (Algorithm 8's 2:1, default) or one "
                         "global ranking by importance per parameter removed")
