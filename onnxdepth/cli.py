@@ -206,8 +206,58 @@ def _cmd_eval(args) -> int:
               f"fidelity mAP50 {summary['map50']:.4f}, mAP50-95 {summary['map50_95']:.4f} on {summary['images']} "
               f"images ({summary['reference_boxes']} reference boxes)")
         return 0
+    if args.task == "multiple-choice":
+        if not args.data:
+            raise InvalidArgumentError("eval --task multiple-choice needs --data (an MMLU CSV file or folder)")
+        from .eval import evaluate_multiple_choice
+
+        result = evaluate_multiple_choice(args.model, args.data, dev=args.dev, shots=args.shots,
+                                          scoring=args.scoring, limit=args.limit, tokenizer_dir=args.tokenizer,
+                                          threads=args.threads, progress=not args.json and sys.stderr.isatty())
+        keys = ("task", "letter_accuracy", "cloze_accuracy", "questions", "shots")
+        if args.json:
+            print(json.dumps({k: result[k] for k in keys if k in result}))
+        else:
+            scores = ", ".join(f"{style} accuracy {result[f'{style}_accuracy']:.4f}" for style in ("letter", "cloze")
+                               if f"{style}_accuracy" in result)
+            print(f"multiple-choice {scores} on {result['questions']:,} questions "
+                  f"({result['shots']}-shot, {result['seconds']:.0f} s)")
+        return 0
+    if args.task == "ocr":
+        from .eval import evaluate_ocr
+
+        result = evaluate_ocr(args.model, kind=args.ocr_kind, samples=args.samples, seed=args.seed,
+                              threads=args.threads, progress=not args.json and sys.stderr.isatty())
+        keys = ("task", "kind", "char_accuracy", "line_accuracy") if result["kind"] == "rec" else \
+            ("task", "kind", "precision", "recall", "f1")
+        if args.json:
+            print(json.dumps({**{k: result[k] for k in keys}, "samples": result["samples"]}))
+        elif result["kind"] == "rec":
+            print(f"ocr rec: character accuracy {result['char_accuracy']:.4f}, line accuracy "
+                  f"{result['line_accuracy']:.4f} on {result['samples']} rendered lines ({result['seconds']:.0f} s)")
+        else:
+            print(f"ocr det: precision {result['precision']:.4f}, recall {result['recall']:.4f}, F1 "
+                  f"{result['f1']:.4f} at IoU 0.5 on {result['samples']} rendered pages ({result['truth_boxes']} "
+                  f"text lines, {result['seconds']:.0f} s)")
+        return 0
+    if args.task == "embedding":
+        if not args.reference:
+            raise InvalidArgumentError("eval --task embedding needs --reference UNPRUNED.onnx (the embeddings to "
+                                       "compare with)")
+        from .eval import embedding_similarity
+
+        result = embedding_similarity(args.model, args.reference, text_file=args.text,
+                                      samples=200 if args.samples is None else args.samples,
+                                      tokenizer_dir=args.tokenizer, threads=args.threads)
+        if args.json:
+            print(json.dumps({k: result[k] for k in ("task", "cosine", "top1", "samples")}))
+        else:
+            print(f"embedding: mean cosine {result['cosine']:.4f} (min {result['cosine_min']:.4f}), top-1 "
+                  f"retrieval {result['top1']:.4f} on {result['samples']} lines")
+        return 0
     if args.task != "perplexity":
-        raise InvalidArgumentError(f"eval --task {args.task}: not yet supported (available: perplexity, detection)")
+        raise InvalidArgumentError(f"eval --task {args.task}: not yet supported "
+                                   "(available: perplexity, multiple-choice, detection, ocr, embedding)")
     if not args.text:
         raise InvalidArgumentError("eval --task perplexity needs --text FILE")
     from .eval import evaluate_perplexity
@@ -244,6 +294,72 @@ def _cmd_bench(args) -> int:
         print(json.dumps([row.to_json() for row in rows]))
     else:
         print(render_table(rows))
+    return 0
+
+
+def _option_value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _eval_options(args) -> dict:
+    """The evaluator options of `sweep` (named flags, then --option KEY=VALUE); paths made absolute."""
+    import os
+
+    options = {"text": args.text, "tokenizer": args.tokenizer, "data": args.data}
+    options = {k: os.path.abspath(v) for k, v in options.items() if v}
+    options.update(ctx=args.ctx, stride=args.stride, max_tokens=args.max_tokens, limit=args.limit,
+                   images=args.images, imgsz=args.imgsz)
+    for item in args.option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidArgumentError(f"--option {item!r}: expected KEY=VALUE")
+        options[key.strip().replace("-", "_")] = _option_value(value.strip())
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _cmd_sweep(args) -> int:
+    from .sweep import GRANULARITY_METHODS, SweepConfig, parse_names, parse_ratios, run_sweep
+
+    config = SweepConfig(
+        model=args.model, ratios=parse_ratios(args.ratios),
+        granularities=parse_names(args.granularity, "--granularity", GRANULARITY_METHODS),
+        tasks=[] if args.eval.strip() == "none" else parse_names(args.eval, "--eval"),
+        importance=args.importance, calib=args.calib, calib_sequences=args.calib_sequences,
+        calib_length=args.calib_length, exclude=args.exclude, input_shapes=_input_shapes(args.input_shape),
+        eval_options=_eval_options(args), bench_runs=args.bench_runs, threads=args.threads, seed=args.seed)
+    interactive = sys.stderr.isatty()
+
+    def on_point(row, resumed):
+        if interactive:
+            return
+        what = "done before" if resumed else row.get("status")
+        metrics = " ".join(f"{k} {v:.4g}" for k, v in (row.get("metrics") or {}).items() if v is not None)
+        reduction = f" reduction {row['reduction']:.2%}" if row.get("reduction") is not None else ""
+        print(f"  {row['method']:<9} {float(row['ratio']):.4f}: {what}{reduction} {metrics}".rstrip(), file=sys.stderr)
+
+    try:
+        result = run_sweep(config, args.output, progress=interactive, on_point=on_point)
+    except KeyboardInterrupt:
+        print(f"onnxdepth: interrupted; finished points are kept in {args.output}/points.jsonl (rerun the same "
+              "command to resume)", file=sys.stderr)
+        return 130
+    ok = sum(1 for r in result["rows"] if r.get("status") == "ok")
+    print(f"{args.output}: {len(result['rows'])} points ({ok} ok, {result['new_points']} new); "
+          f"points.csv, report.html, report.md and {sum(1 for f in result['files'] if f.suffix == '.png')} plots")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .report import write_report
+
+    written = write_report(args.inputs, args.output, title=args.title)
+    plots = sum(1 for path in written if path.suffix == ".png")
+    print(f"{args.output}: report of {len(args.inputs)} input(s); {written[-2].name} and {plots} plot(s) beside it")
     return 0
 
 
@@ -326,14 +442,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a model through ONNX Runtime")
     p.add_argument("model")
     p.add_argument("--task", required=True, choices=["perplexity", "multiple-choice", "detection", "ocr", "embedding"])
-    p.add_argument("--text", help="perplexity: a text file (WikiText-2 format)")
+    p.add_argument("--text", help="perplexity: a text file (WikiText-2 format); embedding: lines to embed "
+                                  "(the first --samples non-empty ones; default: built-in sentences)")
     p.add_argument("--tokenizer", help="tokenizer directory (default: beside the model)")
     p.add_argument("--ctx", type=int, default=512, help="window length in tokens")
     p.add_argument("--stride", type=int, default=None, help="sliding windows (default: non-overlapping)")
     p.add_argument("--max-tokens", type=int, default=None)
-    p.add_argument("--reference", help="detection: the unpruned model, whose detections are the ground truth")
+    p.add_argument("--reference", help="detection: the unpruned model, whose detections are the ground truth; "
+                                       "embedding: the unpruned model, whose embeddings are compared with")
     p.add_argument("--images", type=int, default=24, help="detection: images from the packaged photos")
     p.add_argument("--imgsz", type=int, default=320, help="detection: letterbox size")
+    p.add_argument("--samples", type=int, default=None,
+                   help="ocr: rendered lines (rec, default 200) or pages (det, default 50); embedding: lines "
+                        "(default 200)")
+    p.add_argument("--seed", type=int, default=0, help="ocr: seed of the rendered text")
+    p.add_argument("--ocr-kind", choices=["rec", "det"], default=None,
+                   help="ocr: recognizer or detector (default: from the output shape)")
+    p.add_argument("--data", help="multiple-choice: an MMLU CSV file or a folder of them (no header)")
+    p.add_argument("--dev", help="multiple-choice: few-shot examples folder (default: 'dev' beside the data folder)")
+    p.add_argument("--shots", type=int, default=0, help="multiple-choice: few-shot examples per question")
+    p.add_argument("--scoring", default="both", choices=["letter", "cloze", "both"],
+                   help="multiple-choice: answer letters (MMLU), answer texts (cloze, length-normalised) or both")
+    p.add_argument("--limit", type=int, default=None, help="multiple-choice: first N questions only")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_eval)
@@ -354,6 +484,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--html", help="also write an HTML table here")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("sweep", help="prune at many ratios and granularities; evaluate, time and report every point")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="sweep directory: points.jsonl/csv, plots, report, models/ (rerun to resume)")
+    p.add_argument("--ratios", default="0:0.48:0.06",
+                   help="START:STOP:STEP (STOP included) or a comma list (default 0:0.48:0.06)")
+    p.add_argument("--granularity", default="fine",
+                   help="transformers: comma list of fine, sublayer, block (one method each); ignored for CNNs")
+    p.add_argument("--eval", required=True, metavar="TASKS",
+                   help="comma list of tasks (perplexity, detection, ...) or none (latency only)")
+    p.add_argument("--importance", default="magnitude", help="importance metric (default: magnitude)")
+    p.add_argument("--exclude", metavar="REGEX", help="exclude units whose id (node name) matches REGEX")
+    p.add_argument("--input-shape", action="append", metavar="NAME:DxD",
+                   help="concrete shape for a dynamic graph input (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampled calibration")
+    calibration(p)
+    p.add_argument("--text", help="perplexity: a text file (WikiText-2 format)")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: beside the unpruned model)")
+    p.add_argument("--ctx", type=int, default=None, help="perplexity: window length in tokens (default 512)")
+    p.add_argument("--stride", type=int, default=None, help="perplexity: sliding windows")
+    p.add_argument("--max-tokens", type=int, default=None, help="perplexity: first N tokens only")
+    p.add_argument("--data", help="multiple-choice and other data-driven tasks: data file or folder")
+    p.add_argument("--limit", type=int, default=None, help="first N examples only")
+    p.add_argument("--images", type=int, default=None, help="detection: images from the packaged photos (24)")
+    p.add_argument("--imgsz", type=int, default=None, help="detection: letterbox size (320)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="any other evaluator option, e.g. shots=5 (repeatable)")
+    p.add_argument("--bench-runs", type=int, default=10, help="latency runs per point, interleaved (default 10)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for evaluation and latency")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("report", help="one self-contained HTML report (+ Markdown) of sweeps, bench JSON and "
+                                      "pruned models")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="sweep directories, bench .json files (bench --json), pruned .onnx models or plan .json")
+    p.add_argument("-o", "--output", default="report.html", help="HTML file; OUTPUT.md and the PNGs go beside it")
+    p.add_argument("--title", default="onnxdepth report")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("demo", help="main job: build SmolLM2 ONNX from the packaged weights, prune it, compare")
     p.add_argument("--ratio", type=float, default=0.1)

