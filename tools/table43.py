@@ -57,6 +57,7 @@ def main() -> int:
     args = parser.parse_args()
     api.TAYLOR_IMAGES = args.taylor_images
     started = time.perf_counter()
+    tables: dict[str, list[dict]] = {}
     for name in args.models:
         t0 = time.perf_counter()
         work = args.work_dir / name
@@ -95,6 +96,7 @@ def main() -> int:
         keep_80 = [r for r in table if r["map50"] >= 0.8]
         best = max(keep_80, key=lambda r: r["reduction"]) if keep_80 else table[0]
         (work / "table.json").write_text(json.dumps(table, indent=1))
+        tables[name] = table
         print(f"\n{name} ({args.importance}, batch 1, {args.images} images, median of {args.runs} passes):")
         print("| target | reduction | params | total ms | ms / batch | fidelity mAP50 |\n|---|---|---|---|---|---|")
         for r in table:
@@ -104,8 +106,37 @@ def main() -> int:
         print(f"{name}: last reduction keeping >= 80% mAP50: {best['reduction']:.1%} (latency "
               f"{best['total_ms'] / table[0]['total_ms']:.3f} of unpruned); {time.perf_counter() - t0:.0f} s\n",
               flush=True)
-    print(f"results under {args.work_dir}/ ({time.perf_counter() - started:.0f} s)")
+    figure = _plot(tables, args.work_dir / "figure46.png")
+    print(f"results under {args.work_dir}/, Figure 4.6 analogue in {figure} ({time.perf_counter() - started:.0f} s)")
     return 0
+
+
+def _plot(tables: dict[str, list[dict]], out: Path) -> Path:
+    """Fidelity mAP50 and relative latency against parameter reduction, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, table in tables.items():
+        xs = [100 * r["reduction"] for r in table]
+        left.plot(xs, [r["map50"] for r in table], marker="o", label=name)
+        right.plot(xs, [r["total_ms"] / table[0]["total_ms"] for r in table], marker="o", label=name)
+    left.axhline(0.8, color="gray", linestyle="--", linewidth=0.8, label="80% of unpruned")
+    left.axhline(0.0, color="black", linestyle=":", linewidth=0.8, label="random guess")
+    left.set(xlabel="parameter reduction (%)", ylabel="fidelity mAP50", title="accuracy")
+    # A latency that falls exactly with the parameters would follow 1 - reduction.
+    right.plot([0, 50], [1.0, 0.5], color="gray", linestyle="--", linewidth=0.8, label="proportional")
+    right.set(xlabel="parameter reduction (%)", ylabel="latency / unpruned", title="CPU latency (batch 1)")
+    left.legend()
+    right.legend()
+    fig.tight_layout()
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
 
 
 if __name__ == "__main__":
