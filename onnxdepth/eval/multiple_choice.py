@@ -32,17 +32,17 @@ from __future__ import annotations
 import csv
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from ..errors import InvalidArgumentError, ModelLoadError, UnsupportedModelError
 from .perplexity import _feeds, _has_tokenizer, _logits_name, _open_session
 
-__all__ = ["Question", "SCORINGS", "LETTERS", "load_questions", "build_context", "continuations",
-           "encode_pair", "evaluate_multiple_choice"]
+__all__ = ["LETTERS", "SCORINGS", "Question", "build_context", "continuations", "encode_pair",
+           "evaluate_multiple_choice", "load_questions"]
 
 LETTERS = ("A", "B", "C", "D")
 SCORINGS = ("letter", "cloze", "both")
@@ -125,7 +125,7 @@ def _default_dev(data: Path) -> Path | None:
     """A ``dev`` folder beside the data folder (the file's folder when DATA is a file)."""
     folder = data.resolve().parent if data.is_file() else data.resolve()
     candidate = folder.parent / "dev"
-    return candidate if candidate.is_dir() and candidate != folder else None
+    return candidate if candidate.is_dir() else None
 
 
 def _shots_by_subject(dev: Path, subjects: set[str], shots: int) -> dict[str, list[Question]]:
