@@ -3,7 +3,7 @@ sublayer and block granularity (angular importance, WikiText-2 valid calibration
 perplexity, MMLU val accuracy (letter and cloze) and ONNX Runtime latency at every point.
 
     python tools/table41.py [--model DIR/model.onnx] [--out artifacts/sweep_smollm2]
-        [--max-tokens 16384] [--mmlu-limit 200] [--bench-runs 5]
+        [--max-tokens 8192] [--mmlu-limit 100] [--bench-runs 3]
 
 A thin wrapper around `onnxdepth sweep` (resumable: rerun the same command after an interruption);
 prints the table and where the plots (metric vs parameter reduction with the random-guess line, the
@@ -27,9 +27,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path("models/out/smollm2-135m/model.onnx"))
     parser.add_argument("--out", type=Path, default=Path("artifacts/sweep_smollm2"))
-    parser.add_argument("--max-tokens", type=int, default=16384)
-    parser.add_argument("--mmlu-limit", type=int, default=200)
-    parser.add_argument("--bench-runs", type=int, default=5)
+    parser.add_argument("--max-tokens", type=int, default=8192)
+    parser.add_argument("--mmlu-limit", type=int, default=100)
+    parser.add_argument("--bench-runs", type=int, default=3)
     args = parser.parse_args()
     started = time.perf_counter()
     if not args.model.exists():
