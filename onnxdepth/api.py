@@ -49,8 +49,9 @@ class PruneResult:
 
 
 def list_units(model: onnx.ModelProto, *, exclude: str | None = None,
-               input_shapes: dict | None = None, granularity: str = "fine") -> list[Unit]:
-    return PruneSession(model, exclude=exclude, input_shapes=input_shapes, granularity=granularity).units()
+               input_shapes: dict | None = None, granularity: str = "fine", search_space: str = "full") -> list[Unit]:
+    return PruneSession(model, exclude=exclude, input_shapes=input_shapes, granularity=granularity,
+                        search_space=search_space).units()
 
 
 def units_summary(units: list[Unit]) -> dict:
@@ -75,7 +76,8 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
                 calib_length: int = 128, block_choice: str = "gromov", ranking: str = "split",
                 rescore_every: int | None = None,
                 on_step: Callable[[UnitPlan, float], None] | None = None, checkpoints: Sequence[float] = (),
-                on_checkpoint: Callable[[float, PruneResult], None] | None = None) -> PruneResult:
+                on_checkpoint: Callable[[float, PruneResult], None] | None = None,
+                search_space: str = "full") -> PruneResult:
     """Prune MODEL until RATIO of its parameters are gone and verify the result.
 
     CNNs and other non-transformer graphs: Algorithm 9 (iterative). Transformers: Algorithm 8 at
@@ -93,7 +95,7 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
         raise InvalidArgumentError(f"--ordering {ordering}: expected one of {', '.join(ORDERINGS)}")
     metric = get_metric(importance)
     session = PruneSession(model, exclude=exclude, input_shapes=input_shapes, importance=metric,
-                           granularity=granularity)
+                           granularity=granularity, search_space=search_space)
     pending = sorted(r for r in checkpoints if 0.0 < r < ratio)
     if pending and session.layers and granularity == "block" and block_choice == "gromov" and importance == "angular":
         raise InvalidArgumentError("checkpoints: Gromov's contiguous choice depends on the ratio (a smaller ratio is "
@@ -159,6 +161,7 @@ def _plan_record(session: PruneSession, result: PruneResult, *, granularity, ord
     method = ("Algorithm 8" if granularity == "fine" else f"{granularity} ranking") if session.layers else \
         "Algorithm 9"
     return {"onnxdepth_version": "0.1.0", "method": f"depth pruning ({method})", "granularity": granularity,
+            "search_space": session.search_space,
             "ordering": ordering, "ranking": ranking, "rescore_every": rescore_every, "ratio": ratio,
             "importance": importance, "exclude": exclude, "layers": len(session.layers), **result.summary(),
             "removed_graph_io": list(session.removed_graph_io), "steps": result.steps}
@@ -401,7 +404,8 @@ def prune_file_cached(src: str | os.PathLike, out: str | os.PathLike, ratio: flo
     importance (benchmarks and tools that revisit the same points). Returns (OUT, plan, reused)."""
     src, out = Path(src), Path(out)
     plan = cached_plan(src, out, ratio, granularity=kwargs.get("granularity", "fine"),
-                       importance=kwargs.get("importance", "magnitude"))
+                       importance=kwargs.get("importance", "magnitude"),
+                       search_space=kwargs.get("search_space", "full"))
     if plan is not None:
         return out, plan, True
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -409,12 +413,15 @@ def prune_file_cached(src: str | os.PathLike, out: str | os.PathLike, ratio: flo
 
 
 def cached_plan(src: str | os.PathLike, out: str | os.PathLike, ratio: float, *, granularity: str = "fine",
-                importance: str = "magnitude") -> dict | None:
-    """The plan of OUT when prune_file_cached would reuse it (same source, ratio, granularity, importance)."""
+                importance: str = "magnitude", search_space: str = "full") -> dict | None:
+    """The plan of OUT when prune_file_cached would reuse it (same source, ratio, granularity, importance,
+    search space)."""
     src, out = Path(src), Path(out)
     try:
         plan = json.loads(plan_path_for(out).read_text()) if out.is_file() else None
     except (OSError, ValueError):
+        return None
+    if isinstance(plan, dict) and plan.get("search_space", "full") != search_space:
         return None
     wanted = {"ratio": ratio, "granularity": granularity, "importance": importance}
     if isinstance(plan, dict) and all(plan.get(k) == v for k, v in wanted.items()) and plan.get("source") \

@@ -39,7 +39,7 @@ def _cmd_units(args) -> int:
 
     model = load_model(args.model)
     units = list_units(model, exclude=args.exclude, input_shapes=_input_shapes(args.input_shape),
-                       granularity=args.granularity)
+                       granularity=args.granularity, search_space=args.search_space)
     summary = units_summary(units)
     if args.json:
         print(json.dumps({"units": [u.to_json() for u in units], "summary": summary}, indent=2))
@@ -88,7 +88,7 @@ def _cmd_prune(args) -> int:
                   granularity=args.granularity, ordering=args.ordering, seed=args.seed, on_step=on_step,
                   calib=args.calib, calib_sequences=args.calib_sequences, calib_length=args.calib_length,
                   scores=_read_scores(args.scores) if args.scores else None, block_choice=args.block_choice,
-                  ranking=args.ranking, rescore_every=args.rescore_every)
+                  ranking=args.ranking, rescore_every=args.rescore_every, search_space=args.search_space)
     if args.plan:
         kwargs = dict(plan=_read_plan(args.plan), input_shapes=kwargs["input_shapes"])
     if progress is not None:
@@ -149,7 +149,7 @@ def _cmd_score(args) -> int:
         check_output_path(args.output)
     model = load_model(args.model)
     session = PruneSession(model, exclude=args.exclude, input_shapes=_input_shapes(args.input_shape),
-                           granularity=args.granularity)
+                           granularity=args.granularity, search_space=args.search_space)
     if args.importance in UNIT_METRICS:
         scores = score_units(model, session, args.importance, calib=args.calib, model_path=args.model,
                              n_seq=args.calib_sequences, seq_len=args.calib_length, seed=args.seed)
@@ -323,7 +323,7 @@ def _eval_options(args) -> dict:
 
 
 def _cmd_sweep(args) -> int:
-    from .sweep import GRANULARITY_METHODS, SweepConfig, parse_names, parse_ratios, run_sweep
+    from .sweep import GRANULARITY_METHODS, SEARCH_SPACE_METHODS, SweepConfig, parse_names, parse_ratios, run_sweep
 
     config = SweepConfig(
         model=args.model, ratios=parse_ratios(args.ratios),
@@ -331,7 +331,9 @@ def _cmd_sweep(args) -> int:
         tasks=[] if args.eval.strip() == "none" else parse_names(args.eval, "--eval"),
         importance=args.importance, calib=args.calib, calib_sequences=args.calib_sequences,
         calib_length=args.calib_length, exclude=args.exclude, input_shapes=_input_shapes(args.input_shape),
-        eval_options=_eval_options(args), bench_runs=args.bench_runs, threads=args.threads, seed=args.seed)
+        eval_options=_eval_options(args), bench_runs=args.bench_runs, threads=args.threads, seed=args.seed,
+        search_spaces=parse_names(args.search_space, "--search-space", SEARCH_SPACE_METHODS)
+        if args.search_space else None)
     interactive = sys.stderr.isatty()
 
     def on_point(row, resumed):
@@ -398,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--granularity", default="fine", choices=["fine", "sublayer", "block"],
                        help="transformers: attention + MLP sub-layers (fine, Algorithm 8), attention + MLP "
                             "(sublayer), whole layers (block)")
+        p.add_argument("--search-space", default="full", choices=["full", "reduced"],
+                       help="CNNs: every unit (full) or only units that keep the channel count (reduced, the "
+                            "thesis's baseline)")
         p.add_argument("--input-shape", action="append", metavar="NAME:DxD",
                        help="concrete shape for a dynamic graph input (repeatable)")
 
@@ -493,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="START:STOP:STEP (STOP included) or a comma list (default 0:0.48:0.06)")
     p.add_argument("--granularity", default="fine",
                    help="transformers: comma list of fine, sublayer, block (one method each); ignored for CNNs")
+    p.add_argument("--search-space", default=None, metavar="SPACES",
+                   help="CNNs: comma list of full, reduced (one method each; default full)")
     p.add_argument("--eval", required=True, metavar="TASKS",
                    help="comma list of tasks (perplexity, detection, ...) or none (latency only)")
     p.add_argument("--importance", default="magnitude", help="importance metric (default: magnitude)")

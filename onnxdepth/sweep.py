@@ -37,7 +37,7 @@ from .eval import tasks
 from .fileio import write_atomic, write_json_atomic
 
 __all__ = ["SweepConfig", "parse_ratios", "parse_names", "run_sweep", "read_points", "cnn_methods", "BASELINE",
-           "SWEEP_FILE", "POINTS_FILE", "CSV_FILE", "MODELS_DIR", "GRANULARITY_METHODS"]
+           "SWEEP_FILE", "POINTS_FILE", "CSV_FILE", "MODELS_DIR", "GRANULARITY_METHODS", "SEARCH_SPACE_METHODS"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,15 +91,14 @@ def parse_names(spec: str, what: str, allowed: tuple[str, ...] | None = None) ->
     return names
 
 
-def cnn_methods() -> list[str]:
-    """Search spaces for non-transformer models. `prune` has no reduced search space (units that do not
-    change channels only, Table 4.4's "reduced") yet: when prune_model gains a ``search_space`` option,
-    the sweep runs both."""
-    import inspect
+#: Methods of a CNN sweep: search spaces (every unit, or the thesis's baseline of units that keep the
+#: channel count, Table 4.4).
+SEARCH_SPACE_METHODS = ("full", "reduced")
 
-    if "search_space" in inspect.signature(api.prune_model).parameters:
-        return ["full", "reduced"]
-    return ["full"]
+
+def cnn_methods(search_spaces: list[str] | None = None) -> list[str]:
+    """Methods of a non-transformer sweep: the chosen search spaces (default: full only)."""
+    return list(search_spaces) if search_spaces else ["full"]
 
 
 @dataclass
@@ -118,12 +117,15 @@ class SweepConfig:
     bench_runs: int = 10
     threads: int | None = None
     seed: int = 0
+    search_spaces: list[str] | None = None  # CNNs: full and/or reduced (None: full)
 
     def identity(self) -> dict:
         """Everything that changes a point's numbers; its hash guards a sweep directory."""
         model = Path(self.model).resolve()
         stat = model.stat()
         data = asdict(self)
+        if data["search_spaces"] is None:
+            del data["search_spaces"]  # the default leaves the digest of earlier sweeps unchanged
         data.update(model=str(model), model_bytes=stat.st_size, model_mtime_ns=stat.st_mtime_ns,
                     calib=str(Path(self.calib).resolve()) if self.calib else None,
                     input_shapes={k: list(v) for k, v in (self.input_shapes or {}).items()} or None)
@@ -254,7 +256,8 @@ def _model_path(ctx: _Context, method: str, ratio: float) -> Path:
 
 def _is_cached(ctx: _Context, method: str, ratio: float, kwargs: dict) -> bool:
     return api.cached_plan(ctx.source, _model_path(ctx, method, ratio), ratio, granularity=kwargs["granularity"],
-                           importance=kwargs["importance"]) is not None
+                           importance=kwargs["importance"],
+                           search_space=kwargs.get("search_space", "full")) is not None
 
 
 def _prepare_models(ctx: _Context, method: str, ratios: list[float]) -> None:
@@ -427,7 +430,7 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike, *, progress: bool
     transformer = bool(session.layers)
     if not transformer and config.granularities != ["fine"]:
         logger.warning("--granularity is ignored: %s has no transformer layers", source.name)
-    methods = list(config.granularities) if transformer else cnn_methods()
+    methods = list(config.granularities) if transformer else cnn_methods(config.search_spaces)
     options = {k: v for k, v in config.eval_options.items() if v is not None}
     options.setdefault("threads", config.threads)
     task_info = {t: {**tasks.get_task(t).describe(), "random": tasks.random_line(t, source, options)}

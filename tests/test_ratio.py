@@ -177,3 +177,34 @@ def test_checkpoints_equal_separate_runs():
                .run(None, {"x": x})[0] for m in (result, alone)]
         np.testing.assert_array_equal(run[0], run[1])
         assert final.pruned_units[:len(result.pruned_units)] == result.pruned_units
+
+
+def test_reduced_search_space_prunes_only_channel_keeping_units():
+    """--search-space reduced (the thesis's CNN baseline): no unit that changes channels is ever pruned."""
+    from onnxdepth.prune.session import PruneSession
+
+    model = graphs.build_residual()  # has an 8->12->8 block: two channel-changing convs
+    full = {u.id: u for u in PruneSession(model).units()}
+    reduced = {u.id: u for u in PruneSession(model, search_space="reduced").units()}
+    changing = {uid for uid, u in full.items() if u.prunable and u.changes_channels}
+    assert changing, "the test graph must have channel-changing units"
+    for uid in changing:
+        assert not reduced[uid].prunable and "reduced search space" in reduced[uid].excluded_reason
+    assert {uid for uid, u in reduced.items() if u.prunable} == {uid for uid, u in full.items()
+                                                                  if u.prunable and not u.changes_channels}
+    result = api.prune_model(model, 0.2, search_space="reduced")
+    assert result.plan["search_space"] == "reduced" and not set(result.pruned_units) & changing
+    assert all(step["removed_channels"] == 0 for step in result.plan["steps"])
+    with pytest.raises(InvalidArgumentError, match="--search-space"):
+        PruneSession(model, search_space="tiny")
+
+
+def test_cli_units_and_prune_reduced(cli, tmp_path):
+    import onnx as _onnx
+
+    src = tmp_path / "cnn.onnx"
+    _onnx.save(graphs.build_residual(), str(src))
+    code, out, err = cli("units", src, "--search-space", "reduced", "--json")
+    assert code == 0, err
+    code, out, err = cli("prune", src, tmp_path / "out.onnx", "--ratio", "0.2", "--search-space", "reduced", "--json")
+    assert code == 0, err and json.loads(out)["pruned_units"]

@@ -257,3 +257,16 @@ def test_transformer_sweep_perplexity(tmp_path_factory, tmp_path):
     assert "random guess perplexity = 128" in page and "tg 0.10 fine" in page
     plan = json.loads((tmp_path / "sweep" / "models" / "fine-0.1000.plan.json").read_text())
     assert plan["granularity"] == "fine" and plan["layers"] == 3
+
+
+def test_cnn_sweep_full_and_reduced(cnn, tmp_path, cli):
+    out = tmp_path / "sweep"
+    code, _, stderr = cli("sweep", cnn, "-o", out, "--ratios", "0.1", "--eval", "none", "--bench-runs", "1",
+                          "--search-space", "full,reduced")
+    assert code == 0, stderr
+    rows = {(r["method"], r["ratio"]): r for r in read_points(out / "points.jsonl")}
+    assert set(rows) == {("unpruned", 0.0), ("full", 0.1), ("reduced", 0.1)}
+    plan = json.loads((out / rows[("reduced", 0.1)]["model"]).with_suffix(".plan.json").read_text())
+    assert plan["search_space"] == "reduced" and all(s["removed_channels"] == 0 for s in plan["steps"])
+    code, _, stderr = cli("sweep", cnn, "-o", tmp_path / "x", "--eval", "none", "--search-space", "tiny")
+    assert code == 1 and "--search-space" in stderr

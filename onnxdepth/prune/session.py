@@ -94,6 +94,8 @@ class StructuralPlan:
 
 
 GRANULARITIES = ("fine", "sublayer", "block")
+#: Unit search spaces: every unit, or (CNN baseline) only those that keep the channel count.
+SEARCH_SPACES = ("full", "reduced")
 
 # Contrib ops that onnxruntime.transformers' optimizer fuses transformer blocks into.
 FUSED_OPS = {"Attention", "MultiHeadAttention", "GroupQueryAttention", "SimplifiedLayerNormalization",
@@ -111,7 +113,8 @@ class PruneSession:
     """Holds the editable graph-surgeon copy of one model and applies Prune(f) to it."""
 
     def __init__(self, model: onnx.ModelProto, *, input_shapes: dict | None = None, exclude: str | None = None,
-                 importance: ParamImportance = magnitude, granularity: str = "fine", detect_head: bool = True):
+                 importance: ParamImportance = magnitude, granularity: str = "fine", detect_head: bool = True,
+                 search_space: str = "full"):
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         fused = sorted({n.op_type for n in model.graph.node if n.domain == "com.microsoft" and n.op_type in FUSED_OPS})
         if fused:
@@ -139,6 +142,11 @@ class PruneSession:
         self.input_axes = input_channel_axes(self.graph, self.shapes)
         self.graph.toposort()
         self.layers = find_layers(self.graph, lift(self.graph), self.head_units)
+        if search_space not in SEARCH_SPACES:
+            raise InvalidArgumentError(f"--search-space {search_space}: expected one of {', '.join(SEARCH_SPACES)}")
+        # "reduced" (the thesis's CNN baseline, Table 4.4): only units whose input and output widths match,
+        # so that no other layer is ever width-pruned.
+        self.search_space = search_space
         if granularity not in GRANULARITIES:
             raise InvalidArgumentError(f"--granularity {granularity}: expected one of {', '.join(GRANULARITIES)}")
         if granularity != "fine" and not self.layers:
@@ -319,10 +327,12 @@ class PruneSession:
                 continue
             plan = self.plan(name)
             reason = plan.reason
+            n_in, n_out = len(info.in_classes), len(info.out_classes)
+            if reason is None and self.search_space == "reduced" and n_in != n_out:
+                reason = "reduced search space: changes channels"
             if reason is None:
                 self._plans[name] = plan
             params = plan.params_removed
-            n_in, n_out = len(info.in_classes), len(info.out_classes)
             units.append(Unit(name, info.node.op, params, n_in, n_out, n_in != n_out, reason is None, reason))
         return units
 
