@@ -121,9 +121,10 @@ def test_invalid_ratio(ratio):
         api.prune_model(graphs.build_mlp(), ratio)
 
 
-@pytest.mark.parametrize("metric", ["cross_entropy", "nonsense"])
-def test_unsupported_importance(metric):
-    with pytest.raises(InvalidArgumentError, match="not yet supported" if metric == "cross_entropy" else "unknown"):
+@pytest.mark.parametrize("metric, message", [("cross_entropy", "needs a transformer"), ("angular", "needs a transformer"),
+                                             ("nonsense", "unknown")])
+def test_unsupported_importance(metric, message):
+    with pytest.raises(InvalidArgumentError, match=message):
         api.prune_model(graphs.build_mlp(), 0.2, importance=metric)
 
 
