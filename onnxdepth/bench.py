@@ -133,7 +133,7 @@ class _Runner:
 
 def bench_models(paths: list[str], *, runs: int = 20, warmup: int = 3, threads: int | None = None,
                  device: str = "cpu", input_shapes: dict | None = None, seed: int = 0, data: str | None = None,
-                 batch_size: int = 1, batches: int = 1) -> list[BenchRow]:
+                 batch_size: int = 1, batches: int = 1, progress: bool = False) -> list[BenchRow]:
     """Latency of every model in PATHS on the same inputs, runs interleaved across models."""
     import onnxruntime as ort
 
@@ -179,7 +179,9 @@ def bench_models(paths: list[str], *, runs: int = 20, warmup: int = 3, threads: 
                 runner.run(b)
     per_batch: list[list[float]] = [[] for _ in runners]
     totals: list[list[float]] = [[] for _ in runners]
+    bar = _progress_bar(runs, progress)
     for _ in range(runs):
+        bar()
         for k, runner in enumerate(runners):
             total = 0.0
             for b in range(len(runner.feeds)):
@@ -189,6 +191,7 @@ def bench_models(paths: list[str], *, runs: int = 20, warmup: int = 3, threads: 
                 per_batch[k].append(elapsed)
                 total += elapsed
             totals[k].append(total)
+    bar(done=True)
     for row, samples, total in zip(rows, per_batch, totals):
         row.median_ms = statistics.median(samples)
         row.p90_ms = float(np.percentile(samples, 90))
@@ -196,6 +199,25 @@ def bench_models(paths: list[str], *, runs: int = 20, warmup: int = 3, threads: 
     for row in rows:
         row.vs_first = row.total_ms / rows[0].total_ms if rows[0].total_ms else None
     return rows
+
+
+def _progress_bar(total: int, enabled: bool):
+    """advance() once per timed run; advance(done=True) at the end (rich, on a terminal only)."""
+    if not enabled:
+        return lambda done=False: None
+    from rich.progress import Progress
+
+    progress = Progress(transient=True)
+    progress.start()
+    task = progress.add_task("timing (interleaved runs)", total=total)
+
+    def advance(done: bool = False) -> None:
+        if done:
+            progress.stop()
+        else:
+            progress.update(task, advance=1)
+
+    return advance
 
 
 def render_table(rows: list[BenchRow]) -> str:

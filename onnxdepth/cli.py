@@ -281,7 +281,7 @@ def _cmd_bench(args) -> int:
         check_output_path(args.html)
     rows = bench_models(args.models, runs=args.runs, warmup=args.warmup, threads=args.threads, device=args.device,
                         input_shapes=_input_shapes(args.input_shape), data=args.data, batch_size=args.batch_size,
-                        batches=args.batches)
+                        batches=args.batches, progress=not args.json and sys.stderr.isatty())
     if args.html:
         import os
         import tempfile
