@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from .api import prune_file
-from .errors import ModelLoadError
 
 __all__ = ["run_demo"]
 

@@ -197,7 +197,7 @@ def main() -> int:
         (f"whole-model (b), EXTRAPOLATED to all {len(units)} units",
          f"{extrapolated_s:9.1f} s  (= {reference_s:.1f} + {len(units)} x {mean_unit:.1f})"),
         ("speedup (a) vs (b), all units (extrapolated)", f"{extrapolated_s / local_s:9.1f} x"),
-        (f"speedup per unit ((b) s/unit over (a) s/unit)", f"{mean_unit / (local_s / len(units)):9.1f} x"),
+        ("speedup per unit ((b) s/unit over (a) s/unit)", f"{mean_unit / (local_s / len(units)):9.1f} x"),
         (f"max |score (a) - score (b)| over the {n} units", f"{max_diff:11.3e}"),
     ]
     print()
