@@ -2,7 +2,7 @@
 total and per-batch ONNX Runtime latency, and fidelity mAP50 against the unpruned model's detections.
 
     python tools/table43.py [--models nudenet yolov5s] [--ratios 0.05 0.1 ... 0.5] [--importance taylor]
-        [--images 24] [--taylor-images 12] [--runs 5] [--work-dir artifacts/table43]
+        [--images 24] [--taylor-images 12] [--imgsz 640] [--runs 5] [--work-dir artifacts/table43]
 
 Algorithm 9 prunes one unit at a time, so every smaller ratio is a prefix of the run to the largest:
 one run per model hands over (and verifies) the model at every ratio (prune_model's checkpoints).
@@ -32,14 +32,14 @@ from onnxdepth.graph.io import load_model, save_model_atomic
 from onnxdepth.models_zoo import nudenet_yolov8n
 
 
-def _source(name: str, work: Path) -> tuple[Path, int]:
+def _source(name: str, imgsz: int) -> tuple[Path, int]:
     if name == "nudenet":
         return nudenet_yolov8n(), 320
-    path = Path("models/out") / f"{name}.onnx"
+    path = Path("models/out") / f"{name}-{imgsz}.onnx"
     if not path.exists():
         from onnxdepth.export.ultralytics import export_ultralytics
 
-        path = export_ultralytics(f"{name}.yaml", path, imgsz=640)
+        path = export_ultralytics(f"{name}.yaml", path, imgsz=imgsz)
     model = load_model(path)
     size = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value or 640
     return path, size
@@ -51,6 +51,7 @@ def main() -> int:
     parser.add_argument("--ratios", type=float, nargs="+", default=[round(0.05 * k, 2) for k in range(1, 11)])
     parser.add_argument("--importance", default="taylor")
     parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--imgsz", type=int, default=640, help="input size of the YOLOv5 exports (nudenet: 320)")
     parser.add_argument("--taylor-images", type=int, default=12)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--work-dir", type=Path, default=Path("artifacts/table43"))
@@ -62,7 +63,7 @@ def main() -> int:
         t0 = time.perf_counter()
         work = args.work_dir / name
         work.mkdir(parents=True, exist_ok=True)
-        src, size = _source(name, work)
+        src, size = _source(name, args.imgsz)
         model = load_model(src)
         shapes = {model.graph.input[0].name: (1, 3, size, size)}
         saved: dict[float, tuple[Path, float, int]] = {}
