@@ -7,24 +7,36 @@ seed. It is a reasonable proxy for the model's own distribution, but real text (
 Image models: a folder of images (letterboxed as ultralytics does), an .npz with an ``images`` array
 [N, 3, S, S] in [0, 1], or by default the photos that installed packages ship plus seeded variants of
 them (`eval.detection.reference_images`), with a warning that real images are better.
+
+OCR models (PP-OCR rec / det): a folder of text-line images / page images, an .npz with a model-ready
+``images`` array, or by default lines / pages rendered by `eval.ocr` with a seed other than the
+evaluation's, preprocessed exactly as `onnxdepth eval --task ocr` does.
+
+Sentence encoders: one sentence per line of a .txt (WikiText headings skipped) or .jsonl ``text`` fields,
+or by default the built-in sentences of `eval.embedding`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InvalidArgumentError, ModelLoadError
 
-__all__ = ["load_tokenizer", "calibration_tokens", "calibration_images", "IMAGE_SUFFIXES"]
+__all__ = ["IMAGE_SUFFIXES", "OCR_CALIBRATION_SEED", "calibration_images", "calibration_ocr_lines",
+           "calibration_ocr_pages", "calibration_sentences", "calibration_tokens", "load_tokenizer"]
 
 #: Files read from an image-folder calibration set.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 logger = logging.getLogger(__name__)
+
+#: Renderer seed of the default OCR calibration data (plus --seed); `onnxdepth eval --task ocr` renders with 0.
+OCR_CALIBRATION_SEED = 1000
 
 
 def load_tokenizer(model_dir: Path):
@@ -120,3 +132,119 @@ def calibration_images(calib: str | None, size: int, *, count: int = 24, seed: i
                                        f"expected [N, 3, {size}, {size}]")
         return images[:count]
     raise InvalidArgumentError(f"--calib {calib}: expected a folder of images or an .npz for an image model")
+
+
+def _image_files(calib: str) -> list[Path]:
+    files = sorted(p for p in Path(calib).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InvalidArgumentError(f"--calib {calib}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+    return files
+
+
+def _read_bgr(file: Path) -> np.ndarray:
+    """FILE as [H, W, 3] uint8 in BGR order (rapidocr reads images with OpenCV, so the models expect BGR)."""
+    from PIL import Image
+
+    try:
+        with Image.open(file) as image:
+            rgb = np.asarray(image.convert("RGB"))
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for unreadable files
+        raise InvalidArgumentError(f"--calib {file}: not a readable image ({type(exc).__name__})") from None
+    return np.ascontiguousarray(rgb[:, :, ::-1])  # channel axis last: RGB -> BGR
+
+
+def _npz_images(calib: str, count: int, *, height: int | None, what: str) -> list[np.ndarray]:
+    """Model-ready images [1, 3, H, W] from the ``images`` array [N, 3, H, W] of an .npz (H = HEIGHT if given)."""
+    data = np.load(calib)
+    if "images" not in data:
+        raise InvalidArgumentError(f"--calib {calib}: .npz needs an 'images' array of preprocessed {what}")
+    images = np.asarray(data["images"], dtype=np.float32)
+    # [N, 3, H, W]: channels on axis 1, the text-line height (rec) on axis 2.
+    if images.ndim != 4 or images.shape[1] != 3 or (height is not None and images.shape[2] != height):
+        expected = f"[N, 3, {height}, W]" if height is not None else "[N, 3, H, W]"
+        raise InvalidArgumentError(f"--calib {calib}: 'images' has shape {list(images.shape)}, expected {expected}")
+    return [images[i:i + 1] for i in range(min(count, len(images)))]
+
+
+def calibration_ocr_lines(calib: str | None, *, count: int = 32, seed: int = 0, height: int = 48,
+                          width: int | None = None) -> list[np.ndarray]:
+    """Text-line inputs [1, 3, HEIGHT, W] for a PP-OCR recognizer, as `eval.ocr.ocr_recognition` feeds them.
+
+    CALIB: a folder of line images or an .npz ``images`` array (already preprocessed); by default COUNT
+    lines rendered with seed ``OCR_CALIBRATION_SEED + SEED`` (the evaluation renders with seed 0). Each
+    line goes through ``rec_preprocess`` (WIDTH: the model's fixed input width, if any), so widths differ.
+    """
+    from .eval.ocr import rec_preprocess, render_lines
+
+    if calib is None:
+        lines = [image for image, _ in render_lines(count, OCR_CALIBRATION_SEED + seed)]
+    else:
+        path = Path(calib)
+        if not path.exists():
+            raise InvalidArgumentError(f"--calib {calib}: no such file or folder")
+        if path.suffix == ".npz":
+            return _npz_images(calib, count, height=height, what="text lines")
+        if not path.is_dir():
+            raise InvalidArgumentError(f"--calib {calib}: expected a folder of text-line images or an .npz")
+        lines = [_read_bgr(file) for file in _image_files(calib)[:count]]
+    return [rec_preprocess(line, height, width) for line in lines]
+
+
+def calibration_ocr_pages(calib: str | None, *, count: int = 8, seed: int = 0) -> list[np.ndarray]:
+    """Page inputs [1, 3, H, W] for a PP-OCR (DB) detector, as `eval.ocr.ocr_detection` feeds them.
+
+    CALIB: a folder of page images or an .npz ``images`` array (already preprocessed); by default COUNT
+    pages rendered with seed ``OCR_CALIBRATION_SEED + SEED``. Each page goes through ``det_preprocess``
+    (short side up to 736, sides multiples of 32) in BGR order, as the evaluation does.
+    """
+    from .eval.ocr import det_preprocess, render_pages
+
+    if calib is None:
+        pages = [np.ascontiguousarray(image[:, :, ::-1]) for image, _ in render_pages(count, OCR_CALIBRATION_SEED
+                                                                                            + seed)]  # RGB -> BGR
+    else:
+        path = Path(calib)
+        if not path.exists():
+            raise InvalidArgumentError(f"--calib {calib}: no such file or folder")
+        if path.suffix == ".npz":
+            return _npz_images(calib, count, height=None, what="pages")
+        if not path.is_dir():
+            raise InvalidArgumentError(f"--calib {calib}: expected a folder of page images or an .npz")
+        pages = [_read_bgr(file) for file in _image_files(calib)[:count]]
+    return [det_preprocess(page) for page in pages]
+
+
+#: WikiText section headings (" = Title = "), not sentences.
+_HEADING = re.compile(r"^=+ .* =+$")
+
+
+def calibration_sentences(calib: str | None, count: int = 32) -> list[str]:
+    """Up to COUNT sentences for a sentence encoder: the non-empty, non-heading lines of a .txt (e.g.
+    WikiText-2 valid) or the ``text`` fields of a .jsonl; by default the built-in sentences of
+    `eval.embedding` (with a warning: `onnxdepth eval --task embedding` embeds them too by default)."""
+    if calib is None:
+        from .eval.embedding import DEFAULT_SENTENCES
+
+        logger.warning("no --calib given: calibrating on the built-in sentences, which `eval --task embedding` "
+                       "also uses by default; real text is better (e.g. --calib ../shared/data/wikitext-2/valid.txt)")
+        return list(DEFAULT_SENTENCES[:count])
+    path = Path(calib)
+    if not path.is_file():
+        raise InvalidArgumentError(f"--calib {calib}: no such file")
+    if path.suffix not in (".txt", ".jsonl", ""):
+        raise InvalidArgumentError(f"--calib {calib}: expected a .txt (one sentence per line) or .jsonl for an encoder")
+    sentences: list[str] = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if path.suffix == ".jsonl" and line.strip():
+            try:
+                line = json.loads(line)["text"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise InvalidArgumentError(f"--calib {calib}: line {line_no} is not JSON with a 'text' field") from None
+        line = line.strip()
+        if line and not _HEADING.match(line):
+            sentences.append(line)
+            if len(sentences) == count:
+                break
+    if not sentences:
+        raise InvalidArgumentError(f"--calib {calib}: no sentences (non-empty lines) in the file")
+    return sentences

@@ -1,7 +1,9 @@
 """onnx2torch converters for the op versions that modern exporters emit and onnx2torch 1.5 lacks.
 
 Registered once, on first use, so that the Taylor sidecar can evaluate optimum's Llama exports
-(opset 18: ReduceMean with axes as an input, LessOrEqual-16) with autograd.
+(opset 18: ReduceMean with axes as an input, LessOrEqual-16) with autograd, and paddle2onnx's PP-OCR
+graphs, whose BatchNormalization inputs have no rank that shape inference can find (the SVTR neck reshapes
+by runtime shapes): onnx2torch picks BatchNorm1d/2d/3d by that rank and gives up without it.
 """
 
 from __future__ import annotations
@@ -83,4 +85,47 @@ def register_missing_converters() -> None:
         registry._CONVERTER_REGISTRY[key] = flatten
     if ("Flatten", 21) not in known:
         registry.add_converter(operation_type="Flatten", version=21)(flatten)
+    _register_batch_norm(torch, registry, OnnxMapping, OperationConverterResult)
     _REGISTERED = True
+
+
+def _register_batch_norm(torch, registry, OnnxMapping, OperationConverterResult) -> None:
+    """Inference BatchNormalization of any input rank, for constant statistics (onnx2torch's otherwise)."""
+
+    class _BatchNorm(torch.nn.Module):
+        """F.batch_norm in inference mode: channels on axis 1 whatever the rank (no BatchNorm1d/2d/3d choice).
+
+        Scale and bias are parameters named weight / bias, so the Taylor sidecar keys them as ONNX inputs
+        1 and 2, as for onnx2torch's own BatchNorm modules; the running statistics are buffers.
+        """
+
+        def __init__(self, scale, bias, mean, var, epsilon: float):
+            super().__init__()
+            self.weight = torch.nn.Parameter(scale)
+            self.bias = torch.nn.Parameter(bias)
+            self.register_buffer("running_mean", mean)
+            self.register_buffer("running_var", var)
+            self.epsilon = epsilon
+
+        def forward(self, x):
+            return torch.nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                                  training=False, eps=self.epsilon)
+
+    keys = [k for k in registry._CONVERTER_REGISTRY if k.operation_type == "BatchNormalization"]
+    originals = {k: registry._CONVERTER_REGISTRY[k] for k in keys}
+
+    def converter_for(original):
+        def batch_norm(node, graph):
+            stats = node.input_values[1:5]  # scale, B, input_mean, input_var
+            if len(node.output_values) != 1 or len(stats) != 4 or not all(v in graph.initializers for v in stats):
+                return original(node, graph)  # training-mode outputs or computed statistics
+            scale, bias, mean, var = (graph.initializers[v].to_torch().float() for v in stats)
+            module = _BatchNorm(scale, bias, mean, var, float(node.attributes.get("epsilon", 1e-5)))
+            return OperationConverterResult(torch_module=module,
+                                            onnx_mapping=OnnxMapping(inputs=(node.input_values[0],),
+                                                                     outputs=tuple(node.output_values)))
+
+        return batch_norm
+
+    for key, original in originals.items():
+        registry._CONVERTER_REGISTRY[key] = converter_for(original)
