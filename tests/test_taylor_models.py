@@ -285,3 +285,32 @@ def test_encoder_prune_with_taylor(bert, tmp_path):
         onnx.save(model, str(lonely))
         api.prune_model(model, 0.1, importance="taylor", calib=str(text), model_path=lonely,
                         calib_sequences=SENTENCES, calib_length=SEQ_LEN)
+
+
+def test_shared_initializers_and_resize18_convert():
+    """Exporters read deduplicated weights through Identity nodes and emit Resize-18 (ultralytics at opset
+    18): the sidecar's module still equals ONNX Runtime, and each Conv gets its own weight tensor."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxdepth.importance.taylor import torch_module
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32), "w2")
+    zero = numpy_helper.from_array(np.zeros(4, np.float32), "zero_bias")
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    nodes = [helper.make_node("Identity", ["zero_bias"], ["b1"], name="id1"),
+             helper.make_node("Identity", ["zero_bias"], ["b2"], name="id2"),
+             helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["c1", "w2", "b2"], ["c2"], name="conv2"),
+             helper.make_node("Resize", ["c2", "", "scales"], ["y"], name="up", mode="nearest")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])],
+                              initializer=[w1, w2, zero, scales])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model, full_check=True)
+    x = rng.random((1, 3, 8, 8), dtype=np.float32)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with torch.no_grad():
+        got = torch_module(model)(torch.from_numpy(x))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)

@@ -81,15 +81,31 @@ def _constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
                 and node.attribute[0].name == "value" and node.attribute[0].t.data_type in floating
                 and len(node.attribute[0].t.dims) >= 1)
 
-    if not any(liftable(n) for n in model.graph.node):
+    initializers = {t.name for t in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+
+    def shared(node) -> bool:
+        # Exporters deduplicate equal weights (e.g. the zero biases of a random-weight YOLO) into one
+        # initializer read through Identity nodes; onnx2torch wants each Conv's own initializer.
+        return (node.op_type == "Identity" and node.input[0] in initializers and node.output[0] not in outputs)
+
+    if not any(liftable(n) or shared(n) for n in model.graph.node):
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    values = {t.name: t for t in out.graph.initializer}
     kept = []
-    for node in out.graph.node:
+    for node in out.graph.node:  # topological order: an Identity's source is lifted before it is read
         if liftable(node):
             tensor = numpy_helper.from_array(numpy_helper.to_array(node.attribute[0].t), node.output[0])
             out.graph.initializer.append(tensor)
+            values[tensor.name] = tensor
+        elif node.op_type == "Identity" and node.input[0] in values and node.output[0] not in outputs:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(values[node.input[0]])
+            copy.name = node.output[0]
+            out.graph.initializer.append(copy)
+            values[copy.name] = copy
         else:
             kept.append(node)
     del out.graph.node[:]

@@ -39,6 +39,20 @@ def register_missing_converters() -> None:
     for op_type, old, new in (("LessOrEqual", 12, 16), ("GreaterOrEqual", 12, 16)):
         alias(op_type, old, new)
 
+    def resize_18(node, graph):
+        # Resize-18 only adds attributes (antialias, axes, keep_aspect_ratio_policy); at their defaults it
+        # is Resize-13, which onnx2torch converts.
+        extra = {k: v for k, v in node.attributes.items()
+                 if k in ("antialias", "axes", "keep_aspect_ratio_policy") and v not in (0, None, "stretch")}
+        if extra:
+            raise NotImplementedError(f"Resize-18 with {', '.join(sorted(extra))}")
+        older = next(k for k in registry._CONVERTER_REGISTRY if k.operation_type == "Resize" and k.version == 13)
+        return registry._CONVERTER_REGISTRY[older](node, graph)
+
+    for version in (18, 19):
+        if ("Resize", version) not in known:
+            registry.add_converter(operation_type="Resize", version=version)(resize_18)
+
     class _Identity(torch.nn.Module):
         def forward(self, x):
             return x
