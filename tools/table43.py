@@ -54,6 +54,7 @@ def main() -> int:
     parser.add_argument("--imgsz", type=int, default=640, help="input size of the YOLOv5 exports (nudenet: 320)")
     parser.add_argument("--taylor-images", type=int, default=12)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--force", action="store_true", help="redo models that already have a table.json")
     parser.add_argument("--work-dir", type=Path, default=Path("artifacts/table43"))
     args = parser.parse_args()
     api.TAYLOR_IMAGES = args.taylor_images
@@ -63,6 +64,10 @@ def main() -> int:
         t0 = time.perf_counter()
         work = args.work_dir / name
         work.mkdir(parents=True, exist_ok=True)
+        if (work / "table.json").exists() and not args.force:
+            tables[name] = json.loads((work / "table.json").read_text())
+            print(f"{name}: reusing {work / 'table.json'} (--force to redo)")
+            continue
         src, size = _source(name, args.imgsz)
         model = load_model(src)
         shapes = {model.graph.input[0].name: (1, 3, size, size)}
