@@ -54,6 +54,8 @@ def main() -> int:
     parser.add_argument("--imgsz", type=int, default=640, help="input size of the YOLOv5 exports (nudenet: 320)")
     parser.add_argument("--taylor-images", type=int, default=12)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the latency runs "
+                                                              "(1 is least sensitive to a busy machine)")
     parser.add_argument("--force", action="store_true", help="redo models that already have a table.json")
     parser.add_argument("--work-dir", type=Path, default=Path("artifacts/table43"))
     args = parser.parse_args()
@@ -92,7 +94,7 @@ def main() -> int:
         np.savez(data, images=np.stack(images))
         points = sorted(saved)
         rows = bench_models([str(src)] + [str(saved[r][0]) for r in points], runs=args.runs, warmup=1,
-                            data=str(data), threads=2)
+                            data=str(data), threads=args.threads)
         table = [{"ratio": 0.0, "reduction": 0.0, "params": rows[0].params, "total_ms": rows[0].total_ms,
                   "batch_ms": rows[0].median_ms, "map50": 1.0}]
         for ratio, row in zip(points, rows[1:]):
