@@ -190,10 +190,23 @@ def _cmd_score(args) -> int:
 
 
 def _cmd_eval(args) -> int:
+    if args.task == "detection" and args.image_dir:
+        from .eval.detection_labels import labelled_map
+        from .graph.io import load_model
+
+        load_model(args.model)  # one-line errors for bad files
+        result = labelled_map(args.model, args.image_dir, args.labels, imgsz=args.imgsz, threads=args.threads,
+                              limit=args.limit)
+        summary = {"task": "detection", "map50": result["map50"], "map50_95": result["map50_95"],
+                   "images": result["images"], "label_boxes": result["label_boxes"]}
+        print(json.dumps(summary) if args.json else
+              f"mAP50 {summary['map50']:.4f}, mAP50-95 {summary['map50_95']:.4f} on {summary['images']} images "
+              f"({summary['label_boxes']} labelled boxes)")
+        return 0
     if args.task == "detection":
         if not args.reference:
-            raise InvalidArgumentError("eval --task detection: labels are not supported yet; give --reference "
-                                       "UNPRUNED.onnx for fidelity mAP")
+            raise InvalidArgumentError("eval --task detection needs --image-dir DIR [--labels LABELS] (mAP against "
+                                       "labels) or --reference UNPRUNED.onnx (fidelity mAP)")
         from .eval import fidelity_map, reference_images
         from .graph.io import load_model
 
@@ -457,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "embedding: the unpruned model, whose embeddings are compared with")
     p.add_argument("--images", type=int, default=24, help="detection: images from the packaged photos")
     p.add_argument("--imgsz", type=int, default=320, help="detection: letterbox size")
+    p.add_argument("--image-dir", help="detection: a folder of images to score against labels")
+    p.add_argument("--labels", help="detection: YOLO txt folder (default: the image folder) or a COCO .json")
     p.add_argument("--samples", type=int, default=None,
                    help="ocr: rendered lines (rec, default 200) or pages (det, default 50); embedding: lines "
                         "(default 200)")
