@@ -45,12 +45,12 @@ def main() -> int:
     if code != 0:
         return code
     rows = [r for r in read_points(args.out / "points.jsonl") if r.get("status") == "ok"]
-    print("\n| method | target | reduction | params | latency ms | perplexity | MMLU letter | MMLU cloze |")
+    print("\n| method | target | reduction | params | latency / unpruned | perplexity | MMLU letter | MMLU cloze |")
     print("|---|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: (r["method"] != "unpruned", r["method"], r["ratio"])):
         m = r["metrics"]
         print(f"| {r['method']} | {r['ratio']:.2f} | {r['reduction']:.1%} | {r['params'] / 1e6:.1f}M | "
-              f"{r['latency_ms']:.1f} | {m.get('perplexity', float('nan')):,.1f} | "
+              f"{r.get('latency_vs_unpruned') or 1.0:.3f} | {m.get('perplexity', float('nan')):,.1f} | "
               f"{m.get('multiple-choice', float('nan')):.3f} | {m.get('multiple-choice-cloze', float('nan')):.3f} |")
     print(f"\nplots, points.csv and report.html in {args.out}/ ({time.perf_counter() - started:.0f} s)")
     return 0
