@@ -22,7 +22,7 @@ from ..graph.lift import NodeClass
 from ..prune.search import find_coupled_ops
 
 __all__ = ["LayerCache", "layer_boundaries", "cache_layers", "angular_distance", "angular_scores",
-           "model_feeds"]
+           "model_feeds", "pruned_layer_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -233,6 +233,12 @@ def _pruned_layer_distance(local, sub: onnx.ModelProto, cache: LayerCache, start
                            threads: int | None) -> float:
     """Run the cut-out layer SUB as pruned in session LOCAL on the cached inputs; mean angular distance
     of its output to the cached unpruned output."""
+    return _mean_distance(cache.hidden[end], pruned_layer_outputs(local, sub, cache, start, end, threads))
+
+
+def pruned_layer_outputs(local, sub: onnx.ModelProto, cache: LayerCache, start: str, end: str,
+                         threads: int | None) -> list[np.ndarray]:
+    """Output END of the cut-out layer SUB, as pruned in session LOCAL, per cached calibration batch."""
     runner = _session(local.to_model(sub), threads)
     names = {i.name for i in runner.get_inputs()} & {v.name for v in sub.graph.input}
     outs = []
@@ -240,4 +246,4 @@ def _pruned_layer_distance(local, sub: onnx.ModelProto, cache: LayerCache, start
         local_feeds = {k: v for k, v in feeds.items() if k in names}
         local_feeds[start] = cache.hidden[start][b]
         outs.append(runner.run([end], local_feeds)[0])
-    return _mean_distance(cache.hidden[end], outs)
+    return outs

@@ -23,7 +23,8 @@ import onnx
 
 from ..errors import UnsupportedModelError
 from ..graph.extract import extract_submodel
-from .angular import LayerCache, _progress, _session, _sub_shapes, cache_layers, layer_boundaries
+from .angular import (LayerCache, _progress, _session, _sub_shapes, cache_layers, layer_boundaries,
+                      pruned_layer_outputs)
 
 __all__ = ["cross_entropy_scores", "log_softmax", "cross_entropy", "reference_distribution", "chained_measure"]
 
@@ -122,13 +123,7 @@ def cross_entropy_scores(model: onnx.ModelProto, session, tokens: np.ndarray, *,
         for kind in kinds:
             local = base.fork()
             local.apply(local.plan(f"layer0.{kind}"))
-            runner = _session(local.to_model(sub), threads)
-            names = {i.name for i in runner.get_inputs()}
-            outputs = []
-            for b, feeds in enumerate(cache.feeds):
-                local_feeds = {k: v for k, v in feeds.items() if k in names}
-                local_feeds[start] = cache.hidden[start][b]
-                outputs.append(runner.run([end], local_feeds)[0])
+            outputs = pruned_layer_outputs(local, sub, cache, start, end, threads)
             scores[prefix + kind] = _mean_ce(chain, reference, outputs, index)
             bar(prefix + kind)
     bar(None)
@@ -163,14 +158,7 @@ def chained_measure(reference: list[np.ndarray], threads: int | None = None):
         chain = _Chain(model, cache, cache.boundaries[-1][1], _logits_name(model), threads)
 
         def measure(local, sub, start, end, index):
-            runner = _session(local.to_model(sub), threads)
-            names = {i.name for i in runner.get_inputs()}
-            outputs = []
-            for b, feeds in enumerate(cache.feeds):
-                local_feeds = {k: v for k, v in feeds.items() if k in names}
-                local_feeds[start] = cache.hidden[start][b]
-                outputs.append(runner.run([end], local_feeds)[0])
-            return _mean_ce(chain, reference, outputs, index)
+            return _mean_ce(chain, reference, pruned_layer_outputs(local, sub, cache, start, end, threads), index)
 
         return measure
 
