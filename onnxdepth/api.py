@@ -13,11 +13,12 @@ from typing import Callable, Sequence
 import numpy as np
 import onnx
 
-from .errors import InvalidArgumentError, OutputWriteError, RatioUnreachableError
+from .errors import InvalidArgumentError, OutputWriteError
 from .graph.io import check_output_path, load_model, save_model_atomic
 from .importance import get_metric
 from .prune.session import PruneSession, Unit, UnitPlan
 from .importance import UNIT_METRICS
+from .rescore import RESCORE_RANKINGS, prune_grouped_one_shot, prune_with_rescoring
 from .select import ORDERINGS, RANKINGS, gromov_order, prune_one_shot, prune_to_ratio, prune_transformer
 from .verify import verify_model
 
@@ -81,7 +82,7 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
                 ordering: str = "ascending", seed: int = 0, scores: dict[str, float] | None = None,
                 calib: str | None = None, model_path: str | os.PathLike | None = None, calib_sequences: int = 32,
                 calib_length: int = 128, block_choice: str = "gromov", ranking: str = "split",
-                rescore_every: int | None = None,
+                rescore_every: int | None = None, shortlist: int | None = None,
                 on_step: Callable[[UnitPlan, float], None] | None = None, checkpoints: Sequence[float] = (),
                 on_checkpoint: Callable[[float, PruneResult], None] | None = None,
                 search_space: str = "full") -> PruneResult:
@@ -96,8 +97,10 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
     """
     if not 0.0 <= ratio < 1.0:
         raise InvalidArgumentError(f"--ratio {ratio:g}: must be in [0, 1)")
-    if ranking not in RANKINGS:
-        raise InvalidArgumentError(f"--ranking {ranking}: expected one of {', '.join(RANKINGS)}")
+    if ranking not in RESCORE_RANKINGS:
+        raise InvalidArgumentError(f"--ranking {ranking}: expected one of {', '.join(RESCORE_RANKINGS)}")
+    if shortlist is not None and not rescore_every:
+        raise InvalidArgumentError("--shortlist only applies with --rescore-every")
     if ordering not in ORDERINGS:
         raise InvalidArgumentError(f"--ordering {ordering}: expected one of {', '.join(ORDERINGS)}")
     metric = get_metric(importance)
@@ -121,7 +124,7 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
                                       [s.unit_id for s in taken], [s.describe() for s in taken])
                 record = _plan_record(session, partial, granularity=granularity, ordering=ordering, ranking=ranking,
                                       rescore_every=rescore_every, ratio=target, importance=importance,
-                                      exclude=exclude)
+                                      exclude=exclude, shortlist=shortlist)
                 on_checkpoint(target, _finish(partial, record, model, session, verify))
     if importance == "taylor" and session.layers and scores is None and ratio > 0.0 and not rescore_every:
         attach_lm_taylor(model, session, calib=calib, model_path=model_path, n_seq=calib_sequences,
@@ -132,45 +135,38 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
         out.CopyFrom(model)
         result = PruneResult(out, session.params_before, session.params_before, [])
     else:
-        if rescore_every:
-            if importance not in ("angular", "cross_entropy") or granularity != "fine" or not session.layers:
-                raise InvalidArgumentError("--rescore-every needs --importance angular or cross_entropy and "
-                                           "--granularity fine on a transformer")
-            steps = _prune_with_rescoring(model, session, ratio, rescore_every, calib=calib, model_path=model_path,
-                                          n_seq=calib_sequences, seq_len=calib_length, seed=seed, ranking=ranking,
-                                          importance=importance,
-                                          on_step=on_step)
-        elif scores is None and importance in UNIT_METRICS:
-            scores = score_units(model, session, importance, calib=calib, model_path=model_path,
-                                 n_seq=calib_sequences, seq_len=calib_length, seed=seed)
-        if rescore_every:
-            pass
-        elif session.layers and granularity == "block" and importance == "angular" and block_choice == "gromov" \
-                and ordering == "ascending":
-            steps = prune_one_shot(session, ratio, _gromov_run(session, ratio, scores), on_step=on_step)
-        elif session.layers:
-            steps = prune_transformer(session, ratio, ordering=ordering, seed=seed, scores=scores,
-                                      ranking=ranking, on_step=on_step)
+        if rescore_every or ranking == "grouped":
+            steps = _prune_searched(model, session, ratio, importance=importance, scores=scores,
+                                    rescore_every=rescore_every, ranking=ranking, shortlist=shortlist,
+                                    tokens=lambda what: _calibration_for(what, calib=calib, model_path=model_path,
+                                                                         n_seq=calib_sequences, seq_len=calib_length,
+                                                                         seed=seed),
+                                    on_step=on_step)
         else:
-            refresh = _taylor_refresh(model, session, input_shapes, calib, seed=seed) if importance == "taylor" \
-                else None
-            steps = prune_to_ratio(session, ratio, ordering=ordering, seed=seed, on_step=on_step, refresh=refresh)
+            if scores is None and importance in UNIT_METRICS:
+                scores = score_units(model, session, importance, calib=calib, model_path=model_path,
+                                     n_seq=calib_sequences, seq_len=calib_length, seed=seed)
+            steps = _prune_ranked(model, session, ratio, importance=importance, scores=scores, ordering=ordering,
+                                  seed=seed, ranking=ranking, block_choice=block_choice, calib=calib,
+                                  input_shapes=input_shapes, on_step=on_step)
         out = session.to_model(model)
         result = PruneResult(out, session.params_before, session.params(), [s.unit_id for s in steps],
                              [s.describe() for s in steps])
     plan = _plan_record(session, result, granularity=granularity, ordering=ordering, ranking=ranking,
-                        rescore_every=rescore_every, ratio=ratio, importance=importance, exclude=exclude)
+                        rescore_every=rescore_every, ratio=ratio, importance=importance, exclude=exclude,
+                        shortlist=shortlist)
     return _finish(result, plan, model, session, verify)
 
 
 def _plan_record(session: PruneSession, result: PruneResult, *, granularity, ordering, ranking, rescore_every, ratio,
-                 importance, exclude) -> dict:
+                 importance, exclude, shortlist=None) -> dict:
     """The plan JSON of RESULT: how it was selected, what it removed, every step (replayable)."""
     method = ("Algorithm 8" if granularity == "fine" else f"{granularity} ranking") if session.layers else \
         "Algorithm 9"
     return {"onnxdepth_version": "0.1.0", "method": f"depth pruning ({method})", "granularity": granularity,
             "search_space": session.search_space,
-            "ordering": ordering, "ranking": ranking, "rescore_every": rescore_every, "ratio": ratio,
+            "ordering": ordering, "ranking": ranking, "rescore_every": rescore_every, "shortlist": shortlist,
+            "ratio": ratio,
             "importance": importance, "exclude": exclude, "layers": len(session.layers), **result.summary(),
             "removed_graph_io": list(session.removed_graph_io), "steps": result.steps}
 
@@ -218,76 +214,44 @@ def score_units(model: onnx.ModelProto, session: PruneSession, importance: str, 
     return angular_scores(model, session, tokens)
 
 
-def _prune_with_rescoring(model, session: PruneSession, ratio: float, every: int, *, calib, model_path, n_seq,
-                          seq_len, seed, ranking, on_step, importance: str = "angular") -> list:
-    """Algorithm 8 with the importance re-estimated after every EVERY pruned units, on the model as pruned
-    so far: angular block-locally; cross-entropy against the *unpruned* model's next-token distribution,
-    the current model run on from each unit's layer (a greedy search for the closest smaller model)."""
+def _prune_ranked(model, session: PruneSession, ratio: float, *, importance, scores, ordering, seed, ranking,
+                  block_choice, calib, input_shapes, on_step) -> list:
+    """Selection from scores fixed up front (Algorithms 8 and 9, Gromov's choice for blocks)."""
+    if session.layers and session.granularity == "block" and importance == "angular" and block_choice == "gromov" \
+            and ordering == "ascending":
+        return prune_one_shot(session, ratio, _gromov_run(session, ratio, scores), on_step=on_step)
+    if session.layers:
+        if ranking not in RANKINGS:
+            raise InvalidArgumentError(f"--ranking {ranking}: expected one of {', '.join(RANKINGS)} here")
+        return prune_transformer(session, ratio, ordering=ordering, seed=seed, scores=scores, ranking=ranking,
+                                 on_step=on_step)
+    refresh = _taylor_refresh(model, session, input_shapes, calib, seed=seed) if importance == "taylor" else None
+    return prune_to_ratio(session, ratio, ordering=ordering, seed=seed, on_step=on_step, refresh=refresh)
+
+
+def _prune_searched(model, session: PruneSession, ratio: float, *, importance, scores, rescore_every, ranking,
+                    shortlist, tokens: Callable[[str], np.ndarray], on_step) -> list:
+    """Selection that scores moves on the model as it is pruned (--rescore-every) or groups of units
+    (--ranking grouped): see `onnxdepth.rescore`."""
+    what = "--rescore-every" if rescore_every else "--ranking grouped"
+    if importance not in ("angular", "cross_entropy") or session.granularity != "fine" or not session.layers:
+        raise InvalidArgumentError(f"{what} needs --importance angular or cross_entropy and --granularity fine "
+                                   "on a transformer")
+    if scores is not None:
+        raise InvalidArgumentError(f"{what} scores moves on the model as it is pruned: a --scores table cannot "
+                                   "be reused")
+    if rescore_every:
+        return prune_with_rescoring(model, session, ratio, rescore_every, tokens(what), importance=importance,
+                                    ranking=ranking, shortlist=shortlist, on_step=on_step)
+    return prune_grouped_one_shot(model, session, ratio, tokens(what), importance=importance, on_step=on_step)
+
+
+def _calibration_for(what: str, *, calib, model_path, n_seq, seq_len, seed) -> np.ndarray:
     from .calibration import calibration_tokens
-    from .importance.angular import layer_boundaries, rescore_fine
 
     if model_path is None:
-        raise InvalidArgumentError("--rescore-every needs the model's path (its tokenizer sits beside it)")
-    tokens = calibration_tokens(calib, Path(model_path), n_seq=n_seq, seq_len=seq_len, seed=seed)
-    boundaries = layer_boundaries(session)
-    keep = {name for pair in boundaries for name in pair}
-    measure = None
-    if importance == "cross_entropy":
-        from .importance.cross_entropy import chained_measure, reference_distribution
-
-        measure = chained_measure(reference_distribution(model, boundaries, tokens))
-    targets = {}
-    for layer in session.layers:
-        targets[f"layer{layer.index}.attention"] = (layer.index, None)
-        for kind, node in layer.mlp.items():
-            targets[f"layer{layer.index}.{kind}"] = (layer.index, node.name)
-    steps: list = []
-    reduction = 0.0
-    while reduction < ratio:
-        current = session.to_model(model, keep=keep)
-        remaining = {u: t for u, t in targets.items() if u not in session.pruned}
-        scores = rescore_fine(current, boundaries, remaining, tokens, measure=measure)
-        plans = [p for p in session.prunable_plans() if p.unit_id in scores]
-        if not plans:
-            break
-        for plan in plans:
-            plan.score = scores[plan.unit_id]
-        if ranking == "global":
-            order = [p.unit_id for p in sorted(plans, key=lambda p: (p.score / max(p.params_removed, 1), p.unit_id))]
-        else:
-            # Keep Algorithm 8's 2:1 rhythm across rounds: continue the interleave where the last round stopped.
-            order = _continue_interleave(plans, len(steps) % 3)
-        applied = 0
-        for unit_id in order:
-            if applied == every or reduction >= ratio:
-                break
-            plan = session.plan(unit_id)
-            if plan.reason is not None:
-                continue
-            session.apply(plan)
-            steps.append(plan)
-            applied += 1
-            reduction = 1.0 - session.params() / session.params_before
-            if on_step is not None:
-                on_step(plan, reduction)
-        if applied == 0:
-            break
-    if reduction < ratio:
-        raise RatioUnreachableError(f"ratio {ratio:g} is not reachable: the largest reachable reduction is "
-                                    f"{reduction:.4f}", reachable=reduction)
-    return steps
-
-
-def _continue_interleave(plans: list, position: int) -> list[str]:
-    """Algorithm 8's order, starting at interleave position POSITION (k mod 3 == 1 takes attention)."""
-    attention = [p.unit_id for p in sorted(plans, key=lambda p: (p.score, p.unit_id)) if p.unit_id.endswith(".attention")]
-    others = [p.unit_id for p in sorted(plans, key=lambda p: (p.score, p.unit_id)) if not p.unit_id.endswith(".attention")]
-    order, k = [], position
-    while attention or others:
-        take_attention = (k % 3 == 1 and attention) or not others
-        order.append((attention if take_attention else others).pop(0))
-        k += 1
-    return order
+        raise InvalidArgumentError(f"{what} needs the model's path (its tokenizer sits beside it)")
+    return calibration_tokens(calib, Path(model_path), n_seq=n_seq, seq_len=seq_len, seed=seed)
 
 
 def gromov_rows(table: list[list[float]]) -> dict[str, float]:

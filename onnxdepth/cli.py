@@ -88,7 +88,8 @@ def _cmd_prune(args) -> int:
                   granularity=args.granularity, ordering=args.ordering, seed=args.seed, on_step=on_step,
                   calib=args.calib, calib_sequences=args.calib_sequences, calib_length=args.calib_length,
                   scores=_read_scores(args.scores) if args.scores else None, block_choice=args.block_choice,
-                  ranking=args.ranking, rescore_every=args.rescore_every, search_space=args.search_space)
+                  ranking=args.ranking, rescore_every=args.rescore_every, shortlist=args.shortlist,
+                  search_space=args.search_space)
     if args.plan:
         kwargs = dict(plan=_read_plan(args.plan), input_shapes=kwargs["input_shapes"])
     if progress is not None:
@@ -446,9 +447,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rescore-every", type=int, default=None, metavar="N",
                    help="re-estimate angular or cross_entropy importance on the model pruned so far after every "
                         "N pruned units (fine granularity; cross_entropy makes it a greedy search)")
-    p.add_argument("--ranking", default="split", choices=["split", "global"],
-                   help="transformers: separate attention/MLP rankings (Algorithm 8's 2:1, default) or one "
-                        "global ranking by importance per parameter removed")
+    p.add_argument("--shortlist", type=int, default=None, metavar="K",
+                   help="with --rescore-every: after the first round, re-score only the K best moves of the "
+                        "previous round (a lazy greedy search; default: re-score all)")
+    p.add_argument("--ranking", default="split", choices=["split", "global", "grouped"],
+                   help="transformers: separate attention/MLP rankings (Algorithm 8's 2:1, default); one "
+                        "global ranking by importance per parameter removed; or grouped: single units, whole "
+                        "MLPs and whole layers on one ranking by the damage each adds per parameter removed "
+                        "(angular or cross_entropy, fine granularity)")
     p.add_argument("--block-choice", default="gromov", choices=["gromov", "ranking"],
                    help="--granularity block with angular importance: Gromov et al.'s most similar contiguous "
                         "run of layers (default) or a plain ranking of single layers")

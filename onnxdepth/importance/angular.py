@@ -22,7 +22,7 @@ from ..graph.lift import NodeClass
 from ..prune.search import find_coupled_ops
 
 __all__ = ["LayerCache", "layer_boundaries", "cache_layers", "angular_distance", "angular_scores",
-           "model_feeds", "pruned_layer_outputs"]
+           "model_feeds", "pruned_layer_outputs", "MoveScore", "score_moves"]
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +195,28 @@ def rescore_fine(model: onnx.ModelProto, boundaries: list[tuple[str, str]], targ
     in a cut-out layer an MLP projection is addressed by its node name, the attention block as the
     only one there. Used by --rescore-every (the thesis's limitation 1).
     """
+    moves = {unit_id: (layer, (member,)) for unit_id, (layer, member) in targets.items()}
+    scored = score_moves(model, boundaries, moves, tokens, batch_size=batch_size, threads=threads, measure=measure)
+    return {move_id: move.score for move_id, move in scored.items()}
+
+
+@dataclass
+class MoveScore:
+    score: float  # the measure with the move applied (angular distance, or cross-entropy)
+    params_removed: int  # parameters the move removes from its layer (widths it forces included)
+    baseline: float = 0.0  # the measure of the current model itself (the damage a move adds is score - baseline)
+
+
+def score_moves(model: onnx.ModelProto, boundaries: list[tuple[str, str]],
+                moves: dict[str, tuple[int, tuple[str | None, ...]]], tokens: np.ndarray, *, batch_size: int = 8,
+                threads: int | None = None, measure=None, progress: bool = False) -> dict[str, MoveScore]:
+    """Score MOVES on MODEL as it is now (partly pruned): each move prunes several units of one layer.
+
+    MOVES maps a move id to (layer index, members); a member is the node name of an MLP transform, or
+    None for the attention block, applied in order on the cut-out layer. A move whose member is gone
+    already (or cannot be pruned) is left out of the result. MEASURE as in `rescore_fine` (default:
+    block-local angular distance to the current layer's output).
+    """
     from ..prune.session import PruneSession
 
     cache = cache_layers(model, boundaries, tokens, batch_size=batch_size, threads=threads)
@@ -203,30 +225,45 @@ def rescore_fine(model: onnx.ModelProto, boundaries: list[tuple[str, str]], targ
             return _pruned_layer_distance(local, sub, cache, start, end, threads)
     else:
         measure = measure(model, cache)  # a factory: binds the current model and its cache
+    baseline = float(getattr(measure, "baseline", 0.0))
     by_layer: dict[int, list[str]] = {}
-    for unit_id, (layer, _) in targets.items():
-        by_layer.setdefault(layer, []).append(unit_id)
-    scores: dict[str, float] = {}
-    for index, unit_ids in sorted(by_layer.items()):
+    for move_id, (layer, _) in moves.items():
+        by_layer.setdefault(layer, []).append(move_id)
+    scored: dict[str, MoveScore] = {}
+    bar = _progress(len(moves), progress, "moves")
+    for index, move_ids in sorted(by_layer.items()):
         start, end = boundaries[index]
         sub = extract_submodel(model, [start], [end])
         base = PruneSession(sub, granularity="fine", input_shapes=_sub_shapes(sub, cache, start), detect_head=False)
-        for unit_id in unit_ids:
-            node_name = targets[unit_id][1]
+        for move_id in move_ids:
             local = base.fork()
-            if node_name is None:
-                if len(local.layers) != 1:
-                    continue  # the attention block is gone already
-                plan = local.plan("layer0.attention")
-            else:
-                if node_name not in local.analysis.transforms:
-                    continue
-                plan = local.plan(node_name)
-            if plan.reason is not None:
-                continue
-            local.apply(plan)
-            scores[unit_id] = measure(local, sub, start, end, index)
-    return scores
+            removed = _apply_members(local, moves[move_id][1])
+            if removed is not None:
+                scored[move_id] = MoveScore(measure(local, sub, start, end, index), removed, baseline)
+            bar(move_id)
+    bar(None)
+    return scored
+
+
+def _apply_members(local, members: tuple[str | None, ...]) -> int | None:
+    """Prune MEMBERS in order in the cut-out layer session LOCAL: the parameters removed (by the plans, so
+    nothing the cut-out shares with the rest of the model, like the embedding, is counted), or None if one
+    of them cannot be pruned."""
+    removed = 0
+    for node_name in members:
+        if node_name is None:
+            if len(local.layers) != 1:
+                return None  # the attention block is gone already
+            plan = local.plan("layer0.attention")
+        else:
+            if node_name not in local.analysis.transforms:
+                return None
+            plan = local.plan(node_name)
+        if plan.reason is not None:
+            return None
+        removed += plan.params_removed
+        local.apply(plan)
+    return removed
 
 
 def _pruned_layer_distance(local, sub: onnx.ModelProto, cache: LayerCache, start: str, end: str,

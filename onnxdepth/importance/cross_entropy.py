@@ -151,8 +151,9 @@ def reference_distribution(model: onnx.ModelProto, boundaries: list[tuple[str, s
 
 
 def chained_measure(reference: list[np.ndarray], threads: int | None = None):
-    """A `rescore_fine` MEASURE: CE against REFERENCE (the unpruned model's distribution) of the current model
-    with one more unit pruned, the rest of the current model run on from the unit's layer."""
+    """A `score_moves` MEASURE: CE against REFERENCE (the unpruned model's distribution) of the current model
+    with one more move applied, the rest of the current model run on from the move's layer. The bound
+    measure's ``baseline`` is the current model's own CE (what a move's damage is counted from)."""
 
     def bind(model: onnx.ModelProto, cache: LayerCache):
         chain = _Chain(model, cache, cache.boundaries[-1][1], _logits_name(model), threads)
@@ -160,6 +161,9 @@ def chained_measure(reference: list[np.ndarray], threads: int | None = None):
         def measure(local, sub, start, end, index):
             return _mean_ce(chain, reference, pruned_layer_outputs(local, sub, cache, start, end, threads), index)
 
+        # The current model's logits: its cached last hidden state through the head.
+        last = cache.boundaries[-1][1]
+        measure.baseline = _mean_ce(chain, reference, cache.hidden[last], len(cache.boundaries) - 1)
         return measure
 
     return bind

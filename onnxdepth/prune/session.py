@@ -454,8 +454,9 @@ class PruneSession:
         static_reason = self._static_exclusion(node)
         coupled = find_coupled_ops(node, {id(node)}, self.lifting, {id(t) for t in self.graph.outputs})
         removed_nodes = {id(node)} | {id(n) for n in bias} | {id(n) for op in coupled for n in op.nodes}
+        # A coupled op's parameters may sit on any input (a norm's Mul(weight, x) has it first).
         own = sum(self._own_params(n) for n in [node, *bias]) + sum(
-            self._own_params(n) for op in coupled for n in op.nodes)
+            self._own_params(n, all_inputs=True) for op in coupled for n in op.nodes)
         if static_reason is not None:
             return UnitPlan(unit_id, node, np.zeros(0, dtype=np.int64), coupled, own, own, 0.0, static_reason,
                             extra_nodes=bias)
