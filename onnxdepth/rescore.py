@@ -103,6 +103,18 @@ def _interleaved(scored: dict, position: int) -> list[str]:
     return order
 
 
+def _finishing_move(session: PruneSession, moves: dict[str, Move], scored: dict, ratio: float,
+                    done: set[str]) -> str | None:
+    """The end game of a per-parameter ranking: once some single move reaches RATIO, the one that adds the
+    least damage (rather than the best per parameter, which may be a larger move than needed)."""
+    needed = ratio * session.params_before - (session.params_before - session.params())
+    finishing = [m for m in scored if m not in done and scored[m].params_removed >= needed
+                 and not any(unit in session.pruned for _, unit in moves[m][1])]  # stale once overlapped
+    if not finishing:
+        return None
+    return min(finishing, key=lambda m: (scored[m].score - scored[m].baseline, m))
+
+
 def _apply_move(session: PruneSession, members, steps: list, ratio: float,
                 on_step: Callable | None) -> tuple[int, float]:
     """Prune the members of a move that are still there, in order; (units pruned, reduction)."""
@@ -157,6 +169,8 @@ def prune_with_rescoring(model: onnx.ModelProto, session: PruneSession, ratio: f
         for move_id in order:
             if applied == every or reduction >= ratio:
                 break
+            if ranking != "split":
+                move_id = _finishing_move(session, moves, scored, ratio, done) or move_id
             units, reduction = _apply_move(session, moves[move_id][1], steps, ratio, on_step)
             if units:
                 done.add(move_id)
@@ -181,9 +195,12 @@ def prune_grouped_one_shot(model: onnx.ModelProto, session: PruneSession, ratio:
     scored = scorer(moves)
     steps: list = []
     reduction = 0.0
+    done: set[str] = set()
     for move_id in _per_parameter(scored):
         if reduction >= ratio:
             break
+        move_id = _finishing_move(session, moves, scored, ratio, done) or move_id
+        done.add(move_id)
         _, reduction = _apply_move(session, moves[move_id][1], steps, ratio, on_step)
     if reduction < ratio:
         raise RatioUnreachableError(f"ratio {ratio:g} is not reachable: the largest reachable reduction is "

@@ -150,3 +150,16 @@ def test_moves_scores_are_deterministic(tiny):  # noqa: F811
     a = score_moves(tiny.model, layer_boundaries(session), moves, tokens)
     b = score_moves(tiny.model, layer_boundaries(session), moves, tokens)
     assert np.array_equal([a[m].score for m in sorted(a)], [b[m].score for m in sorted(b)])
+
+
+def test_end_game_takes_the_least_damaging_finishing_move(tiny):  # noqa: F811
+    """At a ratio any single move reaches, the pick is the move with the least damage, not the best per
+    parameter (which would overshoot with a whole layer when an attention block suffices)."""
+    session = PruneSession(tiny.model, granularity="fine")
+    moves = layer_moves(session, grouped=True)
+    scored = score_moves(tiny.model, layer_boundaries(session), _by_node(moves), _tokens(tiny))
+    least = min(scored, key=lambda m: (scored[m].score, m))
+    smallest = min(s.params_removed for s in scored.values())
+    ratio = 0.5 * smallest / session.params_before
+    result = prune_model(tiny.model, ratio, ranking="grouped", **_kwargs(tiny))
+    assert result.pruned_units == [u for _, u in moves[least][1]]
