@@ -163,13 +163,13 @@ def _cmd_score(args) -> int:
 
         get_metric(args.importance)
         if args.importance == "taylor":
-            from .api import _taylor_refresh, attach_lm_taylor
+            from .importance.taylor_calibration import attach_lm_taylor, taylor_refresh
 
             if session.layers:
                 attach_lm_taylor(model, session, calib=args.calib, model_path=args.model, n_seq=args.calib_sequences,
                                  seq_len=args.calib_length, seed=args.seed)
             else:
-                _taylor_refresh(model, session, None, args.calib)(session)
+                taylor_refresh(model, session, None, args.calib)(session)
         scores = {p.unit_id: p.score for p in session.prunable_plans()}
     buffer = io.StringIO()
     writer = csv.writer(buffer)

@@ -21,7 +21,8 @@ pytest.importorskip("onnx2torch")
 
 import onnxruntime as ort  # noqa: E402
 
-from onnxdepth.api import attach_lm_taylor, prune_model, score_units  # noqa: E402
+from onnxdepth.api import prune_model, score_units  # noqa: E402
+from onnxdepth.importance.taylor_calibration import attach_lm_taylor  # noqa: E402
 from onnxdepth.errors import UnsupportedModelError  # noqa: E402
 from onnxdepth.importance.angular import model_feeds  # noqa: E402
 from onnxdepth.importance.cross_entropy import cross_entropy, cross_entropy_scores, log_softmax  # noqa: E402
@@ -177,8 +178,7 @@ def test_calibration_images_from_a_folder_npz_and_default(tmp_path, caplog):
 
 def test_taylor_on_a_detector_uses_the_calibration_folder(tmp_path, monkeypatch):
     """The CNN Taylor sidecar receives the --calib images (not the packaged photos)."""
-    from onnxdepth import api
-    from onnxdepth.importance import taylor
+    from onnxdepth.importance import taylor, taylor_calibration
 
     seen = {}
 
@@ -196,7 +196,7 @@ def test_taylor_on_a_detector_uses_the_calibration_folder(tmp_path, monkeypatch)
     model = graphs.build_residual()
     session = PruneSession(model)
     shape = next(iter(session.input_shapes.values()))  # [1, 3, 16, 16]
-    api._taylor_refresh(model, session, None, str(tmp_path))(session)
+    taylor_calibration.taylor_refresh(model, session, None, str(tmp_path))(session)
     assert seen["images"].shape == (1, 3, shape[2], shape[2])
     assert seen["images"][0, 0].max() == pytest.approx(1.0)
 

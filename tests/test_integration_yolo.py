@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from onnxdepth import api, models_zoo
+from onnxdepth.importance import taylor_calibration
 from onnxdepth.export.ultralytics import export_ultralytics
 from onnxdepth.graph.io import load_model
 from onnxdepth.params import count_params_proto
@@ -93,7 +94,7 @@ def test_taylor_importance_on_nudenet(monkeypatch):
     from onnxdepth.eval import fidelity_map, reference_images
     from onnxdepth.models_zoo import nudenet_yolov8n
 
-    monkeypatch.setattr(api, "TAYLOR_IMAGES", 6)
+    monkeypatch.setattr(taylor_calibration, "TAYLOR_IMAGES", 6)
     src = nudenet_yolov8n()
     model = onnx.load(str(src))
     shapes = {"images": (1, 3, 320, 320)}

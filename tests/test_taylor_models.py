@@ -21,6 +21,7 @@ pytest.importorskip("onnx2torch")
 import onnxruntime as ort  # noqa: E402
 
 from onnxdepth import api  # noqa: E402
+from onnxdepth.importance import taylor_calibration  # noqa: E402
 from onnxdepth.calibration import (  # noqa: E402
     OCR_CALIBRATION_SEED,
     calibration_ocr_lines,
@@ -191,7 +192,7 @@ def _matches_ort(model: onnx.ModelProto, image: np.ndarray) -> None:
 
 def test_rec_taylor(rec, sidecars, monkeypatch):
     _matches_ort(rec, calibration_ocr_lines(None, count=1)[0])
-    monkeypatch.setattr(api, "TAYLOR_LINES", 2)
+    monkeypatch.setattr(taylor_calibration, "TAYLOR_LINES", 2)
     # Attention blocks (the SVTR neck): scored once, on the unpruned model, like the other transformers.
     result = api.prune_model(rec, 0.03, importance="taylor")
     assert result.reduction >= 0.03 and result.plan["importance"] == "taylor"
@@ -204,7 +205,7 @@ def test_rec_taylor(rec, sidecars, monkeypatch):
 def test_det_taylor(det, det_calib, sidecars, monkeypatch):
     pages = np.load(det_calib)["images"]
     _matches_ort(det, pages[:1])
-    monkeypatch.setattr(api, "TAYLOR_PAGES", 2)
+    monkeypatch.setattr(taylor_calibration, "TAYLOR_PAGES", 2)
     steps = []
     # One Conv unit of the detector is 1.7 % of its parameters: Algorithm 9 refreshes once, on the unpruned model.
     result = api.prune_model(det, 0.015, importance="taylor", calib=str(det_calib),

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxdepth import api
+from onnxdepth.importance import taylor_calibration
 from onnxdepth.bench import bench_models
 from onnxdepth.errors import RatioUnreachableError
 from onnxdepth.eval import fidelity_map, reference_images
@@ -59,7 +60,7 @@ def main() -> int:
     parser.add_argument("--force", action="store_true", help="redo models that already have a table.json")
     parser.add_argument("--work-dir", type=Path, default=Path("artifacts/table43"))
     args = parser.parse_args()
-    api.TAYLOR_IMAGES = args.taylor_images
+    taylor_calibration.TAYLOR_IMAGES = args.taylor_images
     started = time.perf_counter()
     tables: dict[str, list[dict]] = {}
     for name in args.models:

@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from onnxdepth.api import attach_lm_taylor, prune_file, score_units
+from onnxdepth.api import prune_file, score_units
+from onnxdepth.importance.taylor_calibration import attach_lm_taylor
 from onnxdepth.eval import evaluate_perplexity
 from onnxdepth.graph.io import load_model
 from onnxdepth.prune.session import PruneSession
