@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InvalidArgumentError, ModelLoadError
+from .errors import InvalidArgumentError
+from .tokenizer_io import load_tokenizer
 
 __all__ = ["IMAGE_SUFFIXES", "OCR_CALIBRATION_SEED", "calibration_images", "calibration_ocr_lines",
            "calibration_ocr_pages", "calibration_sentences", "calibration_tokens", "load_tokenizer"]
@@ -38,16 +39,7 @@ logger = logging.getLogger(__name__)
 #: Renderer seed of the default OCR calibration data (plus --seed); `onnxdepth eval --task ocr` renders with 0.
 OCR_CALIBRATION_SEED = 1000
 
-
-def load_tokenizer(model_dir: Path):
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        raise ModelLoadError("transformers is needed for text calibration: pip install 'onnxdepth[hf]'") from None
-    try:
-        return AutoTokenizer.from_pretrained(str(model_dir))
-    except Exception as exc:
-        raise ModelLoadError(f"no tokenizer found beside the model in {model_dir} ({type(exc).__name__})") from None
+_TOKENIZER_HINT = "text calibration reads the tokenizer saved beside the model (an optimum export directory)"
 
 
 def _chunks(ids: np.ndarray, n_seq: int, seq_len: int, source: str) -> np.ndarray:
@@ -70,7 +62,7 @@ def calibration_tokens(calib: str | None, model_path: Path, *, n_seq: int = 32, 
                        "real data is better (e.g. --calib ../shared/data/wikitext-2/valid.txt)", seed)
         from .eval.generate import sample_sequences
 
-        tokenizer = load_tokenizer(model_dir)
+        tokenizer = load_tokenizer(model_dir, hint=_TOKENIZER_HINT)
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else 0
         return sample_sequences(session if session is not None else model_path, start, n_seq, seq_len, seed=seed)
     path = Path(calib)
@@ -95,7 +87,7 @@ def calibration_tokens(calib: str | None, model_path: Path, *, n_seq: int = 32, 
         text = path.read_text()
     else:
         raise InvalidArgumentError(f"--calib {calib}: expected .txt, .jsonl or .npz")
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir, hint=_TOKENIZER_HINT)
     ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
     return _chunks(ids, n_seq, seq_len, calib)
 

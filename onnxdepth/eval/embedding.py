@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InvalidArgumentError, ModelLoadError, UnsupportedModelError
+from ..tokenizer_io import has_tokenizer, load_tokenizer
 
 __all__ = [
     "DEFAULT_SAMPLES",
@@ -131,24 +132,6 @@ def read_lines(text_file: str | os.PathLike, samples: int = DEFAULT_SAMPLES) -> 
     return lines
 
 
-def load_tokenizer(directory: str | os.PathLike):
-    """The Hugging Face tokenizer saved in ``directory``; ModelLoadError when there is none or it is broken."""
-    from .perplexity import _has_tokenizer
-
-    tok_dir = Path(directory)
-    if not _has_tokenizer(tok_dir):
-        raise ModelLoadError(f"no tokenizer found in {tok_dir}; give its directory (--tokenizer DIR)")
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:  # pragma: no cover - transformers is a dependency of the eval extra
-        raise ModelLoadError("loading a tokenizer needs the 'transformers' package") from None
-    try:
-        return AutoTokenizer.from_pretrained(str(tok_dir))
-    except Exception as exc:  # noqa: BLE001 - any failure here means an unusable tokenizer directory
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load tokenizer from {tok_dir}: {msg}") from None
-
-
 def _embedding_output(session) -> tuple[str, str]:
     """(output name, "mean" | "pooled"): the first output when declared rank 3 (mean pooling), else the first
     declared ``[batch, hidden]`` output, else the first output (its rank is checked when it runs)."""
@@ -245,8 +228,6 @@ def similarity_metrics(embeddings: np.ndarray, reference: np.ndarray) -> dict:
 
 def _tokenizer_dir(model, reference, tokenizer_dir) -> Path:
     """``tokenizer_dir``, else the model's directory when it holds a tokenizer, else the reference's."""
-    from .perplexity import _has_tokenizer
-
     if tokenizer_dir is not None:
         path = Path(tokenizer_dir)
         if not path.is_dir():
@@ -257,7 +238,7 @@ def _tokenizer_dir(model, reference, tokenizer_dir) -> Path:
         if isinstance(m, (str, os.PathLike)) and Path(m).resolve().parent not in candidates:
             candidates.append(Path(m).resolve().parent)
     for directory in candidates:
-        if _has_tokenizer(directory):
+        if has_tokenizer(directory):
             return directory
     where = " or ".join(str(c) for c in candidates) or "beside the models"
     raise ModelLoadError(f"no tokenizer found in {where}; give its directory (--tokenizer DIR)")

@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidArgumentError, ModelLoadError, UnsupportedModelError
-from .perplexity import _feeds, _has_tokenizer, _logits_name, _open_session
+from ..tokenizer_io import load_tokenizer
+from .perplexity import _feeds, _logits_name, _open_session
 
 __all__ = ["LETTERS", "SCORINGS", "Question", "build_context", "continuations", "encode_pair",
            "evaluate_multiple_choice", "load_questions"]
@@ -178,20 +179,6 @@ def continuations(question: Question, style: str = "letter") -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- tokens
 
-def _load_tokenizer(tok_dir: Path):
-    if not _has_tokenizer(tok_dir):
-        raise ModelLoadError(f"no tokenizer found in {tok_dir}; give its directory (--tokenizer DIR)")
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:  # pragma: no cover - transformers is a dependency of the eval extra
-        raise ModelLoadError("loading a tokenizer needs the 'transformers' package") from None
-    try:
-        return AutoTokenizer.from_pretrained(str(tok_dir))
-    except Exception as exc:  # noqa: BLE001 - any failure here means an unusable tokenizer directory
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load tokenizer from {tok_dir}: {msg}") from None
-
-
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids) exactly as the harness's ``_encode_pair`` (no special tokens)."""
     n_spaces = len(context) - len(context.rstrip())
@@ -320,7 +307,7 @@ def evaluate_multiple_choice(model, data: str | os.PathLike, *, dev: str | os.Pa
             raise InvalidArgumentError(f"--shots {shots} needs dev data: give --dev DIR (no 'dev' folder "
                                        f"beside {data_path})")
         pool = _shots_by_subject(dev_path, {q.subject for q in questions}, int(shots))
-    tokenizer = _load_tokenizer(tok_dir)
+    tokenizer = load_tokenizer(tok_dir)
     session = _open_session(model, threads, providers)
     inputs, out_name = session.get_inputs(), _logits_name(session)
 

@@ -21,15 +21,12 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import InvalidArgumentError, ModelLoadError, UnsupportedModelError
+from ..tokenizer_io import has_tokenizer
 
 __all__ = ["load_text_tokens", "perplexity", "evaluate_perplexity", "TEXT_JOINS"]
 
 #: Rows of logits turned into float64 log-probabilities at a time (64 x 49152 x 8 B = 25 MB).
 _NLL_CHUNK_ROWS = 64
-
-#: Files whose presence in a directory marks it as holding a Hugging Face tokenizer.
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
-                    "spiece.model", "sentencepiece.bpe.model", "vocab.txt")
 
 #: How ``load_text_tokens`` turns the file into the string it tokenizes.
 #:  - ``"raw"``: the file content as it is (WikiText ``*.raw`` / ``test.txt``: lines end in ``" \n"``).
@@ -56,10 +53,6 @@ def _read_text(text_file: str | os.PathLike, join: str) -> str:
     return text
 
 
-def _has_tokenizer(directory: Path) -> bool:
-    return directory.is_dir() and any((directory / name).is_file() for name in _TOKENIZER_FILES)
-
-
 def load_text_tokens(text_file: str | os.PathLike, tokenizer_dir: str | os.PathLike,
                      max_tokens: int | None = None, *, add_bos: bool = True,
                      join: str = "raw") -> np.ndarray:
@@ -74,7 +67,7 @@ def load_text_tokens(text_file: str | os.PathLike, tokenizer_dir: str | os.PathL
     if max_tokens is not None and (not isinstance(max_tokens, (int, np.integer)) or max_tokens < 2):
         raise InvalidArgumentError(f"max_tokens must be an integer >= 2, got {max_tokens!r}")
     tok_dir = Path(tokenizer_dir)
-    if not _has_tokenizer(tok_dir):
+    if not has_tokenizer(tok_dir):
         raise ModelLoadError(f"no tokenizer found in {tok_dir} (expected tokenizer.json or tokenizer_config.json)")
     text = _read_text(text_file, join)
     try:
@@ -316,7 +309,7 @@ def evaluate_perplexity(model_path: str | os.PathLike, text_file: str | os.PathL
     tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else path.resolve().parent
     if tokenizer_dir is not None and not tok_dir.is_dir():
         raise InvalidArgumentError(f"tokenizer directory not found: {tok_dir}")
-    if not _has_tokenizer(tok_dir):
+    if not has_tokenizer(tok_dir):
         raise ModelLoadError(f"no tokenizer found in {tok_dir}; give its directory (--tokenizer DIR)")
     tokens = load_text_tokens(text_file, tok_dir, max_tokens, add_bos=add_bos, join=join)
     return perplexity(str(path), tokens, ctx=ctx, stride=stride, **kw)

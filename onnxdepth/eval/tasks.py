@@ -136,12 +136,12 @@ def _vocabulary_size(model_path: Path, options: Mapping[str, Any]) -> float | No
 
 def _tokenizer_dir(model_path: Path, reference: Path | None, options: Mapping[str, Any]) -> Path:
     """--tokenizer, else the model's directory, else the unpruned model's (pruned models sit elsewhere)."""
-    from .perplexity import _has_tokenizer
+    from ..tokenizer_io import has_tokenizer
 
     if options.get("tokenizer"):
         return Path(options["tokenizer"])
     for candidate in (model_path, reference):
-        if candidate is not None and _has_tokenizer(candidate.resolve().parent):
+        if candidate is not None and has_tokenizer(candidate.resolve().parent):
             return candidate.resolve().parent
     return model_path.resolve().parent  # load_text_tokens then says no tokenizer was found there
 

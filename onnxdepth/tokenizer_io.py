@@ -1,0 +1,36 @@
+"""Finding and loading the Hugging Face tokenizer saved beside a model (one place for every task)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import ModelLoadError
+
+__all__ = ["TOKENIZER_FILES", "has_tokenizer", "load_tokenizer"]
+
+#: Files whose presence in a directory marks it as holding a Hugging Face tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                   "spiece.model", "sentencepiece.bpe.model", "vocab.txt")
+
+
+def has_tokenizer(directory: str | os.PathLike) -> bool:
+    directory = Path(directory)
+    return directory.is_dir() and any((directory / name).is_file() for name in TOKENIZER_FILES)
+
+
+def load_tokenizer(directory: str | os.PathLike, *, hint: str = "give its directory (--tokenizer DIR)"):
+    """The tokenizer saved in DIRECTORY; ModelLoadError (with HINT) when there is none or it is broken."""
+    directory = Path(directory)
+    if not has_tokenizer(directory):
+        raise ModelLoadError(f"no tokenizer found in {directory}; {hint}")
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:  # pragma: no cover - transformers comes with the hf extra
+        raise ModelLoadError("loading a tokenizer needs the 'transformers' package: pip install 'onnxdepth[hf]'") \
+            from None
+    try:
+        return AutoTokenizer.from_pretrained(str(directory))
+    except Exception as exc:  # noqa: BLE001 - any failure here means an unusable tokenizer directory
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load tokenizer from {directory}: {msg}") from None
