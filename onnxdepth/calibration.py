@@ -168,18 +168,10 @@ def calibration_ocr_lines(calib: str | None, *, count: int = 32, seed: int = 0, 
     """
     from .eval.ocr import rec_preprocess, render_lines
 
-    if calib is None:
-        lines = [image for image, _ in render_lines(count, OCR_CALIBRATION_SEED + seed)]
-    else:
-        path = Path(calib)
-        if not path.exists():
-            raise InvalidArgumentError(f"--calib {calib}: no such file or folder")
-        if path.suffix == ".npz":
-            return _npz_images(calib, count, height=height, what="text lines")
-        if not path.is_dir():
-            raise InvalidArgumentError(f"--calib {calib}: expected a folder of text-line images or an .npz")
-        lines = [_read_bgr(file) for file in _image_files(calib)[:count]]
-    return [rec_preprocess(line, height, width) for line in lines]
+    if calib is not None:
+        images, ready = _ocr_calibration_files(calib, count, height=height, what="text lines")
+        return images if ready else [rec_preprocess(line, height, width) for line in images]
+    return [rec_preprocess(image, height, width) for image, _ in render_lines(count, OCR_CALIBRATION_SEED + seed)]
 
 
 def calibration_ocr_pages(calib: str | None, *, count: int = 8, seed: int = 0) -> list[np.ndarray]:
@@ -191,19 +183,24 @@ def calibration_ocr_pages(calib: str | None, *, count: int = 8, seed: int = 0) -
     """
     from .eval.ocr import det_preprocess, render_pages
 
-    if calib is None:
-        pages = [np.ascontiguousarray(image[:, :, ::-1]) for image, _ in render_pages(count, OCR_CALIBRATION_SEED
-                                                                                            + seed)]  # RGB -> BGR
-    else:
-        path = Path(calib)
-        if not path.exists():
-            raise InvalidArgumentError(f"--calib {calib}: no such file or folder")
-        if path.suffix == ".npz":
-            return _npz_images(calib, count, height=None, what="pages")
-        if not path.is_dir():
-            raise InvalidArgumentError(f"--calib {calib}: expected a folder of page images or an .npz")
-        pages = [_read_bgr(file) for file in _image_files(calib)[:count]]
-    return [det_preprocess(page) for page in pages]
+    if calib is not None:
+        images, ready = _ocr_calibration_files(calib, count, height=None, what="pages")
+        return images if ready else [det_preprocess(page) for page in images]
+    rendered = render_pages(count, OCR_CALIBRATION_SEED + seed)
+    return [det_preprocess(np.ascontiguousarray(image[:, :, ::-1])) for image, _ in rendered]  # RGB -> BGR
+
+
+def _ocr_calibration_files(calib: str, count: int, *, height: int | None, what: str) -> tuple[list[np.ndarray], bool]:
+    """(images, preprocessed) from --calib: an .npz's ``images`` (ready model inputs, True) or up to COUNT
+    BGR images of a folder (to preprocess, False)."""
+    path = Path(calib)
+    if not path.exists():
+        raise InvalidArgumentError(f"--calib {calib}: no such file or folder")
+    if path.suffix == ".npz":
+        return _npz_images(calib, count, height=height, what=what), True
+    if not path.is_dir():
+        raise InvalidArgumentError(f"--calib {calib}: expected a folder of {what.removesuffix('s')} images or an .npz")
+    return [_read_bgr(file) for file in _image_files(calib)[:count]], False
 
 
 #: WikiText section headings (" = Title = "), not sentences.

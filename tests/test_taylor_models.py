@@ -143,6 +143,14 @@ def test_ocr_and_sentence_calibration(tmp_path):
     np.savez(tmp_path / "bad.npz", images=np.zeros((2, 3, 32, 100), np.float32))
     with pytest.raises(InvalidArgumentError, match=r"expected \[N, 3, 48, W\]"):
         calibration_ocr_lines(str(tmp_path / "bad.npz"))
+    # Pages from a folder: BGR, sides made multiples of 32 by the detector's preprocessing.
+    page_dir = tmp_path / "pages"
+    page_dir.mkdir()
+    Image.fromarray(np.full((300, 500, 3), 255, np.uint8)).save(page_dir / "page.png")
+    (page,) = calibration_ocr_pages(str(page_dir), count=4)
+    assert page.shape[:2] == (1, 3) and page.shape[2] % 32 == 0 and page.shape[3] % 32 == 0
+    with pytest.raises(InvalidArgumentError, match="expected a folder of page images or an .npz"):
+        calibration_ocr_pages(str(tmp_path / "line.png"))  # a single image file, not a folder
     text = tmp_path / "wiki.txt"
     text.write_text("\n = Heading = \n\n First line .\n Second line .\n Third\n", encoding="utf-8")
     assert calibration_sentences(str(text), 2) == ["First line .", "Second line ."]
