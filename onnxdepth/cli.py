@@ -200,10 +200,8 @@ def _cmd_eval(args) -> int:
                               limit=args.limit)
         summary = {"task": "detection", "map50": result["map50"], "map50_95": result["map50_95"],
                    "images": result["images"], "label_boxes": result["label_boxes"]}
-        print(json.dumps(summary) if args.json else
-              f"mAP50 {summary['map50']:.4f}, mAP50-95 {summary['map50_95']:.4f} on {summary['images']} images "
-              f"({summary['label_boxes']} labelled boxes)")
-        return 0
+        return _print_result(args, summary, f"mAP50 {summary['map50']:.4f}, mAP50-95 {summary['map50_95']:.4f} on "
+                                            f"{summary['images']} images ({summary['label_boxes']} labelled boxes)")
     if args.task == "detection":
         if not args.reference:
             raise InvalidArgumentError("eval --task detection needs --image-dir DIR [--labels LABELS] (mAP against "
@@ -216,10 +214,9 @@ def _cmd_eval(args) -> int:
                               threads=args.threads)
         summary = {"task": "detection", "map50": result["map50"], "map50_95": result["map50_95"],
                    "images": result["images"], "reference_boxes": result["reference_boxes"]}
-        print(json.dumps(summary) if args.json else
-              f"fidelity mAP50 {summary['map50']:.4f}, mAP50-95 {summary['map50_95']:.4f} on {summary['images']} "
-              f"images ({summary['reference_boxes']} reference boxes)")
-        return 0
+        return _print_result(args, summary, f"fidelity mAP50 {summary['map50']:.4f}, mAP50-95 "
+                                            f"{summary['map50_95']:.4f} on {summary['images']} images "
+                                            f"({summary['reference_boxes']} reference boxes)")
     if args.task == "multiple-choice":
         if not args.data:
             raise InvalidArgumentError("eval --task multiple-choice needs --data (an MMLU CSV file or folder)")
@@ -229,31 +226,26 @@ def _cmd_eval(args) -> int:
                                           scoring=args.scoring, limit=args.limit, tokenizer_dir=args.tokenizer,
                                           threads=args.threads, progress=not args.json and sys.stderr.isatty())
         keys = ("task", "letter_accuracy", "cloze_accuracy", "questions", "shots")
-        if args.json:
-            print(json.dumps({k: result[k] for k in keys if k in result}))
-        else:
-            scores = ", ".join(f"{style} accuracy {result[f'{style}_accuracy']:.4f}" for style in ("letter", "cloze")
-                               if f"{style}_accuracy" in result)
-            print(f"multiple-choice {scores} on {result['questions']:,} questions "
-                  f"({result['shots']}-shot, {result['seconds']:.0f} s)")
-        return 0
+        scores = ", ".join(f"{style} accuracy {result[f'{style}_accuracy']:.4f}" for style in ("letter", "cloze")
+                           if f"{style}_accuracy" in result)
+        return _print_result(args, {k: result[k] for k in keys if k in result},
+                             f"multiple-choice {scores} on {result['questions']:,} questions "
+                             f"({result['shots']}-shot, {result['seconds']:.0f} s)")
     if args.task == "ocr":
         from .eval import evaluate_ocr
 
         result = evaluate_ocr(args.model, kind=args.ocr_kind, samples=args.samples, seed=args.seed,
                               threads=args.threads, progress=not args.json and sys.stderr.isatty())
-        keys = ("task", "kind", "char_accuracy", "line_accuracy") if result["kind"] == "rec" else \
-            ("task", "kind", "precision", "recall", "f1")
-        if args.json:
-            print(json.dumps({**{k: result[k] for k in keys}, "samples": result["samples"]}))
-        elif result["kind"] == "rec":
-            print(f"ocr rec: character accuracy {result['char_accuracy']:.4f}, line accuracy "
-                  f"{result['line_accuracy']:.4f} on {result['samples']} rendered lines ({result['seconds']:.0f} s)")
+        if result["kind"] == "rec":
+            keys = ("task", "kind", "char_accuracy", "line_accuracy", "samples")
+            line = (f"ocr rec: character accuracy {result['char_accuracy']:.4f}, line accuracy "
+                    f"{result['line_accuracy']:.4f} on {result['samples']} rendered lines ({result['seconds']:.0f} s)")
         else:
-            print(f"ocr det: precision {result['precision']:.4f}, recall {result['recall']:.4f}, F1 "
-                  f"{result['f1']:.4f} at IoU 0.5 on {result['samples']} rendered pages ({result['truth_boxes']} "
-                  f"text lines, {result['seconds']:.0f} s)")
-        return 0
+            keys = ("task", "kind", "precision", "recall", "f1", "samples")
+            line = (f"ocr det: precision {result['precision']:.4f}, recall {result['recall']:.4f}, F1 "
+                    f"{result['f1']:.4f} at IoU 0.5 on {result['samples']} rendered pages ({result['truth_boxes']} "
+                    f"text lines, {result['seconds']:.0f} s)")
+        return _print_result(args, {k: result[k] for k in keys}, line)
     if args.task == "embedding":
         if not args.reference:
             raise InvalidArgumentError("eval --task embedding needs --reference UNPRUNED.onnx (the embeddings to "
@@ -263,12 +255,9 @@ def _cmd_eval(args) -> int:
         result = embedding_similarity(args.model, args.reference, text_file=args.text,
                                       samples=200 if args.samples is None else args.samples,
                                       tokenizer_dir=args.tokenizer, threads=args.threads)
-        if args.json:
-            print(json.dumps({k: result[k] for k in ("task", "cosine", "top1", "samples")}))
-        else:
-            print(f"embedding: mean cosine {result['cosine']:.4f} (min {result['cosine_min']:.4f}), top-1 "
-                  f"retrieval {result['top1']:.4f} on {result['samples']} lines")
-        return 0
+        return _print_result(args, {k: result[k] for k in ("task", "cosine", "top1", "samples")},
+                             f"embedding: mean cosine {result['cosine']:.4f} (min {result['cosine_min']:.4f}), "
+                             f"top-1 retrieval {result['top1']:.4f} on {result['samples']} lines")
     if args.task != "perplexity":
         raise InvalidArgumentError(f"eval --task {args.task}: not yet supported "
                                    "(available: perplexity, multiple-choice, detection, ocr, embedding)")
@@ -279,10 +268,14 @@ def _cmd_eval(args) -> int:
     result = evaluate_perplexity(args.model, args.text, tokenizer_dir=args.tokenizer, ctx=args.ctx,
                                  max_tokens=args.max_tokens, stride=args.stride, threads=args.threads,
                                  progress=not args.json and sys.stderr.isatty())
-    if args.json:
-        print(json.dumps({"task": "perplexity", "perplexity": result["perplexity"], "tokens": result["tokens"]}))
-    else:
-        print(f"perplexity {result['perplexity']:.4f} on {result['tokens']:,} tokens ({result['seconds']:.0f} s)")
+    return _print_result(args, {k: result[k] for k in ("task", "perplexity", "tokens")},
+                         f"perplexity {result['perplexity']:.4f} on {result['tokens']:,} tokens "
+                         f"({result['seconds']:.0f} s)")
+
+
+def _print_result(args, summary: dict, line: str) -> int:
+    """An eval result on stdout: SUMMARY as one JSON object with --json, else LINE."""
+    print(json.dumps(summary) if args.json else line)
     return 0
 
 
