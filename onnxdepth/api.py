@@ -91,6 +91,10 @@ def prune_model(model: onnx.ModelProto, ratio: float, *, importance: str = "magn
         raise InvalidArgumentError(f"--ratio {ratio:g}: must be in [0, 1)")
     if ranking not in RESCORE_RANKINGS:
         raise InvalidArgumentError(f"--ranking {ranking}: expected one of {', '.join(RESCORE_RANKINGS)}")
+    if rescore_every is not None and rescore_every < 1:
+        raise InvalidArgumentError(f"--rescore-every {rescore_every}: must be at least 1")
+    if shortlist is not None and shortlist < 1:
+        raise InvalidArgumentError(f"--shortlist {shortlist}: must be at least 1")
     if shortlist is not None and not rescore_every:
         raise InvalidArgumentError("--shortlist only applies with --rescore-every")
     if ordering not in ORDERINGS:

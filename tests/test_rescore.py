@@ -121,6 +121,10 @@ def test_grouped_greedy_first_move_is_the_one_shot_first_move(tiny):  # noqa: F8
 def test_grouped_and_shortlist_refuse_what_they_cannot_do(tiny):  # noqa: F811
     with pytest.raises(InvalidArgumentError, match="--ranking grouped needs --importance angular or cross_entropy"):
         prune_model(tiny.model, 0.3, ranking="grouped", **{**_kwargs(tiny), "importance": "magnitude"})
+    with pytest.raises(InvalidArgumentError, match="--rescore-every 0: must be at least 1"):
+        prune_model(tiny.model, 0.3, rescore_every=0, **_kwargs(tiny))
+    with pytest.raises(InvalidArgumentError, match="--shortlist 0: must be at least 1"):
+        prune_model(tiny.model, 0.3, rescore_every=1, shortlist=0, **_kwargs(tiny))
     with pytest.raises(InvalidArgumentError, match="--shortlist only applies with --rescore-every"):
         prune_model(tiny.model, 0.3, shortlist=2, **_kwargs(tiny))
     with pytest.raises(InvalidArgumentError, match="a --scores table cannot be reused"):
