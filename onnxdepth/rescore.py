@@ -5,7 +5,8 @@ Two things past the thesis's one-shot Algorithm 8 (its limitations 1 and 2, Sec.
 - **Re-scoring** (``--rescore-every N``): after every N moves, every remaining move is scored again on the
   partly pruned model, block-locally (angular) or against the *unpruned* model's next-token
   distribution (cross-entropy: a greedy search for the closest smaller model). ``--shortlist K`` makes it
-  lazy: after the first full round only the K best moves of the previous round are scored again.
+  lazy: only the K best moves of the previous round are scored again; with cross-entropy, the first round
+  scores the 2K best by block-local angular distance per parameter (one layer run each) rather than all.
 - **Grouped moves** (``--ranking grouped``): besides single units, a move may prune several units of one
   layer together: its whole MLP (every projection, so the MLP branch adds nothing) or the whole layer
   (attention + MLP). Pruning a single projection forces width changes on its neighbours, pruning all of
@@ -75,12 +76,13 @@ class _Scorer:
         elif importance != "angular":
             raise InvalidArgumentError(f"re-scoring needs --importance angular or cross_entropy, not {importance}")
 
-    def __call__(self, moves: dict[str, Move]) -> dict:
+    def __call__(self, moves: dict[str, Move], angular: bool = False) -> dict:
+        """Score MOVES with the importance (ANGULAR: block-local angular distance whatever the importance)."""
         from .importance.angular import score_moves
 
         current = self.session.to_model(self.model, keep=self.keep)
         by_node = {move_id: (layer, tuple(name for name, _ in members)) for move_id, (layer, members) in moves.items()}
-        return score_moves(current, self.boundaries, by_node, self.tokens, measure=self.measure,
+        return score_moves(current, self.boundaries, by_node, self.tokens, measure=None if angular else self.measure,
                            progress=len(moves) > 8)
 
 
@@ -143,7 +145,8 @@ def prune_with_rescoring(model: onnx.ModelProto, session: PruneSession, ratio: f
 
     RANKING split: Algorithm 8's separate rankings over single units (2:1); global: single units by damage
     per parameter; grouped: single units, whole MLPs and whole layers by damage per parameter.
-    SHORTLIST K: after the first round, only the K best moves of the previous ranking are scored again.
+    SHORTLIST K: after the first round, only the K best moves of the previous ranking are scored again; with
+    cross-entropy the first round scores only the 2K best by block-local angular distance per parameter.
     """
     if ranking not in RESCORE_RANKINGS:
         raise InvalidArgumentError(f"--ranking {ranking}: expected one of {', '.join(RESCORE_RANKINGS)}")
@@ -161,6 +164,10 @@ def prune_with_rescoring(model: onnx.ModelProto, session: PruneSession, ratio: f
         if shortlist and previous is not None:
             listed = [m for m in previous if m in moves][:shortlist]
             moves = {m: moves[m] for m in listed} if listed else moves
+        elif shortlist and importance == "cross_entropy" and len(moves) > 2 * shortlist:
+            # First round: the 2K most promising moves by block-local angular distance per parameter (one
+            # layer run each, cheap) are the ones cross-entropy, a run through the rest of the model, scores.
+            moves = {m: moves[m] for m in _per_parameter(scorer(moves, angular=True))[:2 * shortlist]}
         scored = scorer(moves)
         if not scored:
             break
