@@ -167,3 +167,23 @@ def test_end_game_takes_the_least_damaging_finishing_move(tiny):  # noqa: F811
     ratio = 0.5 * smallest / session.params_before
     result = prune_model(tiny.model, ratio, ranking="grouped", **_kwargs(tiny))
     assert result.pruned_units == [u for _, u in moves[least][1]]
+
+
+def test_shortlist_scores_fewer_moves(tiny, monkeypatch):  # noqa: F811
+    """--shortlist K with cross-entropy: all moves by angular distance once, then 2K by cross-entropy, then at
+    most K per round."""
+    from onnxdepth.importance import angular
+
+    calls = []
+    real = angular.score_moves
+
+    def recording(model, boundaries, moves, tokens, **kwargs):
+        calls.append((len(moves), kwargs.get("measure") is None))
+        return real(model, boundaries, moves, tokens, **kwargs)
+
+    monkeypatch.setattr(angular, "score_moves", recording)
+    result = prune_model(tiny.model, 0.5, ranking="grouped", rescore_every=1, shortlist=3,
+                         **_kwargs(tiny, "cross_entropy"))
+    assert result.reduction >= 0.5
+    assert calls[0] == (LAYERS * 6, True) and calls[1] == (6, False)
+    assert len(calls) > 2 and all(n <= 3 and not is_angular for n, is_angular in calls[2:])
