@@ -117,8 +117,7 @@ def _finishing_move(session: PruneSession, moves: dict[str, Move], scored: dict,
     return min(finishing, key=lambda m: (scored[m].score - scored[m].baseline, m))
 
 
-def _apply_move(session: PruneSession, members, steps: list, ratio: float,
-                on_step: Callable | None) -> tuple[int, float]:
+def _apply_move(session: PruneSession, members, steps: list, on_step: Callable | None) -> tuple[int, float]:
     """Prune the members of a move that are still there, in order; (units pruned, reduction)."""
     applied = 0
     reduction = 1.0 - session.params() / session.params_before
@@ -178,7 +177,7 @@ def prune_with_rescoring(model: onnx.ModelProto, session: PruneSession, ratio: f
                 break
             if ranking != "split":
                 move_id = _finishing_move(session, moves, scored, ratio, done) or move_id
-            units, reduction = _apply_move(session, moves[move_id][1], steps, ratio, on_step)
+            units, reduction = _apply_move(session, moves[move_id][1], steps, on_step)
             if units:
                 done.add(move_id)
                 applied += 1
@@ -208,7 +207,7 @@ def prune_grouped_one_shot(model: onnx.ModelProto, session: PruneSession, ratio:
             break
         move_id = _finishing_move(session, moves, scored, ratio, done) or move_id
         done.add(move_id)
-        _, reduction = _apply_move(session, moves[move_id][1], steps, ratio, on_step)
+        _, reduction = _apply_move(session, moves[move_id][1], steps, on_step)
     if reduction < ratio:
         raise RatioUnreachableError(f"ratio {ratio:g} is not reachable: the largest reachable reduction is "
                                     f"{reduction:.4f}", reachable=reduction)
