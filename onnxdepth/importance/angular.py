@@ -80,6 +80,10 @@ def model_feeds(model_inputs: dict, tokens: np.ndarray) -> dict:
     return {k: v for k, v in feeds.items() if k in model_inputs}
 
 
+#: Calibration tokens per batch in the layer cache (and so in every run on cached inputs).
+BATCH_TOKENS = 1024
+
+
 @dataclass
 class LayerCache:
     boundaries: list[tuple[str, str]]
@@ -87,18 +91,35 @@ class LayerCache:
     feeds: list[dict]  # graph feeds per batch
 
 
-def _session(model: onnx.ModelProto, threads: int | None):
+def _session(model: onnx.ModelProto, threads: int | None, shared: dict | None = None):
+    """An ONNX Runtime CPU session of MODEL; initializers named in SHARED (name -> OrtValue) use that one
+    buffer instead of a copy of their own (every cut-out layer of an LM holds the embedding)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    for tensor in model.graph.initializer:
+        if shared and tensor.name in shared:
+            options.add_initializer(tensor.name, shared[tensor.name])
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def shared_initializers(model: onnx.ModelProto, min_elements: int = 1 << 22) -> dict:
+    """OrtValues of MODEL's large initializers (4M elements or more: an LM's embedding), for `_session`."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    return {t.name: ort.OrtValue.ortvalue_from_numpy(numpy_helper.to_array(t)) for t in model.graph.initializer
+            if int(np.prod(t.dims)) >= min_elements}
 
 
 def cache_layers(model: onnx.ModelProto, boundaries: list[tuple[str, str]], tokens: np.ndarray, *,
                  batch_size: int = 8, threads: int | None = None) -> LayerCache:
+    # At most BATCH_TOKENS tokens per batch: every cut-out layer's ONNX Runtime session keeps an arena sized
+    # for its largest batch (SmolLM2's cross-entropy chain at 8 x 512 tokens in one batch ran out of 24 GB).
+    batch_size = max(1, min(batch_size, BATCH_TOKENS // max(tokens.shape[1], 1)))
     names = sorted({n for pair in boundaries for n in pair})
     session = _session(with_extra_outputs(model, names), threads)
     inputs = {i.name: i for i in session.get_inputs()}

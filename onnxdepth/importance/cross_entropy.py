@@ -24,7 +24,7 @@ import onnx
 from ..errors import UnsupportedModelError
 from ..graph.extract import extract_submodel
 from .angular import (LayerCache, _progress, _session, _sub_shapes, cache_layers, layer_boundaries,
-                      pruned_layer_outputs)
+                      pruned_layer_outputs, shared_initializers)
 
 __all__ = ["cross_entropy_scores", "log_softmax", "cross_entropy", "reference_distribution", "chained_measure"]
 
@@ -65,6 +65,8 @@ class _Chain:
                  threads: int | None):
         self.model, self.cache, self.threads = model, cache, threads
         self.head_input, self.logits = head_input, logits
+        # One embedding buffer for the thirty-odd layer sessions (each cut-out layer holds it for its shapes).
+        self.shared = shared_initializers(model)
         self._layers: dict[int, object] = {}
         self._head = None
 
@@ -77,13 +79,14 @@ class _Chain:
     def layer(self, index: int, hidden: np.ndarray, batch: int) -> np.ndarray:
         start, end = self.cache.boundaries[index]
         if index not in self._layers:
-            self._layers[index] = _session(extract_submodel(self.model, [start], [end]), self.threads)
+            self._layers[index] = _session(extract_submodel(self.model, [start], [end]), self.threads, self.shared)
         runner = self._layers[index]
         return runner.run([end], self._feeds(runner, batch, start, hidden))[0]
 
     def head(self, hidden: np.ndarray, batch: int) -> np.ndarray:
         if self._head is None:
-            self._head = _session(extract_submodel(self.model, [self.head_input], [self.logits]), self.threads)
+            self._head = _session(extract_submodel(self.model, [self.head_input], [self.logits]), self.threads,
+                                  self.shared)
         return self._head.run([self.logits], self._feeds(self._head, batch, self.head_input, hidden))[0]
 
     def finish(self, hidden: np.ndarray, after: int, batch: int) -> np.ndarray:
