@@ -28,6 +28,7 @@ import onnx
 
 from .errors import InvalidArgumentError, RatioUnreachableError
 from .prune.session import PruneSession
+from .select import apply_unit
 
 __all__ = ["RESCORE_RANKINGS", "layer_moves", "prune_with_rescoring", "prune_grouped_one_shot"]
 
@@ -119,22 +120,9 @@ def _finishing_move(session: PruneSession, moves: dict[str, Move], scored: dict,
 
 def _apply_move(session: PruneSession, members, steps: list, on_step: Callable | None) -> tuple[int, float]:
     """Prune the members of a move that are still there, in order; (units pruned, reduction)."""
-    applied = 0
-    reduction = 1.0 - session.params() / session.params_before
-    for _, unit_id in members:
-        if unit_id in session.pruned:
-            continue
-        plan = session.plan(unit_id)
-        if plan.reason is not None:
-            logger.info("skipping %s: %s", unit_id, plan.reason)
-            continue
-        session.apply(plan)
-        steps.append(plan)
-        applied += 1
-        reduction = 1.0 - session.params() / session.params_before
-        if on_step is not None:
-            on_step(plan, reduction)
-    return applied, reduction
+    applied = sum(apply_unit(session, unit_id, steps, on_step) for _, unit_id in members
+                  if unit_id not in session.pruned)
+    return applied, 1.0 - session.params() / session.params_before
 
 
 def prune_with_rescoring(model: onnx.ModelProto, session: PruneSession, ratio: float, every: int,

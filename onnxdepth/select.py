@@ -81,6 +81,19 @@ def algorithm8_order(plans: list, ordering: str = "ascending", seed: int = 0) ->
     return order
 
 
+def apply_unit(session: PruneSession, unit_id: str, steps: list, on_step: Callable | None = None) -> bool:
+    """Plan and prune UNIT_ID, appending its plan to STEPS; False (and logged) if it cannot be pruned now."""
+    plan = session.plan(unit_id)
+    if plan.reason is not None:
+        logger.info("skipping %s: %s", unit_id, plan.reason)
+        return False
+    session.apply(plan)
+    steps.append(plan)
+    if on_step is not None:
+        on_step(plan, 1.0 - session.params() / session.params_before)
+    return True
+
+
 def prune_one_shot(session: PruneSession, ratio: float, order: list[str], *,
                    on_step: Callable | None = None) -> list:
     """Prune units in the given ORDER (scores computed once, as the thesis does for LLMs) until the
@@ -91,15 +104,8 @@ def prune_one_shot(session: PruneSession, ratio: float, order: list[str], *,
     for unit_id in order:
         if reduction >= ratio:
             break
-        plan = session.plan(unit_id)
-        if plan.reason is not None:
-            logger.info("skipping %s: %s", unit_id, plan.reason)
-            continue
-        session.apply(plan)
-        steps.append(plan)
-        reduction = 1.0 - session.params() / total
-        if on_step is not None:
-            on_step(plan, reduction)
+        if apply_unit(session, unit_id, steps, on_step):
+            reduction = 1.0 - session.params() / total
     if reduction < ratio:
         raise RatioUnreachableError(
             f"ratio {ratio:g} is not reachable: the largest reachable reduction is {reduction:.4f}"
