@@ -1,6 +1,7 @@
 """Calibration data for data-driven importance: text files, JSONL, ready .npz tensors, or a default.
 
-Text models: the default needs no file: sequences sampled from the unpruned model itself with a fixed
+Text models: a text file is cut into windows spread evenly over the whole file (`WINDOW_LAYOUTS`; "head"
+takes the leading windows back to back instead). The default needs no file: sequences sampled from the unpruned model itself with a fixed
 seed. It is a reasonable proxy for the model's own distribution, but real text (WikiText-2 valid, see
 `calibration/`) is better; a warning says so.
 
@@ -29,7 +30,8 @@ from .errors import InvalidArgumentError
 from .tokenizer_io import load_tokenizer
 
 __all__ = ["IMAGE_SUFFIXES", "OCR_CALIBRATION_SEED", "calibration_images", "calibration_ocr_lines",
-           "calibration_ocr_pages", "calibration_sentences", "calibration_tokens", "load_tokenizer"]
+           "calibration_ocr_pages", "calibration_sentences", "calibration_tokens", "load_tokenizer",
+           "WINDOW_LAYOUTS"]
 
 #: Files read from an image-folder calibration set.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -42,20 +44,36 @@ OCR_CALIBRATION_SEED = 1000
 _TOKENIZER_HINT = "text calibration reads the tokenizer saved beside the model (an optimum export directory)"
 
 
-def _chunks(ids: np.ndarray, n_seq: int, seq_len: int, source: str) -> np.ndarray:
+#: How text calibration windows are laid over the token stream: spread evenly over all of it (default), or
+#: the first n_seq x seq_len tokens back to back (what onnxdepth did before; a few leading articles only).
+WINDOW_LAYOUTS = ("spread", "head")
+
+
+def _chunks(ids: np.ndarray, n_seq: int, seq_len: int, source: str, windows: str = "spread") -> np.ndarray:
+    if windows not in WINDOW_LAYOUTS:
+        raise InvalidArgumentError(f"calibration windows {windows!r}: expected one of {', '.join(WINDOW_LAYOUTS)}")
     if len(ids) < seq_len:
         raise InvalidArgumentError(f"--calib {source}: only {len(ids)} tokens, need at least {seq_len}")
     count = min(n_seq, len(ids) // seq_len)
     if count < n_seq:
         logger.warning("--calib %s: only %d sequences of %d tokens available (asked for %d)", source, count,
                        seq_len, n_seq)
-    # Consecutive, non-overlapping windows from the start: deterministic and reproducible.
-    return ids[: count * seq_len].reshape(count, seq_len).astype(np.int64)
+    if windows == "head":
+        # Consecutive, non-overlapping windows from the start.
+        return ids[: count * seq_len].reshape(count, seq_len).astype(np.int64)
+    # Window i starts at i * (len - seq_len) / (count - 1): first at 0, last ending at the final token,
+    # evenly spaced in between (spacing >= seq_len because count * seq_len <= len, so none overlap). A
+    # calibration set of a few thousand tokens then samples the whole file, not its first article or two.
+    starts = np.linspace(0, len(ids) - seq_len, count).astype(np.int64) if count > 1 else np.zeros(1, np.int64)
+    return np.stack([ids[s:s + seq_len] for s in starts]).astype(np.int64)
 
 
 def calibration_tokens(calib: str | None, model_path: Path, *, n_seq: int = 32, seq_len: int = 128,
-                       seed: int = 0, session=None) -> np.ndarray:
-    """Token sequences [n_seq, seq_len] for a causal LM / encoder from CALIB (or the default)."""
+                       seed: int = 0, session=None, windows: str = "spread") -> np.ndarray:
+    """Token sequences [n_seq, seq_len] for a causal LM / encoder from CALIB (or the default).
+
+    Text files are tokenized whole and cut into N_SEQ windows of SEQ_LEN tokens laid out by WINDOWS
+    (`WINDOW_LAYOUTS`); an .npz is taken as it is (its first N_SEQ rows, first SEQ_LEN columns)."""
     model_dir = Path(model_path).parent
     if calib is None:
         logger.warning("no --calib given: sampling calibration text from the model itself (seed %d); "
@@ -89,7 +107,7 @@ def calibration_tokens(calib: str | None, model_path: Path, *, n_seq: int = 32, 
         raise InvalidArgumentError(f"--calib {calib}: expected .txt, .jsonl or .npz")
     tokenizer = load_tokenizer(model_dir, hint=_TOKENIZER_HINT)
     ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
-    return _chunks(ids, n_seq, seq_len, calib)
+    return _chunks(ids, n_seq, seq_len, calib, windows)
 
 
 def calibration_images(calib: str | None, size: int, *, count: int = 24, seed: int = 0) -> np.ndarray:

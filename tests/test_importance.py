@@ -321,17 +321,32 @@ def _text_ids(tiny, text: str) -> np.ndarray:
     return np.asarray(tiny.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
 
 
-def test_calibration_txt_consecutive_chunks(tiny, tmp_path):
+def test_calibration_txt_windows_spread_over_the_file(tiny, tmp_path):
     path = tmp_path / "calib.txt"
     path.write_text(TEXT)
     tokens = calibration_tokens(str(path), tiny.path, n_seq=N_SEQ, seq_len=SEQ_LEN)
     ids = _text_ids(tiny, TEXT)
     assert len(ids) > N_SEQ * SEQ_LEN
     assert tokens.shape == (N_SEQ, SEQ_LEN) and tokens.dtype == np.int64
-    assert np.array_equal(tokens.ravel(), ids[:N_SEQ * SEQ_LEN])
+    # Evenly spaced windows: the first starts at token 0, the last ends at the last token.
+    starts = np.linspace(0, len(ids) - SEQ_LEN, N_SEQ).astype(int)
+    assert starts[-1] > (N_SEQ - 1) * SEQ_LEN  # spread: not the leading windows back to back
+    assert np.all(np.diff(starts) >= SEQ_LEN)  # and none overlap
+    for row, start in zip(tokens, starts):
+        assert np.array_equal(row, ids[start:start + SEQ_LEN])
+    assert np.array_equal(tokens[-1], ids[-SEQ_LEN:])
     assert tokens.max() < len(tiny.tokenizer) and tokens.min() >= 2  # no [UNK]/<s>: the text is in-vocab
     # The file's own word order: the first sequence starts with the first words of the text.
     assert tiny.tokenizer.decode(tokens[0, :4].tolist()) == "the cat sat on"
+
+
+def test_calibration_txt_head_windows(tiny, tmp_path):
+    path = tmp_path / "calib.txt"
+    path.write_text(TEXT)
+    tokens = calibration_tokens(str(path), tiny.path, n_seq=N_SEQ, seq_len=SEQ_LEN, windows="head")
+    assert np.array_equal(tokens.ravel(), _text_ids(tiny, TEXT)[:N_SEQ * SEQ_LEN])
+    with pytest.raises(InvalidArgumentError, match="expected one of spread, head"):
+        calibration_tokens(str(path), tiny.path, n_seq=N_SEQ, seq_len=SEQ_LEN, windows="tail")
 
 
 def test_calibration_txt_fewer_tokens_than_asked(tiny, tmp_path, caplog):
@@ -352,7 +367,7 @@ def test_calibration_jsonl_text_field(tiny, tmp_path):
     tokens = calibration_tokens(str(path), tiny.path, n_seq=N_SEQ, seq_len=SEQ_LEN)
     ids = _text_ids(tiny, "\n\n".join(texts))
     assert tokens.shape == (N_SEQ, SEQ_LEN)
-    assert np.array_equal(tokens.ravel(), ids[:N_SEQ * SEQ_LEN])
+    assert np.array_equal(tokens[0], ids[:SEQ_LEN]) and np.array_equal(tokens[-1], ids[-SEQ_LEN:])
 
 
 def test_calibration_npz_input_ids(tiny, tmp_path):

@@ -2,13 +2,15 @@
 
     python tools/fine_vs_gromov.py [--model DIR/model.onnx] [--ratios 0.1 0.2 0.3]
         [--modes angular angular:rescore=4 angular:global cross_entropy:grouped:rescore=1:shortlist=20 gromov]
-        [--calib-sequences 32] [--max-tokens 32768]
+        [--calib-sequences 32] [--windows spread|head] [--max-tokens 32768]
 
 A mode is IMPORTANCE[:grouped|:global][:rescore=N][:shortlist=K][:seq=S][:len=T] (fine granularity; S
 and T override the calibration's --calib-sequences and 128-token length for that mode), or ``gromov`` (block granularity, angular, the most similar contiguous
 run of layers). A fine mode runs once, to the largest ratio, and hands over the model at each smaller
 ratio on the way (checkpoints: the selection is one sequence of units); Gromov's choice depends on the
-ratio, so it runs per ratio. Calibration: WikiText-2 *valid*, S x T tokens. Perplexity: WikiText-2
+ratio, so it runs per ratio. Calibration: WikiText-2 *valid*, S x T tokens in windows spread evenly over
+the split (``--windows head``: the leading S x T tokens, how the numbers before the spread layout were
+measured), fixed once per (S, T) in an .npz under --work-dir. Perplexity: WikiText-2
 *test*, the first --max-tokens tokens, 512-token windows. Every point is one JSONL row under --work-dir,
 so an interrupted run resumes; the table is printed at the end.
 """
@@ -21,8 +23,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from onnxdepth.api import prune_model
+from onnxdepth.calibration import WINDOW_LAYOUTS, calibration_tokens
 from onnxdepth.eval import evaluate_perplexity
+from onnxdepth.models_zoo import ensure_export
 from onnxdepth.graph.io import load_model, save_model_atomic
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext-2"
@@ -59,6 +65,7 @@ def main() -> int:
                                                        "cross_entropy:grouped:rescore=1:shortlist=20:seq=8",
                                                        "gromov"])
     parser.add_argument("--calib-sequences", type=int, default=32)
+    parser.add_argument("--windows", choices=WINDOW_LAYOUTS, default="spread")
     parser.add_argument("--max-tokens", type=int, default=32768)
     parser.add_argument("--work-dir", type=Path, default=Path("artifacts/fine_vs_gromov"))
     parser.add_argument("--threads", type=int, default=2)
@@ -66,19 +73,16 @@ def main() -> int:
     started = time.perf_counter()
     model_path = args.model
     if model_path is None:
-        model_path = Path("models/out/smollm2-135m/model.onnx")
-        if not model_path.exists():
-            from onnxdepth.export.hf import export_hf
-            from onnxdepth.models_zoo import smollm2_gguf
-
-            export_hf(smollm2_gguf(), model_path.parent, task="text-generation")
+        model_path = ensure_export("smollm2-135m", "text-generation", Path("models/out/smollm2-135m"))
     args.work_dir.mkdir(parents=True, exist_ok=True)
     results_path = args.work_dir / "results.jsonl"
     done: dict[tuple[str, float], dict] = {}
     if results_path.exists():
         for line in results_path.read_text().splitlines():
             row = json.loads(line)
-            done[(row["mode"], row["ratio"])] = row
+            # Rows of the other window layout are another experiment (rows from before the field: head).
+            if row["mode"] == "unpruned" or row.get("windows", "head") == args.windows:
+                done[(row["mode"], row["ratio"])] = row
     ratios = sorted(args.ratios)
 
     def perplexity(path: Path) -> float:
@@ -86,10 +90,19 @@ def main() -> int:
                                    max_tokens=args.max_tokens, ctx=512, threads=args.threads,
                                    progress=False)["perplexity"]
 
+    def calib_file(n_seq: int, seq_len: int) -> str:
+        """The calibration tokens of an (S, T) mode, cut once from WikiText-2 valid."""
+        path = args.work_dir / f"calib-{args.windows}-{n_seq}x{seq_len}.npz"
+        if not path.exists():
+            tokens = calibration_tokens(str(DATA / "valid.txt"), model_path, n_seq=n_seq, seq_len=seq_len,
+                                        windows=args.windows)
+            np.savez(path, input_ids=tokens)
+        return str(path)
+
     def record(mode: str, ratio: float, result, seconds: float) -> None:
         out = args.work_dir / "point.onnx"
         save_model_atomic(result.model, out)
-        row = {"mode": mode, "ratio": ratio, "reduction": result.reduction, "perplexity": perplexity(out),
+        row = {"mode": mode, "windows": args.windows, "ratio": ratio, "reduction": result.reduction, "perplexity": perplexity(out),
                "select_seconds": round(seconds), "pruned": result.pruned_units}
         out.unlink()
         with results_path.open("a") as handle:
@@ -109,7 +122,8 @@ def main() -> int:
         todo = [r for r in ratios if (mode, r) not in done]
         if not todo:
             continue
-        common = dict(calib=str(DATA / "valid.txt"), model_path=model_path, verify=True, **kwargs)
+        calib = calib_file(kwargs["calib_sequences"], kwargs["calib_length"])
+        common = dict(calib=calib, model_path=model_path, verify=True, **kwargs)
         t0 = time.perf_counter()
         if mode == "gromov":
             for ratio in todo:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from onnxdepth.api import prune_file, score_units
 from onnxdepth.eval import evaluate_perplexity
+from onnxdepth.models_zoo import ensure_export
 from onnxdepth.graph.io import load_model
 from onnxdepth.prune.session import PruneSession
 
@@ -38,12 +39,7 @@ def main() -> int:
     started = time.perf_counter()
     model_path = args.model
     if model_path is None:
-        model_path = Path("models/out/smollm2-135m/model.onnx")
-        if not model_path.exists():
-            from onnxdepth.export.hf import export_hf
-            from onnxdepth.models_zoo import smollm2_gguf
-
-            export_hf(smollm2_gguf(), model_path.parent, task="text-generation")
+        model_path = ensure_export("smollm2-135m", "text-generation", Path("models/out/smollm2-135m"))
     args.work_dir.mkdir(parents=True, exist_ok=True)
     results_path = args.work_dir / "results.jsonl"
     done = {}
