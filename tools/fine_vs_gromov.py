@@ -62,7 +62,7 @@ def main() -> int:
     parser.add_argument("--model", type=Path)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     parser.add_argument("--modes", nargs="+", default=["angular", "angular:rescore=4", "angular:global",
-                                                       "cross_entropy:grouped:rescore=1:shortlist=20:seq=8",
+                                                       "cross_entropy:grouped:rescore=1:shortlist=20:seq=8:len=512",
                                                        "gromov"])
     parser.add_argument("--calib-sequences", type=int, default=32)
     parser.add_argument("--windows", choices=WINDOW_LAYOUTS, default="spread")
