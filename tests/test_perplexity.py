@@ -108,8 +108,10 @@ def test_matches_independent_nll(weights, tokens, ctx, stride, batch_size):
                      progress=False)
     assert res["task"] == "perplexity"
     assert res["tokens"] == ref_n
-    assert res["nll"] == pytest.approx(ref_nll, rel=1e-9)
-    assert res["perplexity"] == pytest.approx(ref_ppl, rel=1e-9)
+    # The reference's float32 logits come from numpy's matmul, the model's from ONNX Runtime's: their summation
+    # orders differ by CPU (about 1e-8 relative here); a wrong scoring rule is off by far more than 1e-6.
+    assert res["nll"] == pytest.approx(ref_nll, rel=1e-6)
+    assert res["perplexity"] == pytest.approx(ref_ppl, rel=1e-6)
     assert res["seconds"] >= 0
 
 
@@ -136,7 +138,7 @@ def test_feeds_only_declared_inputs_and_empty_past(weights, tokens):
     ref_ppl, _, _ = _reference(emb, proj, tokens, 32)
     for model in (_tiny_lm(emb, proj, extra_inputs=False), _tiny_lm(emb, proj, past=True)):
         res = perplexity(_session(model), tokens, ctx=32, batch_size=2, progress=False)
-        assert res["perplexity"] == pytest.approx(ref_ppl, rel=1e-9)
+        assert res["perplexity"] == pytest.approx(ref_ppl, rel=1e-6)  # float32 matmuls, as above
 
 
 def test_progress_runs(weights, tokens):
