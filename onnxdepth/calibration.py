@@ -1,8 +1,8 @@
 """Calibration data for data-driven importance: text files, JSONL, ready .npz tensors, or a default.
 
 Text models: a text file is cut into windows spread evenly over the whole file (`WINDOW_LAYOUTS`; "head"
-takes the leading windows back to back instead). The default needs no file: sequences sampled from the unpruned model itself with a fixed
-seed. It is a reasonable proxy for the model's own distribution, but real text (WikiText-2 valid, see
+takes the leading windows back to back instead). The default needs no file: sequences sampled from the
+unpruned model itself with a fixed seed. It is a reasonable proxy for the model's own distribution, but real text (WikiText-2 valid, see
 `calibration/`) is better; a warning says so.
 
 Image models: a folder of images (letterboxed as ultralytics does), an .npz with an ``images`` array
@@ -64,7 +64,7 @@ def _chunks(ids: np.ndarray, n_seq: int, seq_len: int, source: str, windows: str
     # Window i starts at i * (len - seq_len) / (count - 1): first at 0, last ending at the final token,
     # evenly spaced in between (spacing >= seq_len because count * seq_len <= len, so none overlap). A
     # calibration set of a few thousand tokens then samples the whole file, not its first article or two.
-    starts = np.linspace(0, len(ids) - seq_len, count).astype(np.int64) if count > 1 else np.zeros(1, np.int64)
+    starts = np.linspace(0, len(ids) - seq_len, count).astype(np.int64)  # count 1: [0]
     return np.stack([ids[s:s + seq_len] for s in starts]).astype(np.int64)
 
 
