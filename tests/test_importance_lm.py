@@ -25,7 +25,8 @@ from onnxdepth.api import prune_model, score_units  # noqa: E402
 from onnxdepth.importance.taylor_calibration import attach_lm_taylor  # noqa: E402
 from onnxdepth.errors import UnsupportedModelError  # noqa: E402
 from onnxdepth.importance.angular import model_feeds  # noqa: E402
-from onnxdepth.importance.cross_entropy import cross_entropy, cross_entropy_scores, log_softmax  # noqa: E402
+from onnxdepth.importance.cross_entropy import (CE_OUTPUT, REFERENCE_INPUT, cross_entropy,  # noqa: E402
+                                                cross_entropy_scores, log_softmax, with_cross_entropy)
 from onnxdepth.importance.taylor import TaylorLMScores  # noqa: E402
 from onnxdepth.prune.session import PruneSession  # noqa: E402
 from test_importance import LAYERS, N_SEQ, SEQ_LEN, UNIT_IDS, tiny  # noqa: E402,F401
@@ -51,6 +52,33 @@ def test_log_softmax_and_cross_entropy_basics():
     assert ce[0] == pytest.approx(float(-(probs[0] * np.log(probs[0])).sum()), rel=1e-5)
     # Any other q gives a larger cross-entropy (Gibbs' inequality).
     assert (cross_entropy(probs, logits[::-1].copy()) > ce - 1e-6).all()
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+@pytest.mark.parametrize("logits_type", [onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16])
+def test_in_graph_cross_entropy_equals_numpy(opset, logits_type):
+    # A "head" that is one MatMul, hidden [2, 3, 4] -> logits [2, 3, 5]; the CE nodes appended to it must
+    # give the numpy CE per token, whatever the opset (axes attribute or input) and the logits' type.
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(4, 5)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["hidden", "w"], ["z32"])]
+    nodes.append(helper.make_node("Cast", ["z32"], ["logits"], to=logits_type))
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("hidden", onnx.TensorProto.FLOAT,
+                                                                            [2, 3, 4])],
+                              [helper.make_tensor_value_info("logits", logits_type, [2, 3, 5])],
+                              [onnx.numpy_helper.from_array(weight, "w")])
+    head = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    extended = with_cross_entropy(head, "logits")
+    onnx.checker.check_model(extended, full_check=True)
+    hidden = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    logits = (hidden @ weight).astype(onnx.helper.tensor_dtype_to_np_dtype(logits_type)).astype(np.float32)
+    reference = np.exp(log_softmax(rng.normal(size=(2, 3, 5)).astype(np.float32))).astype(np.float16)
+    session = ort.InferenceSession(extended.SerializeToString(), providers=["CPUExecutionProvider"])
+    in_graph = session.run([CE_OUTPUT], {"hidden": hidden, REFERENCE_INPUT: reference})[0]
+    assert in_graph.shape == (2, 3)
+    np.testing.assert_allclose(in_graph, cross_entropy(reference, logits), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("granularity", ["fine", "sublayer", "block"])

@@ -10,7 +10,9 @@ Runtime as a chain of cut-out pieces, so nothing before a unit's layer is ever r
   layers l+1 .. L-1 (one ONNX Runtime session each, built once and reused) and the head.
 
 Lower is less important. The reference distribution is kept as float16 probabilities (calibration
-tokens x vocabulary x 2 bytes: 4,096 x 49,152 x 2 B = 400 MB for 32 x 128 tokens on SmolLM2).
+tokens x vocabulary x 2 bytes: 4,096 x 49,152 x 2 B = 400 MB for 32 x 128 tokens on SmolLM2). The CE
+itself is computed inside the head's ONNX Runtime session (`with_cross_entropy`), so the [tokens,
+vocabulary] logits never leave it: numpy's single-threaded exp over them cost more than the layers.
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ import time
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper
 
 from ..errors import UnsupportedModelError
 from ..graph.extract import extract_submodel
 from .angular import (LayerCache, _progress, _session, _sub_shapes, cache_layers, layer_boundaries,
                       pruned_layer_outputs, shared_initializers)
 
-__all__ = ["cross_entropy_scores", "log_softmax", "cross_entropy", "reference_distribution", "chained_measure"]
+__all__ = ["cross_entropy_scores", "log_softmax", "cross_entropy", "with_cross_entropy", "reference_distribution",
+           "chained_measure"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +54,50 @@ def cross_entropy(reference_probs: np.ndarray, logits: np.ndarray) -> np.ndarray
     return lse * probs.sum(axis=-1) - np.einsum("...v,...v->...", probs, logits)
 
 
+#: Names of the reference-probability input and per-token CE output `with_cross_entropy` adds.
+REFERENCE_INPUT, CE_OUTPUT = "onnxdepth_reference_probs", "onnxdepth_token_ce"
+
+
+def with_cross_entropy(head: onnx.ModelProto, logits: str) -> onnx.ModelProto:
+    """HEAD (hidden -> LOGITS [..., vocabulary]) with one more input, the float16 reference probabilities
+    p of the same shape, and one output, the per-token CE(p, softmax(logits)) over the last axis, as in
+    `cross_entropy`: logsumexp(z) * sum_v p(v) - sum_v p(v) z(v)."""
+    extended = onnx.ModelProto()
+    extended.CopyFrom(head)
+    graph = extended.graph
+    prefix = "onnxdepth_ce_"
+    logits_info = next(o for o in graph.output if o.name == logits)
+    # The logits' shape where known (a cut-out head may carry none; ONNX Runtime needs none).
+    shape = logits_info.type.tensor_type.shape if logits_info.type.tensor_type.HasField("shape") else None
+    dims = [d.dim_param or d.dim_value for d in shape.dim] if shape is not None else None
+    graph.input.append(helper.make_tensor_value_info(REFERENCE_INPUT, TensorProto.FLOAT16, dims))
+    opset = next((o.version for o in extended.opset_import if o.domain in ("", "ai.onnx")), 18)
+
+    def reduce(op: str, data: str, out: str) -> onnx.NodeProto:
+        # Over the vocabulary (last) axis; axes became an input in opset 13 (ReduceSum) / 18 (the others).
+        if opset >= (13 if op == "ReduceSum" else 18):
+            return helper.make_node(op, [data, prefix + "axes"], [out], keepdims=0)
+        return helper.make_node(op, [data], [out], keepdims=0, axes=[-1])
+
+    graph.initializer.append(helper.make_tensor(prefix + "axes", TensorProto.INT64, [1], [-1]))
+    if logits_info.type.tensor_type.elem_type != TensorProto.FLOAT:
+        # A float16 / bfloat16 export: the CE is taken in float32 like the reference.
+        graph.node.append(helper.make_node("Cast", [logits], [prefix + "z"], to=TensorProto.FLOAT))
+        logits = prefix + "z"
+    graph.node.extend([
+        helper.make_node("Cast", [REFERENCE_INPUT], [prefix + "p"], to=TensorProto.FLOAT),
+        reduce("ReduceLogSumExp", logits, prefix + "lse"),
+        reduce("ReduceSum", prefix + "p", prefix + "mass"),
+        helper.make_node("Mul", [prefix + "p", logits], [prefix + "pz"]),
+        reduce("ReduceSum", prefix + "pz", prefix + "expected_z"),
+        helper.make_node("Mul", [prefix + "lse", prefix + "mass"], [prefix + "scaled_lse"]),
+        helper.make_node("Sub", [prefix + "scaled_lse", prefix + "expected_z"], [CE_OUTPUT]),
+    ])
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(CE_OUTPUT, TensorProto.FLOAT, dims[:-1] if dims else None))  # less vocabulary
+    return extended
+
+
 def _logits_name(model: onnx.ModelProto) -> str:
     names = [o.name for o in model.graph.output]
     if "logits" in names:
@@ -69,6 +117,7 @@ class _Chain:
         self.shared = shared_initializers(model)
         self._layers: dict[int, object] = {}
         self._head = None
+        self._head_ce = None
 
     def _feeds(self, runner, batch: int, name: str, value: np.ndarray) -> dict:
         wanted = {i.name for i in runner.get_inputs()}
@@ -89,11 +138,21 @@ class _Chain:
                                   self.shared)
         return self._head.run([self.logits], self._feeds(self._head, batch, self.head_input, hidden))[0]
 
-    def finish(self, hidden: np.ndarray, after: int, batch: int) -> np.ndarray:
-        """Logits from HIDDEN, the output of layer AFTER: the remaining layers, then the head."""
+    def head_ce(self, hidden: np.ndarray, batch: int, reference: np.ndarray) -> np.ndarray:
+        """Per-token CE(REFERENCE, head(HIDDEN)), computed in the head's session."""
+        if self._head_ce is None:
+            head = extract_submodel(self.model, [self.head_input], [self.logits])
+            self._head_ce = _session(with_cross_entropy(head, self.logits), self.threads, self.shared)
+        feeds = self._feeds(self._head_ce, batch, self.head_input, hidden)
+        feeds[REFERENCE_INPUT] = reference
+        return self._head_ce.run([CE_OUTPUT], feeds)[0]
+
+    def finish_ce(self, hidden: np.ndarray, after: int, batch: int, reference: np.ndarray) -> np.ndarray:
+        """Per-token CE against REFERENCE from HIDDEN, the output of layer AFTER: the remaining layers,
+        then the head."""
         for index in range(after + 1, len(self.cache.boundaries)):
             hidden = self.layer(index, hidden, batch)
-        return self.head(hidden, batch)
+        return self.head_ce(hidden, batch, reference)
 
 
 def cross_entropy_scores(model: onnx.ModelProto, session, tokens: np.ndarray, *, batch_size: int = 8,
@@ -145,7 +204,7 @@ def cross_entropy_scores(model: onnx.ModelProto, session, tokens: np.ndarray, *,
 def _mean_ce(chain: _Chain, reference: list[np.ndarray], layer_outputs: list[np.ndarray], index: int) -> float:
     total, count = 0.0, 0
     for b, hidden in enumerate(layer_outputs):
-        ce = cross_entropy(reference[b], chain.finish(hidden, index, b))
+        ce = chain.finish_ce(hidden, index, b, reference[b])
         total += float(ce.sum(dtype=np.float64))
         count += ce.size
     return total / max(count, 1)
