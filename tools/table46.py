@@ -1,13 +1,16 @@
 """Table 4.6 analogue: SmolLM2-135M, fine granularity (Algorithm 8), ~12% fewer parameters, by importance.
 
     python tools/table46.py [--model DIR/model.onnx] [--ratio 0.12] [--calib-sequences 128]
-        [--metrics angular cross_entropy taylor magnitude random] [--ce-sequences N] [--max-tokens 32768]
+        [--metrics angular cross_entropy taylor magnitude random] [--ce-sequences N] [--windows spread|head]
+        [--max-tokens 32768]
 
-Every metric is calibrated on WikiText-2 *valid* (consecutive windows of 128 tokens) and reported as
+Every metric is calibrated on WikiText-2 *valid* (windows of 128 tokens spread evenly over the split;
+``--windows head``: the leading ones, back to back, as measured before the spread layout) and reported as
 WikiText-2 *test* perplexity (first --max-tokens tokens, 512-token windows) through ONNX Runtime.
 "random" is Algorithm 8 with a random order (seed 0), the thesis's random baseline. Score tables and
 results are cached under --work-dir, so an interrupted run resumes; --ce-sequences lets cross-entropy use
 fewer sequences than the others (it re-runs every layer after the unit's own, so it costs the most).
+Results rows carry their window layout; a run resumes only rows of its own layout.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from onnxdepth.api import prune_file, score_units
+from onnxdepth.calibration import WINDOW_LAYOUTS, calibration_tokens
 from onnxdepth.importance.taylor_calibration import attach_lm_taylor
 from onnxdepth.eval import evaluate_perplexity
 from onnxdepth.graph.io import load_model
@@ -27,10 +33,19 @@ from onnxdepth.prune.session import PruneSession
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext-2"
 
 
-def _scores(metric: str, model_path: Path, n_seq: int, seq_len: int) -> dict[str, float]:
+def _calib_file(work_dir: Path, model_path: Path, n_seq: int, seq_len: int, windows: str) -> str:
+    """The calibration tokens, cut once from WikiText-2 valid and kept as an .npz beside the results."""
+    path = work_dir / f"calib-{windows}-{n_seq}x{seq_len}.npz"
+    if not path.exists():
+        tokens = calibration_tokens(str(DATA / "valid.txt"), model_path, n_seq=n_seq, seq_len=seq_len,
+                                    windows=windows)
+        np.savez(path, input_ids=tokens)
+    return str(path)
+
+
+def _scores(metric: str, model_path: Path, calib: str, n_seq: int, seq_len: int) -> dict[str, float]:
     model = load_model(model_path)
     session = PruneSession(model, granularity="fine")
-    calib = str(DATA / "valid.txt")
     if metric == "taylor":
         attach_lm_taylor(model, session, calib=calib, model_path=model_path, n_seq=n_seq, seq_len=seq_len)
         return {p.unit_id: p.score for p in session.prunable_plans()}
@@ -45,6 +60,7 @@ def main() -> int:
     parser.add_argument("--calib-sequences", type=int, default=128)
     parser.add_argument("--calib-length", type=int, default=128)
     parser.add_argument("--ce-sequences", type=int, default=None, help="cross-entropy calibration sequences")
+    parser.add_argument("--windows", choices=WINDOW_LAYOUTS, default="spread", help="calibration window layout")
     parser.add_argument("--max-tokens", type=int, default=32768)
     parser.add_argument("--work-dir", type=Path, default=Path("artifacts/table46"))
     args = parser.parse_args()
@@ -55,7 +71,9 @@ def main() -> int:
         args.model = ensure_export("smollm2-135m", "text-generation", args.model.parent)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     results = args.work_dir / "results.jsonl"
-    done = {json.loads(l)["metric"]: json.loads(l) for l in results.read_text().splitlines()} if results.exists() else {}
+    rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    # Rows without a layout predate the spread windows: they were calibrated on the leading ones.
+    done = {row["metric"]: row for row in rows if row.get("windows", "head") == args.windows}
     for metric in args.metrics:
         if metric in done:
             continue
@@ -67,10 +85,11 @@ def main() -> int:
         elif metric == "magnitude":
             kwargs.update(importance="magnitude")
         else:
-            score_file = args.work_dir / f"scores_{metric}_{n_seq}x{args.calib_length}.json"
+            score_file = args.work_dir / f"scores_{metric}_{args.windows}_{n_seq}x{args.calib_length}.json"
             if not score_file.exists():
                 tmp = score_file.with_suffix(".tmp")
-                tmp.write_text(json.dumps(_scores(metric, args.model, n_seq, args.calib_length)))
+                calib = _calib_file(args.work_dir, args.model, n_seq, args.calib_length, args.windows)
+                tmp.write_text(json.dumps(_scores(metric, args.model, calib, n_seq, args.calib_length)))
                 tmp.replace(score_file)
             kwargs.update(importance=metric, scores=json.loads(score_file.read_text()))
         score_seconds = time.perf_counter() - t0
@@ -80,6 +99,7 @@ def main() -> int:
                                   max_tokens=args.max_tokens, progress=False)
         row = {"metric": metric, "reduction": result.reduction, "perplexity": ppl["perplexity"],
                "calib": None if metric in ("random", "magnitude") else f"{n_seq}x{args.calib_length}",
+               "windows": args.windows,
                "score_seconds": round(score_seconds, 1), "units": result.pruned_units}
         with results.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
