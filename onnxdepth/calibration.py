@@ -31,7 +31,7 @@ from .tokenizer_io import load_tokenizer
 
 __all__ = ["IMAGE_SUFFIXES", "OCR_CALIBRATION_SEED", "calibration_images", "calibration_ocr_lines",
            "calibration_ocr_pages", "calibration_sentences", "calibration_tokens", "load_tokenizer",
-           "WINDOW_LAYOUTS"]
+           "saved_calibration_tokens", "WINDOW_LAYOUTS"]
 
 #: Files read from an image-folder calibration set.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -108,6 +108,17 @@ def calibration_tokens(calib: str | None, model_path: Path, *, n_seq: int = 32, 
     tokenizer = load_tokenizer(model_dir, hint=_TOKENIZER_HINT)
     ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
     return _chunks(ids, n_seq, seq_len, calib, windows)
+
+
+def saved_calibration_tokens(calib: str, model_path: Path, out: Path, *, n_seq: int, seq_len: int,
+                             windows: str = "spread") -> str:
+    """OUT, an .npz of CALIB's `calibration_tokens` (``input_ids``), written the first time only: a run that
+    resumes reads exactly the tokens it started with."""
+    out = Path(out)
+    if not out.exists():
+        tokens = calibration_tokens(calib, model_path, n_seq=n_seq, seq_len=seq_len, windows=windows)
+        np.savez(out, input_ids=tokens)
+    return str(out)
 
 
 def calibration_images(calib: str | None, size: int, *, count: int = 24, seed: int = 0) -> np.ndarray:

@@ -28,7 +28,7 @@ import onnxruntime as ort  # noqa: E402
 
 import graphs  # noqa: E402
 from onnxdepth.api import prune_model, score_units  # noqa: E402
-from onnxdepth.calibration import calibration_tokens  # noqa: E402
+from onnxdepth.calibration import calibration_tokens, saved_calibration_tokens  # noqa: E402
 from onnxdepth.cli import main  # noqa: E402
 from onnxdepth.errors import InvalidArgumentError, UnsupportedModelError  # noqa: E402
 from onnxdepth.export.hf import export_hf  # noqa: E402
@@ -347,6 +347,19 @@ def test_calibration_txt_head_windows(tiny, tmp_path):
     assert np.array_equal(tokens.ravel(), _text_ids(tiny, TEXT)[:N_SEQ * SEQ_LEN])
     with pytest.raises(InvalidArgumentError, match="expected one of spread, head"):
         calibration_tokens(str(path), tiny.path, n_seq=N_SEQ, seq_len=SEQ_LEN, windows="tail")
+
+
+def test_saved_calibration_tokens_written_once(tiny, tmp_path):
+    path = tmp_path / "calib.txt"
+    path.write_text(TEXT)
+    out = tmp_path / "calib.npz"
+    saved = saved_calibration_tokens(str(path), tiny.path, out, n_seq=N_SEQ, seq_len=SEQ_LEN, windows="head")
+    head = calibration_tokens(str(path), tiny.path, n_seq=N_SEQ, seq_len=SEQ_LEN, windows="head")
+    assert np.array_equal(np.load(saved)["input_ids"], head)
+    # A second call keeps the file it finds (a resumed run reads the tokens it started with).
+    saved_calibration_tokens(str(path), tiny.path, out, n_seq=N_SEQ, seq_len=SEQ_LEN, windows="spread")
+    assert np.array_equal(np.load(out)["input_ids"], head)
+    assert np.array_equal(calibration_tokens(saved, tiny.path, n_seq=N_SEQ, seq_len=SEQ_LEN), head)
 
 
 def test_calibration_txt_fewer_tokens_than_asked(tiny, tmp_path, caplog):

@@ -23,10 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from onnxdepth.api import prune_model
-from onnxdepth.calibration import WINDOW_LAYOUTS, calibration_tokens
+from onnxdepth.calibration import WINDOW_LAYOUTS, saved_calibration_tokens
 from onnxdepth.eval import evaluate_perplexity
 from onnxdepth.models_zoo import ensure_export
 from onnxdepth.graph.io import load_model, save_model_atomic
@@ -92,12 +90,9 @@ def main() -> int:
 
     def calib_file(n_seq: int, seq_len: int) -> str:
         """The calibration tokens of an (S, T) mode, cut once from WikiText-2 valid."""
-        path = args.work_dir / f"calib-{args.windows}-{n_seq}x{seq_len}.npz"
-        if not path.exists():
-            tokens = calibration_tokens(str(DATA / "valid.txt"), model_path, n_seq=n_seq, seq_len=seq_len,
-                                        windows=args.windows)
-            np.savez(path, input_ids=tokens)
-        return str(path)
+        return saved_calibration_tokens(str(DATA / "valid.txt"), model_path,
+                                        args.work_dir / f"calib-{args.windows}-{n_seq}x{seq_len}.npz",
+                                        n_seq=n_seq, seq_len=seq_len, windows=args.windows)
 
     def record(mode: str, ratio: float, result, seconds: float) -> None:
         out = args.work_dir / "point.onnx"

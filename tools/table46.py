@@ -21,26 +21,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from onnxdepth.api import prune_file, score_units
-from onnxdepth.calibration import WINDOW_LAYOUTS, calibration_tokens
+from onnxdepth.calibration import WINDOW_LAYOUTS, saved_calibration_tokens
 from onnxdepth.importance.taylor_calibration import attach_lm_taylor
 from onnxdepth.eval import evaluate_perplexity
 from onnxdepth.graph.io import load_model
 from onnxdepth.prune.session import PruneSession
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext-2"
-
-
-def _calib_file(work_dir: Path, model_path: Path, n_seq: int, seq_len: int, windows: str) -> str:
-    """The calibration tokens, cut once from WikiText-2 valid and kept as an .npz beside the results."""
-    path = work_dir / f"calib-{windows}-{n_seq}x{seq_len}.npz"
-    if not path.exists():
-        tokens = calibration_tokens(str(DATA / "valid.txt"), model_path, n_seq=n_seq, seq_len=seq_len,
-                                    windows=windows)
-        np.savez(path, input_ids=tokens)
-    return str(path)
 
 
 def _scores(metric: str, model_path: Path, calib: str, n_seq: int, seq_len: int) -> dict[str, float]:
@@ -88,7 +77,9 @@ def main() -> int:
             score_file = args.work_dir / f"scores_{metric}_{args.windows}_{n_seq}x{args.calib_length}.json"
             if not score_file.exists():
                 tmp = score_file.with_suffix(".tmp")
-                calib = _calib_file(args.work_dir, args.model, n_seq, args.calib_length, args.windows)
+                calib = saved_calibration_tokens(
+                    str(DATA / "valid.txt"), args.model, args.work_dir / f"calib-{args.windows}-{n_seq}x{args.calib_length}.npz",
+                    n_seq=n_seq, seq_len=args.calib_length, windows=args.windows)
                 tmp.write_text(json.dumps(_scores(metric, args.model, calib, n_seq, args.calib_length)))
                 tmp.replace(score_file)
             kwargs.update(importance=metric, scores=json.loads(score_file.read_text()))
