@@ -2,8 +2,8 @@
 
 Text models: a text file is cut into windows spread evenly over the whole file (`WINDOW_LAYOUTS`; "head"
 takes the leading windows back to back instead). The default needs no file: sequences sampled from the
-unpruned model itself with a fixed seed. It is a reasonable proxy for the model's own distribution, but real text (WikiText-2 valid, see
-`calibration/`) is better; a warning says so.
+unpruned model itself with a fixed seed. It is a reasonable proxy for the model's own distribution, but
+real text (WikiText-2 valid, see `calibration/`) is better; a warning says so.
 
 Image models: a folder of images (letterboxed as ultralytics does), an .npz with an ``images`` array
 [N, 3, S, S] in [0, 1], or by default the photos that installed packages ship plus seeded variants of

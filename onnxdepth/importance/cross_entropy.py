@@ -42,7 +42,8 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def cross_entropy(reference_probs: np.ndarray, logits: np.ndarray) -> np.ndarray:
-    """Per-token CE(p, q) = -sum_v p(v) log q(v) over the last (vocabulary) axis, q = softmax(LOGITS).
+    """Per-token CE(p, q) = -sum_v p(v) log q(v) over the last (vocabulary) axis, q = softmax(LOGITS), in numpy
+    (scoring uses the in-graph `with_cross_entropy`; this is its reference).
 
     Computed as logsumexp(z) * sum_v p(v) - sum_v p(v) z(v) (log q = z - logsumexp(z)), which never
     materialises log q: three passes over the [tokens, vocabulary] logits instead of six, 3x faster.
@@ -94,7 +95,8 @@ def with_cross_entropy(head: onnx.ModelProto, logits: str) -> onnx.ModelProto:
         helper.make_node("Sub", [prefix + "scaled_lse", prefix + "expected_z"], [CE_OUTPUT]),
     ])
     del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info(CE_OUTPUT, TensorProto.FLOAT, dims[:-1] if dims else None))  # less vocabulary
+    token_dims = dims[:-1] if dims else None  # the logits' shape less the vocabulary axis
+    graph.output.append(helper.make_tensor_value_info(CE_OUTPUT, TensorProto.FLOAT, token_dims))
     return extended
 
 
