@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from onnxdepth.api import prune_file, score_units
 from onnxdepth.calibration import WINDOW_LAYOUTS, saved_calibration_tokens
 from onnxdepth.importance.taylor_calibration import attach_lm_taylor
@@ -77,9 +76,9 @@ def main() -> int:
             score_file = args.work_dir / f"scores_{metric}_{args.windows}_{n_seq}x{args.calib_length}.json"
             if not score_file.exists():
                 tmp = score_file.with_suffix(".tmp")
-                calib = saved_calibration_tokens(
-                    str(DATA / "valid.txt"), args.model, args.work_dir / f"calib-{args.windows}-{n_seq}x{args.calib_length}.npz",
-                    n_seq=n_seq, seq_len=args.calib_length, windows=args.windows)
+                calib_npz = args.work_dir / f"calib-{args.windows}-{n_seq}x{args.calib_length}.npz"
+                calib = saved_calibration_tokens(str(DATA / "valid.txt"), args.model, calib_npz, n_seq=n_seq,
+                                                 seq_len=args.calib_length, windows=args.windows)
                 tmp.write_text(json.dumps(_scores(metric, args.model, calib, n_seq, args.calib_length)))
                 tmp.replace(score_file)
             kwargs.update(importance=metric, scores=json.loads(score_file.read_text()))

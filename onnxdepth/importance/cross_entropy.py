@@ -170,9 +170,7 @@ def cross_entropy_scores(model: onnx.ModelProto, session, tokens: np.ndarray, *,
     head_input = boundaries[-1][1]
     cache = cache_layers(model, boundaries, tokens, batch_size=batch_size, threads=threads)
     chain = _Chain(model, cache, head_input, logits, threads)
-    # Reference next-token distributions p, from the cached input of the head.
-    reference = [np.exp(log_softmax(chain.head(h, b))).astype(np.float16)
-                 for b, h in enumerate(cache.hidden[head_input])]
+    reference = _reference_probs(chain)
     unit_ids = list(session.structural_ids())
     scores: dict[str, float] = {}
     bar = _progress(len(unit_ids), progress, "cross-entropy")
@@ -217,9 +215,13 @@ def reference_distribution(model: onnx.ModelProto, boundaries: list[tuple[str, s
     """The unpruned model's next-token probabilities (float16), one array per calibration batch."""
     logits = _logits_name(model)
     cache = cache_layers(model, boundaries, tokens, batch_size=batch_size, threads=threads)
-    chain = _Chain(model, cache, boundaries[-1][1], logits, threads)
-    return [np.exp(log_softmax(chain.head(h, b))).astype(np.float16)
-            for b, h in enumerate(cache.hidden[boundaries[-1][1]])]
+    return _reference_probs(_Chain(model, cache, boundaries[-1][1], logits, threads))
+
+
+def _reference_probs(chain: _Chain) -> list[np.ndarray]:
+    """Next-token probabilities p (float16), one array per batch, from the head run on its cached input."""
+    return [np.exp(log_softmax(chain.head(hidden, b))).astype(np.float16)
+            for b, hidden in enumerate(chain.cache.hidden[chain.head_input])]
 
 
 def chained_measure(reference: list[np.ndarray], threads: int | None = None):
