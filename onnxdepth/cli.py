@@ -9,6 +9,7 @@ import sys
 import time
 
 from . import __version__
+from .config import BLOCK_CHOICES, GRANULARITIES, ORDERINGS, RANKINGS, SEARCH_SPACES
 from .errors import InvalidArgumentError, OnnxDepthError, RatioUnreachableError
 
 __all__ = ["main"]
@@ -61,49 +62,74 @@ def _cmd_units(args) -> int:
     return 0
 
 
+def _calibration(args, model_path: str | None = None):
+    from .config import Calibration
+
+    return Calibration(source=args.calib, sequences=args.calib_sequences, length=args.calib_length, seed=args.seed,
+                       model_path=model_path)
+
+
+def _prune_config(args, ratio: float):
+    """The PruneConfig of a `prune` or `score` command line (score has no selection flags)."""
+    from .config import PruneConfig
+
+    selection = {name: getattr(args, name) for name in ("ordering", "ranking", "rescore_every", "shortlist",
+                                                        "block_choice") if hasattr(args, name)}
+    return PruneConfig(ratio=ratio, importance=args.importance, granularity=args.granularity,
+                       search_space=args.search_space, exclude=args.exclude,
+                       input_shapes=_input_shapes(args.input_shape), seed=args.seed,
+                       calibration=_calibration(args, args.input if hasattr(args, "input") else args.model),
+                       **selection)
+
+
 def _cmd_prune(args) -> int:
-    from .api import plan_path_for, prune_file
+    from pathlib import Path
+
+    from .api import plan_path_for, prune_file, replay_file
 
     if args.ratio is None and not args.plan:
         raise InvalidArgumentError("prune needs --ratio R (or --plan PLAN.json)")
-    if args.ratio is None:
-        args.ratio = 0.0  # unused when replaying a plan
+    if args.plan:
+        plan, config = _read_plan(args.plan), None
+    else:
+        config = _prune_config(args, args.ratio)
+    scores = None
+    if args.scores:
+        from .scores import ScoreTable
 
+        scores = ScoreTable.read_csv(args.scores)
     progress = None
     if not args.json and sys.stderr.isatty():
         from rich.progress import BarColumn, Progress, TextColumn
 
         progress = Progress(TextColumn("pruning"), BarColumn(), TextColumn("{task.description}"), transient=True)
     started = time.perf_counter()
+    target = args.ratio or 1.0
     task = None
 
     def on_step(plan, reduction):
         if progress is not None:
-            progress.update(task, completed=min(reduction, args.ratio),
-                            description=f"{reduction:.1%} after {plan.unit_id}")
+            progress.update(task, completed=min(reduction, target), description=f"{reduction:.1%} after {plan.unit_id}")
         elif not args.json:
             print(f"  pruned {plan.unit_id:<48} reduction {reduction:.2%}", file=sys.stderr)
 
-    kwargs = dict(importance=args.importance, exclude=args.exclude, input_shapes=_input_shapes(args.input_shape),
-                  granularity=args.granularity, ordering=args.ordering, seed=args.seed, on_step=on_step,
-                  calib=args.calib, calib_sequences=args.calib_sequences, calib_length=args.calib_length,
-                  scores=_read_scores(args.scores) if args.scores else None, block_choice=args.block_choice,
-                  ranking=args.ranking, rescore_every=args.rescore_every, shortlist=args.shortlist,
-                  search_space=args.search_space)
-    if args.plan:
-        kwargs = dict(plan=_read_plan(args.plan), input_shapes=kwargs["input_shapes"])
+    def run():
+        if config is None:
+            return replay_file(args.input, args.output, plan, input_shapes=_input_shapes(args.input_shape))
+        return prune_file(args.input, args.output, config, scores=scores, on_step=on_step)
+
     if progress is not None:
         with progress:
-            task = progress.add_task("", total=args.ratio or 1.0)
-            result = prune_file(args.input, args.output, args.ratio, **kwargs)
+            task = progress.add_task("", total=target)
+            result = run()
     else:
-        result = prune_file(args.input, args.output, args.ratio, **kwargs)
+        result = run()
     if args.json:
         print(json.dumps(result.summary()))
     else:
         print(f"{args.output}: {result.params_before:,} -> {result.params_after:,} parameters "
               f"({result.reduction:.2%} removed, {len(result.pruned_units)} units) "
-              f"in {time.perf_counter() - started:.1f}s; plan in {plan_path_for(__import__('pathlib').Path(args.output))}")
+              f"in {time.perf_counter() - started:.1f}s; plan in {plan_path_for(Path(args.output))}")
     return 0
 
 
@@ -114,79 +140,24 @@ def _read_plan(path: str) -> dict:
         raise InvalidArgumentError(f"--plan {path}: no such file")
     try:
         return json.loads(Path(path).read_text())
-    except json.JSONDecodeError:
-        raise InvalidArgumentError(f"--plan {path}: not JSON") from None
-
-
-def _read_scores(path: str) -> dict[str, float]:
-    """A score table written by `onnxdepth score`: CSV with a header `unit,score`."""
-    import csv
-    from pathlib import Path
-
-    if not Path(path).exists():
-        raise InvalidArgumentError(f"--scores {path}: no such file")
-    scores = {}
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            try:
-                scores[row["unit"]] = float(row["score"])
-            except (KeyError, TypeError, ValueError):
-                raise InvalidArgumentError(f"--scores {path}: expected CSV columns unit,score") from None
-    if not scores:
-        raise InvalidArgumentError(f"--scores {path}: empty score table")
-    return scores
+    except json.JSONDecodeError as exc:
+        raise InvalidArgumentError(f"--plan {path}: not JSON") from exc
 
 
 def _cmd_score(args) -> int:
-    import csv
-    import io
-
-    from .api import score_units
+    from .api import score_model
+    from .fileio import write_atomic
     from .graph.io import check_output_path, load_model
-    from .importance import UNIT_METRICS
-    from .prune.session import PruneSession
 
     if args.output:
         check_output_path(args.output)
-    model = load_model(args.model)
-    session = PruneSession(model, exclude=args.exclude, input_shapes=_input_shapes(args.input_shape),
-                           granularity=args.granularity, search_space=args.search_space)
-    if args.importance in UNIT_METRICS:
-        scores = score_units(model, session, args.importance, calib=args.calib, model_path=args.model,
-                             n_seq=args.calib_sequences, seq_len=args.calib_length, seed=args.seed)
-        if "__gromov__" in scores:
-            from .api import gromov_rows
-
-            scores.update(gromov_rows(scores.pop("__gromov__")))
-    else:
-        from .importance import get_metric
-
-        get_metric(args.importance)
-        if args.importance == "taylor":
-            from .importance.taylor_calibration import attach_lm_taylor, taylor_refresh
-
-            if session.layers:
-                attach_lm_taylor(model, session, calib=args.calib, model_path=args.model, n_seq=args.calib_sequences,
-                                 seq_len=args.calib_length, seed=args.seed)
-            else:
-                taylor_refresh(model, session, None, args.calib)(session)
-        scores = {p.unit_id: p.score for p in session.prunable_plans()}
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["unit", "score"])
-    for unit, score in sorted(scores.items(), key=lambda item: item[1]):
-        writer.writerow([unit, f"{score:.8g}"])
+    config = _prune_config(args, 0.0)
+    table = score_model(load_model(args.model), config)
     if args.output:
-        import os
-        import tempfile
-
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.output)), suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, args.output)
-        print(f"{args.output}: {len(scores)} unit scores ({args.importance})")
+        write_atomic(args.output, table.to_csv())
+        print(f"{args.output}: {len(table)} unit scores ({args.importance})")
     else:
-        print(buffer.getvalue(), end="")
+        print(table.to_csv(), end="")
     return 0
 
 
@@ -404,10 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p):
         p.add_argument("--exclude", metavar="REGEX", help="exclude units whose id (node name) matches REGEX")
-        p.add_argument("--granularity", default="fine", choices=["fine", "sublayer", "block"],
+        p.add_argument("--granularity", default="fine", choices=GRANULARITIES,
                        help="transformers: attention + MLP sub-layers (fine, Algorithm 8), attention + MLP "
                             "(sublayer), whole layers (block)")
-        p.add_argument("--search-space", default="full", choices=["full", "reduced"],
+        p.add_argument("--search-space", default="full", choices=SEARCH_SPACES,
                        help="CNNs: every unit (full) or only units that keep the channel count (reduced, the "
                             "thesis's baseline)")
         p.add_argument("--input-shape", action="append", metavar="NAME:DxD",
@@ -433,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", help="replay a saved plan (OUT.plan.json) exactly instead of selecting units")
     p.add_argument("--importance", default="magnitude",
                    help="magnitude, angular, cross_entropy or taylor (default: magnitude)")
-    p.add_argument("--ordering", default="ascending", choices=["ascending", "descending", "random"],
+    p.add_argument("--ordering", default="ascending", choices=ORDERINGS,
                    help="visit units by ascending score (the method), descending or random (ablations)")
     p.add_argument("--seed", type=int, default=0, help="seed for --ordering random and sampled calibration")
     p.add_argument("--scores", help="reuse a score table from `onnxdepth score` (CSV unit,score)")
@@ -443,12 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shortlist", type=int, default=None, metavar="K",
                    help="with --rescore-every: after the first round, re-score only the K best moves of the "
                         "previous round (a lazy greedy search; default: re-score all)")
-    p.add_argument("--ranking", default="split", choices=["split", "global", "grouped"],
+    p.add_argument("--ranking", default="split", choices=RANKINGS,
                    help="transformers: separate attention/MLP rankings (Algorithm 8's 2:1, default); one "
                         "global ranking by importance per parameter removed; or grouped: single units, whole "
                         "MLPs and whole layers on one ranking by the damage each adds per parameter removed "
                         "(angular or cross_entropy, fine granularity)")
-    p.add_argument("--block-choice", default="gromov", choices=["gromov", "ranking"],
+    p.add_argument("--block-choice", default="gromov", choices=BLOCK_CHOICES,
                    help="--granularity block with angular importance: Gromov et al.'s most similar contiguous "
                         "run of layers (default) or a plain ranking of single layers")
     calibration(p)
@@ -547,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="main job: build SmolLM2 ONNX from the packaged weights, prune it, compare")
     p.add_argument("--ratio", type=float, default=0.1)
-    p.add_argument("--granularity", default="fine", choices=["fine", "sublayer", "block"])
+    p.add_argument("--granularity", default="fine", choices=GRANULARITIES)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=_cmd_demo)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .api import prune_file
+from .config import Calibration, PruneConfig
 
 __all__ = ["run_demo"]
 
@@ -71,8 +72,9 @@ def run_demo(ratio: float = 0.1, granularity: str = "fine", runs: int = 5, threa
         _say(f"[2/4] pruning {ratio:.0%} of the parameters ({granularity} granularity, angular importance on "
              f"{calib_sequences} x 128 tokens of {'WikiText-2 valid' if calib_arg else 'model-sampled text'})")
         t0 = time.perf_counter()
-        result = prune_file(model_path, pruned_path, ratio, granularity=granularity, importance="angular",
-                            calib=calib_arg, calib_sequences=calib_sequences)
+        config = PruneConfig(ratio=ratio, granularity=granularity, importance="angular",
+                             calibration=Calibration(calib_arg, sequences=calib_sequences))
+        result = prune_file(model_path, pruned_path, config)
         prune_seconds = time.perf_counter() - t0
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads

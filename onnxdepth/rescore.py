@@ -26,15 +26,14 @@ from typing import Callable
 import numpy as np
 import onnx
 
+from .config import RANKINGS
 from .errors import InvalidArgumentError, RatioUnreachableError
 from .prune.session import PruneSession
 from .select import apply_unit
 
-__all__ = ["RESCORE_RANKINGS", "layer_moves", "prune_with_rescoring", "prune_grouped_one_shot"]
+__all__ = ["layer_moves", "prune_with_rescoring", "prune_grouped_one_shot"]
 
 logger = logging.getLogger(__name__)
-
-RESCORE_RANKINGS = ("split", "global", "grouped")
 
 #: A move: (layer index, ((node name of an MLP transform or None for attention, unit id), ...)).
 Move = tuple[int, tuple[tuple[str | None, str], ...]]
@@ -135,8 +134,8 @@ def prune_with_rescoring(model: onnx.ModelProto, session: PruneSession, ratio: f
     SHORTLIST K: after the first round, only the K best moves of the previous ranking are scored again; with
     cross-entropy the first round scores only the 2K best by block-local angular distance per parameter.
     """
-    if ranking not in RESCORE_RANKINGS:
-        raise InvalidArgumentError(f"--ranking {ranking}: expected one of {', '.join(RESCORE_RANKINGS)}")
+    if ranking not in RANKINGS:
+        raise InvalidArgumentError(f"--ranking {ranking}: expected one of {', '.join(RANKINGS)}")
     if every < 1:
         raise InvalidArgumentError(f"--rescore-every {every}: must be at least 1")
     if shortlist is not None and shortlist < 1:

@@ -1,4 +1,5 @@
-"""Selection: Algorithm 9 (iterative, lowest importance first, re-scored after each prune)."""
+"""Selection algorithms over plans and scores: Algorithm 9 (iterative, lowest importance first, re-planned
+after each prune), Algorithm 8's interleaved rankings, one-shot pruning in a given order, Gromov's runs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Callable
 from .errors import InvalidArgumentError, RatioUnreachableError
 from .prune.session import PruneSession, UnitPlan
 
-__all__ = ["RANKINGS", "gromov_order", "prune_to_ratio", "prune_transformer", "algorithm8_order", "prune_one_shot", "ORDERINGS"]
+__all__ = ["algorithm8_order", "apply_unit", "gromov_order", "prune_one_shot", "prune_to_ratio", "prune_transformer"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,6 @@ def prune_to_ratio(session: PruneSession, ratio: float, *, ordering: str = "asce
             on_step(best, reduction)
     return steps
 
-
-ORDERINGS = ("ascending", "descending", "random")
 
 
 def _ordered(plans: list, ordering: str, seed: int) -> list:
@@ -122,8 +121,6 @@ def gromov_order(layer_distances: list[float], n_layers: int) -> list[str]:
     best = min(range(len(layer_distances) - n_layers + 1), key=lambda l: (layer_distances[l][n_layers], l))
     return [f"layer{best + k}.block" for k in range(n_layers)]
 
-
-RANKINGS = ("split", "global")
 
 
 def prune_transformer(session: PruneSession, ratio: float, *, ordering: str = "ascending", seed: int = 0,

@@ -32,9 +32,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import api
+from .config import Calibration, PruneConfig
 from .errors import InvalidArgumentError, OutputWriteError, RatioUnreachableError, VerificationError
 from .eval import tasks
 from .fileio import write_atomic, write_json_atomic
+from .scores import ScoreTable
+from .strategies import strategy_for
 
 __all__ = ["SweepConfig", "parse_ratios", "parse_names", "run_sweep", "read_points", "cnn_methods", "BASELINE",
            "SWEEP_FILE", "POINTS_FILE", "CSV_FILE", "MODELS_DIR", "GRANULARITY_METHODS", "SEARCH_SPACE_METHODS"]
@@ -221,17 +224,17 @@ class _Context:
     prepared: set[str] = field(default_factory=set)  # methods whose models were pruned in one run
 
 
-def _prune_kwargs(ctx: _Context, method: str) -> dict:
+def _prune_config(ctx: _Context, method: str, ratio: float) -> PruneConfig:
+    """The PruneConfig of METHOD's point at RATIO."""
     config = ctx.config
-    kwargs = dict(granularity=method if ctx.transformer else "fine", importance=config.importance,
-                  exclude=config.exclude, input_shapes=config.input_shapes, calib=config.calib,
-                  calib_sequences=config.calib_sequences, calib_length=config.calib_length, seed=config.seed)
-    if method == "reduced":
-        kwargs["search_space"] = "reduced"
-    return kwargs
+    calibration = Calibration(config.calib, config.calib_sequences, config.calib_length, config.seed,
+                              str(ctx.source))
+    return PruneConfig(ratio=ratio, granularity=method if ctx.transformer else "fine", importance=config.importance,
+                       exclude=config.exclude, input_shapes=config.input_shapes, seed=config.seed,
+                       calibration=calibration, search_space="reduced" if method == "reduced" else "full")
 
 
-def _scores(ctx: _Context, method: str, kwargs: dict) -> dict | None:
+def _scores(ctx: _Context, method: str, prune_config: PruneConfig) -> ScoreTable | None:
     """Unit scores of a calibration-data metric (angular), computed once per method for all ratios."""
     from .importance import UNIT_METRICS
 
@@ -239,14 +242,8 @@ def _scores(ctx: _Context, method: str, kwargs: dict) -> dict | None:
         return None
     if method not in ctx.scores:
         from .graph.io import load_model
-        from .prune.session import PruneSession
 
-        model = load_model(ctx.source)
-        session = PruneSession(model, exclude=kwargs["exclude"], input_shapes=kwargs["input_shapes"],
-                               granularity=kwargs["granularity"])
-        ctx.scores[method] = api.score_units(model, session, ctx.config.importance, calib=kwargs["calib"],
-                                             model_path=ctx.source, n_seq=kwargs["calib_sequences"],
-                                             seq_len=kwargs["calib_length"], seed=kwargs["seed"])
+        ctx.scores[method] = api.score_model(load_model(ctx.source), prune_config)
     return ctx.scores[method]
 
 
@@ -254,10 +251,9 @@ def _model_path(ctx: _Context, method: str, ratio: float) -> Path:
     return ctx.out_dir / MODELS_DIR / f"{method}-{ratio:.4f}.onnx"
 
 
-def _is_cached(ctx: _Context, method: str, ratio: float, kwargs: dict) -> bool:
-    return api.cached_plan(ctx.source, _model_path(ctx, method, ratio), ratio, granularity=kwargs["granularity"],
-                           importance=kwargs["importance"],
-                           search_space=kwargs.get("search_space", "full")) is not None
+def _is_cached(ctx: _Context, method: str, ratio: float) -> bool:
+    return api.cached_plan(ctx.source, _model_path(ctx, method, ratio),
+                           _prune_config(ctx, method, ratio)) is not None
 
 
 def _prepare_models(ctx: _Context, method: str, ratios: list[float]) -> None:
@@ -270,15 +266,14 @@ def _prepare_models(ctx: _Context, method: str, ratios: list[float]) -> None:
     """
     from .graph.io import load_model, save_model_atomic
 
-    kwargs = _prune_kwargs(ctx, method)
     pending = sorted(r for r in ratios if 0.0 < r <= ctx.unreachable.get(method, math.inf)
-                     and not _is_cached(ctx, method, r, kwargs))
-    gromov = ctx.transformer and kwargs["granularity"] == "block" and kwargs["importance"] == "angular"
-    if len(pending) < 2 or gromov:
+                     and not _is_cached(ctx, method, r))
+    if len(pending) < 2:
         return
-    scores = _scores(ctx, method, kwargs)
-    if scores is not None:
-        kwargs["scores"] = scores
+    config = _prune_config(ctx, method, pending[-1])
+    if not strategy_for(config, ctx.transformer).prefix_stable:
+        return  # Gromov's contiguous runs: a smaller ratio's run is not a prefix of a larger one's
+    scores = _scores(ctx, method, config)
 
     def save(ratio: float, result: api.PruneResult) -> None:
         out = _model_path(ctx, method, ratio)
@@ -287,8 +282,8 @@ def _prepare_models(ctx: _Context, method: str, ratios: list[float]) -> None:
         write_json_atomic(api.plan_path_for(out), result.plan)
 
     try:
-        final = api.prune_model(load_model(ctx.source), pending[-1], checkpoints=pending[:-1], on_checkpoint=save,
-                                model_path=ctx.source, **kwargs)
+        final = api.prune_model(load_model(ctx.source), config, scores=scores, checkpoints=pending[:-1],
+                                on_checkpoint=save)
         save(pending[-1], final)
     except RatioUnreachableError as exc:  # the checkpoints below the reachable reduction were written
         ctx.unreachable[method] = exc.reachable
@@ -322,13 +317,10 @@ def _run_point(ctx: _Context, method: str, ratio: float) -> dict:
         if ratio > ctx.unreachable.get(method, math.inf):
             return _skipped(method, ratio, ctx.unreachable[method], started)
         out = _model_path(ctx, method, ratio)
-        kwargs = _prune_kwargs(ctx, method)
-        if not _is_cached(ctx, method, ratio, kwargs):
-            scores = _scores(ctx, method, kwargs)
-            if scores is not None:
-                kwargs["scores"] = scores
+        prune_config = _prune_config(ctx, method, ratio)
+        scores = None if _is_cached(ctx, method, ratio) else _scores(ctx, method, prune_config)
         try:
-            path, plan, _ = api.prune_file_cached(ctx.source, out, ratio, **kwargs)
+            path, plan, _ = api.prune_file_cached(ctx.source, out, prune_config, scores=scores)
         except RatioUnreachableError as exc:
             ctx.unreachable[method] = exc.reachable
             return _skipped(method, ratio, exc.reachable, started)

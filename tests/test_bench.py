@@ -8,6 +8,7 @@ import graphs
 import onnx
 import pytest
 
+from onnxdepth.config import PruneConfig
 from onnxdepth import api
 from onnxdepth.bench import bench_models
 from onnxdepth.cli import main
@@ -19,7 +20,7 @@ def two_models(tmp_path):
     original = tmp_path / "a.onnx"
     onnx.save(model, original)
     pruned = tmp_path / "b.onnx"
-    onnx.save(api.prune_model(model, 0.3).model, pruned)
+    onnx.save(api.prune_model(model, PruneConfig(0.3)).model, pruned)
     return original, pruned
 
 

@@ -14,6 +14,7 @@ import pytest
 
 import graphs
 import helpers
+from onnxdepth.config import PruneConfig
 from onnxdepth import api
 from onnxdepth.errors import RatioUnreachableError
 
@@ -223,7 +224,7 @@ def test_bad_input(cli, tmp, model_path, case):
 
 def test_unreachable_ratio_message_gives_the_largest_reduction(cli, model_path, tmp):
     with pytest.raises(RatioUnreachableError) as info:
-        api.prune_model(graphs.build_upsample_concat(), 0.95)
+        api.prune_model(graphs.build_upsample_concat(), PruneConfig(0.95))
     code, _, err = cli("prune", model_path, tmp / "out.onnx", "--ratio", "0.95", "--json")
     assert code == 3
     assert f"largest reachable reduction is {info.value.reachable:.4f}" in err
@@ -270,7 +271,7 @@ def test_temp_file_creation_failure_is_an_output_write_error(monkeypatch, model_
 
     monkeypatch.setattr(io.tempfile, "mkstemp", failing_mkstemp)
     with pytest.raises(OutputWriteError):
-        api.prune_file(model_path, tmp / "out.onnx", 0.2)
+        api.prune_file(model_path, tmp / "out.onnx", PruneConfig(0.2))
 
 
 # -- real processes ---------------------------------------------------------------------------------------

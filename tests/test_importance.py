@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import types
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -30,12 +31,14 @@ import graphs  # noqa: E402
 from onnxdepth.api import prune_model, score_units  # noqa: E402
 from onnxdepth.calibration import calibration_tokens, saved_calibration_tokens  # noqa: E402
 from onnxdepth.cli import main  # noqa: E402
+from onnxdepth.config import Calibration, PruneConfig  # noqa: E402
 from onnxdepth.errors import InvalidArgumentError, UnsupportedModelError  # noqa: E402
 from onnxdepth.export.hf import export_hf  # noqa: E402
 from onnxdepth.graph.extract import with_extra_outputs  # noqa: E402
 from onnxdepth.importance.angular import (angular_distance, angular_scores, layer_boundaries,  # noqa: E402
                                           model_feeds)
 from onnxdepth.prune.session import PruneSession  # noqa: E402
+from onnxdepth.scores import ScoreTable  # noqa: E402
 from onnxdepth.select import algorithm8_order, gromov_order  # noqa: E402
 from tiny_hf import save_tiny_llama  # noqa: E402
 
@@ -86,6 +89,11 @@ def tiny(tmp_path_factory) -> types.SimpleNamespace:
     np.savez(npz, input_ids=tokens)
     return types.SimpleNamespace(root=root, path=path, model=onnx.load(str(path)), tokenizer=tokenizer,
                                  tokens=tokens, npz=npz)
+
+
+def _calibration(tiny) -> Calibration:
+    """The tiny model's saved calibration windows."""
+    return Calibration(str(tiny.npz), N_SEQ, SEQ_LEN, model_path=tiny.path)
 
 
 @pytest.fixture(scope="module")
@@ -176,9 +184,7 @@ def test_sublayer_scores_equal_whole_model(tiny, fine_scores):
 
 def test_block_scores_equal_whole_model_and_layer_io_distance(tiny):
     session = PruneSession(tiny.model, granularity="block")
-    scores = score_units(tiny.model, session, "angular", calib=str(tiny.npz), model_path=tiny.path,
-                         n_seq=N_SEQ, seq_len=SEQ_LEN)
-    block = {k: v for k, v in scores.items() if not k.startswith("__")}
+    block = score_units(tiny.model, session, "angular", _calibration(tiny)).units
     assert list(block) == UNIT_IDS["block"]
     whole = _whole_model_scores(tiny.model, "block", tiny.tokens)
     boundaries = layer_boundaries(session)
@@ -195,11 +201,10 @@ def test_block_scores_equal_whole_model_and_layer_io_distance(tiny):
 
 
 def test_block_gromov_table_is_run_distances(tiny):
-    """score_units(block)['__gromov__'][l][n] = distance(input of layer l, output of layer l+n-1)."""
+    """score_units(block).run_table(L)[l][n] = distance(input of layer l, output of layer l+n-1)."""
     session = PruneSession(tiny.model, granularity="block")
-    scores = score_units(tiny.model, session, "angular", calib=str(tiny.npz), model_path=tiny.path,
-                         n_seq=N_SEQ, seq_len=SEQ_LEN)
-    table = scores["__gromov__"]
+    scores = score_units(tiny.model, session, "angular", _calibration(tiny))
+    table = scores.run_table(LAYERS)
     boundaries = layer_boundaries(session)
     points = [b[0] for b in boundaries] + [boundaries[-1][1]]
     reference = _run_with(tiny.model, points, tiny.tokens)
@@ -209,7 +214,7 @@ def test_block_gromov_table_is_run_distances(tiny):
         for n in range(1, LAYERS - l + 1):
             expected = float(angular_distance(reference[points[l]], reference[points[l + n]]).mean())
             assert table[l][n] == pytest.approx(expected, abs=1e-9), (l, n)
-        assert table[l][1] == pytest.approx(scores[f"layer{l}.block"], abs=1e-12)
+        assert table[l][1] == pytest.approx(scores.units[f"layer{l}.block"], abs=1e-12)
 
 
 # -- 2. range and determinism --------------------------------------------------------------------------
@@ -279,27 +284,28 @@ def _block_ratio_for_two_layers(model: onnx.ModelProto) -> float:
 # Hand-made block scores: single layers rank layer2 < layer0 < layer1 (so a plain ranking takes the
 # non-contiguous {0, 2}), while the run of two starting at layer 0 is the closest.
 HAND_TABLE = [[0.0, 0.10, 0.20, 0.90], [0.0, 0.80, 0.70], [0.0, 0.05]]
-HAND_SCORES = {"layer0.block": 0.10, "layer1.block": 0.80, "layer2.block": 0.05, "__gromov__": HAND_TABLE}
+HAND_UNITS = {"layer0.block": 0.10, "layer1.block": 0.80, "layer2.block": 0.05}
+HAND_SCORES = ScoreTable.from_run_table(HAND_UNITS, HAND_TABLE)
 
 
 def test_prune_model_block_angular_prunes_a_contiguous_run(tiny):
     ratio = _block_ratio_for_two_layers(tiny.model)
-    gromov = prune_model(tiny.model, ratio, granularity="block", importance="angular", scores=dict(HAND_SCORES))
+    gromov = prune_model(tiny.model, PruneConfig(ratio, granularity="block", importance="angular"), scores=HAND_SCORES)
     assert gromov.pruned_units == ["layer0.block", "layer1.block"]
     assert gromov.reduction >= ratio
-    ranking = prune_model(tiny.model, ratio, granularity="block", importance="angular", scores=dict(HAND_SCORES),
-                          block_choice="ranking")
+    ranking = prune_model(tiny.model, PruneConfig(ratio, granularity="block", importance="angular",
+                                                  block_choice="ranking"), scores=HAND_SCORES)
     assert ranking.pruned_units == ["layer2.block", "layer0.block"]
 
 
 def test_prune_model_block_angular_on_calibration_data(tiny):
     ratio = _block_ratio_for_two_layers(tiny.model)
-    result = prune_model(tiny.model, ratio, granularity="block", importance="angular", calib=str(tiny.npz),
-                         model_path=tiny.path, calib_sequences=N_SEQ, calib_length=SEQ_LEN)
+    result = prune_model(tiny.model, PruneConfig(ratio, granularity="block", importance="angular",
+                                                 calibration=_calibration(tiny)))
     layers = sorted(int(u.split(".")[0].removeprefix("layer")) for u in result.pruned_units)
     assert len(layers) == 2 and layers[1] == layers[0] + 1, result.pruned_units
-    table = score_units(tiny.model, PruneSession(tiny.model, granularity="block"), "angular",
-                        calib=str(tiny.npz), model_path=tiny.path, n_seq=N_SEQ, seq_len=SEQ_LEN)["__gromov__"]
+    scores = score_units(tiny.model, PruneSession(tiny.model, granularity="block"), "angular", _calibration(tiny))
+    table = scores.run_table(LAYERS)
     assert result.pruned_units == gromov_order(table, 2)
 
 
@@ -307,12 +313,12 @@ def test_prune_model_block_gromov_with_plain_scores(tiny):
     """Single-layer scores do not say which runs of layers are close: Gromov refuses, ranking works."""
     from onnxdepth.errors import InvalidArgumentError
 
-    scores = {k: v for k, v in HAND_SCORES.items() if not k.startswith("__")}
+    scores = ScoreTable(dict(HAND_UNITS))
     ratio = _block_ratio_for_two_layers(tiny.model)
     with pytest.raises(InvalidArgumentError, match="block-choice ranking"):
-        prune_model(tiny.model, ratio, granularity="block", importance="angular", scores=scores)
-    result = prune_model(tiny.model, ratio, granularity="block", importance="angular", scores=scores,
-                         block_choice="ranking")
+        prune_model(tiny.model, PruneConfig(ratio, granularity="block", importance="angular"), scores=scores)
+    result = prune_model(tiny.model, PruneConfig(ratio, granularity="block", importance="angular",
+                                                 block_choice="ranking"), scores=scores)
     assert len(result.pruned_units) == 2
 
 
@@ -429,9 +435,9 @@ def test_calibration_default_samples_from_the_model(tiny, caplog):
 
 def test_default_calibration_feeds_angular_scores(tiny):
     session = PruneSession(tiny.model)
-    a = score_units(tiny.model, session, "angular", model_path=tiny.path, n_seq=2, seq_len=8, seed=0)
-    b = score_units(tiny.model, session, "angular", model_path=tiny.path, n_seq=2, seq_len=8, seed=0)
-    assert a == b and list(a) == UNIT_IDS["fine"]
+    a = score_units(tiny.model, session, "angular", Calibration(model_path=tiny.path, sequences=2, length=8, seed=0))
+    b = score_units(tiny.model, session, "angular", Calibration(model_path=tiny.path, sequences=2, length=8, seed=0))
+    assert a == b and list(a.units) == UNIT_IDS["fine"]
 
 
 # -- 5. CLI --------------------------------------------------------------------------------------------
@@ -584,10 +590,9 @@ def test_rescore_every_reaches_the_ratio_and_matches_one_shot_first_round(tiny, 
     """--rescore-every N: the first N units are those of the one-shot order; the result is valid."""
     from onnxdepth.verify import verify_model
 
-    kwargs = dict(granularity="fine", importance="angular", calib=str(tiny.npz), model_path=tiny.path,
-                  calib_sequences=N_SEQ, calib_length=SEQ_LEN)
-    one_shot = prune_model(tiny.model, 0.3, **kwargs)
-    rescored = prune_model(tiny.model, 0.3, rescore_every=2, **kwargs)
+    config = PruneConfig(0.3, granularity="fine", importance="angular", calibration=_calibration(tiny))
+    one_shot = prune_model(tiny.model, config)
+    rescored = prune_model(tiny.model, replace(config, rescore_every=2))
     assert rescored.reduction >= 0.3
     assert rescored.pruned_units[:2] == one_shot.pruned_units[:2]
     assert rescored.plan["rescore_every"] == 2

@@ -9,6 +9,7 @@ model in transformers/PyTorch, so a unit's Taylor score equals sum (dE/dW * W)^2
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -22,6 +23,7 @@ pytest.importorskip("onnx2torch")
 import onnxruntime as ort  # noqa: E402
 
 from onnxdepth.api import prune_model, score_units  # noqa: E402
+from onnxdepth.config import Calibration, PruneConfig  # noqa: E402
 from onnxdepth.importance.taylor_calibration import attach_lm_taylor  # noqa: E402
 from onnxdepth.errors import UnsupportedModelError  # noqa: E402
 from onnxdepth.importance.angular import model_feeds  # noqa: E402
@@ -29,7 +31,7 @@ from onnxdepth.importance.cross_entropy import (CE_OUTPUT, REFERENCE_INPUT, cros
                                                 cross_entropy_scores, log_softmax, with_cross_entropy)
 from onnxdepth.importance.taylor import TaylorLMScores  # noqa: E402
 from onnxdepth.prune.session import PruneSession  # noqa: E402
-from test_importance import LAYERS, N_SEQ, SEQ_LEN, UNIT_IDS, tiny  # noqa: E402,F401
+from test_importance import LAYERS, N_SEQ, SEQ_LEN, UNIT_IDS, _calibration, tiny  # noqa: E402,F401
 
 import graphs  # noqa: E402
 
@@ -100,12 +102,10 @@ def test_cross_entropy_scores_equal_whole_model(tiny, granularity):
 
 def test_cross_entropy_through_score_units_and_prune(tiny):
     session = PruneSession(tiny.model)
-    scores = score_units(tiny.model, session, "cross_entropy", calib=str(tiny.npz), model_path=tiny.path,
-                         n_seq=N_SEQ, seq_len=SEQ_LEN)
+    scores = score_units(tiny.model, session, "cross_entropy", _calibration(tiny))
     direct = cross_entropy_scores(tiny.model, PruneSession(tiny.model), tiny.tokens, progress=False)
-    assert scores == pytest.approx(direct, rel=1e-6)
-    result = prune_model(tiny.model, 0.2, importance="cross_entropy", calib=str(tiny.npz), model_path=tiny.path,
-                         calib_sequences=N_SEQ, calib_length=SEQ_LEN)
+    assert scores.units == pytest.approx(direct, rel=1e-6)
+    result = prune_model(tiny.model, PruneConfig(0.2, importance="cross_entropy", calibration=_calibration(tiny)))
     assert result.reduction >= 0.2 and result.plan["importance"] == "cross_entropy"
 
 
@@ -155,11 +155,10 @@ def test_taylor_lm_scores_equal_pytorch_gradients(tiny):
 
 
 def test_prune_and_score_with_taylor_on_a_transformer(tiny, cli, tmp_path):
-    result = prune_model(tiny.model, 0.2, importance="taylor", calib=str(tiny.npz), model_path=tiny.path,
-                         calib_sequences=N_SEQ, calib_length=SEQ_LEN)
+    result = prune_model(tiny.model, PruneConfig(0.2, importance="taylor", calibration=_calibration(tiny)))
     assert result.reduction >= 0.2 and result.plan["importance"] == "taylor"
     session = PruneSession(tiny.model)
-    attach_lm_taylor(tiny.model, session, calib=str(tiny.npz), model_path=tiny.path, n_seq=N_SEQ, seq_len=SEQ_LEN)
+    attach_lm_taylor(tiny.model, session, _calibration(tiny))
     lowest = min(session.prunable_plans(), key=lambda p: (p.score, p.unit_id))
     out = tmp_path / "scores.csv"
     code, _, err = cli("score", tiny.path, "--importance", "taylor", "--calib", tiny.npz, "--calib-sequences",
@@ -224,18 +223,17 @@ def test_taylor_on_a_detector_uses_the_calibration_folder(tmp_path, monkeypatch)
     model = graphs.build_residual()
     session = PruneSession(model)
     shape = next(iter(session.input_shapes.values()))  # [1, 3, 16, 16]
-    taylor_calibration.taylor_refresh(model, session, None, str(tmp_path))(session)
+    taylor_calibration.taylor_refresh(model, session, Calibration(str(tmp_path)))(session)
     assert seen["images"].shape == (1, 3, shape[2], shape[2])
     assert seen["images"][0, 0].max() == pytest.approx(1.0)
 
 
 def test_cross_entropy_rescoring(tiny):
     """--rescore-every with cross-entropy: one long round is the one-shot method; short rounds reach the ratio."""
-    kwargs = dict(granularity="fine", importance="cross_entropy", calib=str(tiny.npz), model_path=tiny.path,
-                  calib_sequences=N_SEQ, calib_length=SEQ_LEN)
-    one_shot = prune_model(tiny.model, 0.3, **kwargs)
-    one_round = prune_model(tiny.model, 0.3, rescore_every=100, **kwargs)
+    config = PruneConfig(0.3, granularity="fine", importance="cross_entropy", calibration=_calibration(tiny))
+    one_shot = prune_model(tiny.model, config)
+    one_round = prune_model(tiny.model, replace(config, rescore_every=100))
     assert one_round.pruned_units == one_shot.pruned_units
-    greedy = prune_model(tiny.model, 0.3, rescore_every=1, **kwargs)
+    greedy = prune_model(tiny.model, replace(config, rescore_every=1))
     assert greedy.reduction >= 0.3 and greedy.pruned_units[0] == one_shot.pruned_units[0]
     assert greedy.plan["rescore_every"] == 1 and greedy.plan["importance"] == "cross_entropy"

@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from onnxdepth.config import PruneConfig
 from onnxdepth import api, models_zoo
 from onnxdepth.importance import taylor_calibration
 from onnxdepth.export.ultralytics import export_ultralytics
@@ -54,7 +55,7 @@ def test_yolov5n_units(yolov5n):
 
 
 def test_yolov5n_prune_02(yolov5n):
-    result = api.prune_model(yolov5n, 0.2)
+    result = api.prune_model(yolov5n, PruneConfig(0.2))
     assert result.reduction >= 0.2
     assert result.params_before == count_params_proto(yolov5n)
     assert result.params_after == count_params_proto(result.model)
@@ -75,7 +76,7 @@ def test_nudenet_units(nudenet):
 
 
 def test_nudenet_prune_01(nudenet):
-    result = api.prune_model(nudenet, 0.1, input_shapes=NUDENET_SHAPES)
+    result = api.prune_model(nudenet, PruneConfig(0.1, input_shapes=NUDENET_SHAPES))
     assert result.reduction >= 0.1
     assert result.params_after == count_params_proto(result.model)
     outputs = verify_model(result.model, nudenet, NUDENET_SHAPES)
@@ -101,7 +102,7 @@ def test_taylor_importance_on_nudenet(monkeypatch):
     images = reference_images(6, 320, seed=1)
     maps = {}
     for ordering in ("ascending", "descending"):
-        result = api.prune_model(model, 0.05, importance="taylor", ordering=ordering, input_shapes=shapes)
+        result = api.prune_model(model, PruneConfig(0.05, importance="taylor", ordering=ordering, input_shapes=shapes))
         assert result.reduction >= 0.05
         session = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
         maps[ordering] = fidelity_map(session, str(src), images, threads=1)["map50"]

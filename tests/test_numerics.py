@@ -10,6 +10,7 @@ import pytest
 
 import graphs
 import helpers
+from onnxdepth.config import PruneConfig
 from onnxdepth import api
 from onnxdepth.params import count_params_proto
 from onnxdepth.prune.session import PruneSession
@@ -17,7 +18,7 @@ from onnxdepth.prune.session import PruneSession
 # -- ratio 0 ----------------------------------------------------------------------------------------------
 
 def test_ratio_zero_is_bit_identical(model):
-    result = api.prune_model(model, 0.0)
+    result = api.prune_model(model, PruneConfig(0.0))
     assert result.pruned_units == []
     assert result.params_after == result.params_before == count_params_proto(model)
     assert result.reduction == 0.0

@@ -10,6 +10,7 @@ import pytest
 
 import graphs
 import helpers
+from onnxdepth.config import PruneConfig
 from onnxdepth import api
 from onnxdepth.errors import InvalidArgumentError, RatioUnreachableError
 from onnxdepth.params import count_params_proto
@@ -29,7 +30,7 @@ def _plan(model: onnx.ModelProto) -> dict:
 @pytest.mark.parametrize("ratio", [0.1, 0.2, 0.3])
 def test_prune_to_ratio(family, model, ratio):
     before = count_params_proto(model)
-    result = api.prune_model(model, ratio)
+    result = api.prune_model(model, PruneConfig(ratio))
 
     assert result.reduction >= ratio
     assert result.params_before == before
@@ -59,9 +60,9 @@ def test_prune_to_ratio(family, model, ratio):
 @pytest.mark.parametrize("ratio", [0.1, 0.3])
 def test_each_step_is_needed(family, model, ratio):
     """Algorithm 9 stops as soon as the ratio is reached: without its last step it was still short."""
-    result = api.prune_model(model, ratio)
+    result = api.prune_model(model, PruneConfig(ratio))
     steps = []
-    api.prune_model(model, ratio, verify=False, on_step=lambda plan, reduction: steps.append(reduction))
+    api.prune_model(model, PruneConfig(ratio, verify=False), on_step=lambda plan, reduction: steps.append(reduction))
     assert len(steps) == len(result.pruned_units)
     assert steps[-1] == pytest.approx(result.reduction)
     assert all(r < ratio for r in steps[:-1])
@@ -76,22 +77,22 @@ def _structure(model: onnx.ModelProto) -> list:
 
 
 def test_prune_is_deterministic(model):
-    a = api.prune_model(model, 0.2)
-    b = api.prune_model(model, 0.2)
+    a = api.prune_model(model, PruneConfig(0.2))
+    b = api.prune_model(model, PruneConfig(0.2))
     assert a.pruned_units == b.pruned_units
     assert _structure(a.model) == _structure(b.model)
 
 
 def test_prune_is_byte_identical_when_repeated():
     model = graphs.build_concat()
-    a = api.prune_model(model, 0.2)
-    b = api.prune_model(model, 0.2)
+    a = api.prune_model(model, PruneConfig(0.2))
+    b = api.prune_model(model, PruneConfig(0.2))
     assert a.model.SerializeToString() == b.model.SerializeToString()
 
 
 def test_prune_does_not_modify_the_input(model):
     before = model.SerializeToString()
-    api.prune_model(model, 0.3)
+    api.prune_model(model, PruneConfig(0.3))
     assert model.SerializeToString() == before
 
 
@@ -99,7 +100,7 @@ def test_prune_does_not_modify_the_input(model):
 def test_unreachable_ratio_095(name):
     model = graphs.FAMILIES[name]()
     with pytest.raises(RatioUnreachableError, match="largest reachable reduction") as info:
-        api.prune_model(model, 0.95)
+        api.prune_model(model, PruneConfig(0.95))
     assert 0.0 < info.value.reachable < 0.95
     assert f"{info.value.reachable:.4f}" in str(info.value)
 
@@ -107,10 +108,10 @@ def test_unreachable_ratio_095(name):
 def test_unreachable_ratio_reports_what_is_reachable(model):
     """.reachable is what pruning everything prunable gives: asking for exactly that succeeds."""
     with pytest.raises(RatioUnreachableError) as info:
-        api.prune_model(model, 0.999)
+        api.prune_model(model, PruneConfig(0.999))
     reachable = info.value.reachable
     assert 0.0 < reachable < 0.999
-    result = api.prune_model(model, reachable)
+    result = api.prune_model(model, PruneConfig(reachable))
     assert result.reduction == pytest.approx(reachable, abs=1e-12)
     assert result.model.graph.node  # still a model
 
@@ -118,20 +119,20 @@ def test_unreachable_ratio_reports_what_is_reachable(model):
 @pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5])
 def test_invalid_ratio(ratio):
     with pytest.raises(InvalidArgumentError, match="must be in"):
-        api.prune_model(graphs.build_mlp(), ratio)
+        api.prune_model(graphs.build_mlp(), PruneConfig(ratio))
 
 
 @pytest.mark.parametrize("metric, message", [("cross_entropy", "needs a transformer"), ("angular", "needs a transformer"),
                                              ("nonsense", "unknown")])
 def test_unsupported_importance(metric, message):
     with pytest.raises(InvalidArgumentError, match=message):
-        api.prune_model(graphs.build_mlp(), 0.2, importance=metric)
+        api.prune_model(graphs.build_mlp(), PruneConfig(0.2, importance=metric))
 
 
 def test_exclude_is_honoured_by_selection():
     model = graphs.build_residual()
-    first = api.prune_model(model, 0.1).pruned_units[0]
-    result = api.prune_model(model, 0.1, exclude=f"^{first}$")
+    first = api.prune_model(model, PruneConfig(0.1)).pruned_units[0]
+    result = api.prune_model(model, PruneConfig(0.1, exclude=f"^{first}$"))
     assert first not in result.pruned_units
     assert result.reduction >= 0.1
     assert _plan(result.model)["exclude"] == f"^{first}$"
@@ -141,11 +142,11 @@ def test_exclude_is_honoured_by_selection():
 def test_cnn_orderings_for_ablation(ordering):
     """Algorithm 9 with line 7 picking the highest-scoring or a random unit (Table 4.5's ablation)."""
     model = graphs.FAMILIES["residual"]()
-    ascending = api.prune_model(model, 0.3)
-    other = api.prune_model(model, 0.3, ordering=ordering, seed=1)
+    ascending = api.prune_model(model, PruneConfig(0.3))
+    other = api.prune_model(model, PruneConfig(0.3, ordering=ordering, seed=1))
     assert other.reduction >= 0.3
     assert other.pruned_units != ascending.pruned_units
-    again = api.prune_model(model, 0.3, ordering=ordering, seed=1)
+    again = api.prune_model(model, PruneConfig(0.3, ordering=ordering, seed=1))
     assert again.pruned_units == other.pruned_units  # reproducible
 
 
@@ -154,7 +155,7 @@ def test_descending_prunes_the_highest_score_first():
 
     model = graphs.FAMILIES["residual"]()
     plans = PruneSession(model).prunable_plans()
-    result = api.prune_model(model, 0.01, ordering="descending")
+    result = api.prune_model(model, PruneConfig(0.01, ordering="descending"))
     assert result.pruned_units[0] == max(plans, key=lambda p: (p.score, p.unit_id)).unit_id
 
 
@@ -167,11 +168,12 @@ def test_checkpoints_equal_separate_runs():
 
     model = graphs.build_residual()
     seen = {}
-    final = prune_model(model, 0.5, checkpoints=[0.1, 0.3], on_checkpoint=lambda r, res: seen.setdefault(r, res))
+    final = prune_model(model, PruneConfig(0.5), checkpoints=[0.1, 0.3],
+                        on_checkpoint=lambda r, res: seen.setdefault(r, res))
     assert sorted(seen) == [0.1, 0.3]
     x = np.random.default_rng(0).random((1, 3, 16, 16), dtype=np.float32)
     for ratio, result in seen.items():
-        alone = prune_model(model, ratio)
+        alone = prune_model(model, PruneConfig(ratio))
         assert result.pruned_units == alone.pruned_units and result.reduction >= ratio
         assert result.plan["ratio"] == ratio and result.plan["steps"] == alone.plan["steps"]
         run = [ort.InferenceSession(m.model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -193,7 +195,7 @@ def test_reduced_search_space_prunes_only_channel_keeping_units():
         assert not reduced[uid].prunable and "reduced search space" in reduced[uid].excluded_reason
     assert {uid for uid, u in reduced.items() if u.prunable} == {uid for uid, u in full.items()
                                                                   if u.prunable and not u.changes_channels}
-    result = api.prune_model(model, 0.2, search_space="reduced")
+    result = api.prune_model(model, PruneConfig(0.2, search_space="reduced"))
     assert result.plan["search_space"] == "reduced" and not set(result.pruned_units) & changing
     assert all(step["removed_channels"] == 0 for step in result.plan["steps"])
     with pytest.raises(InvalidArgumentError, match="--search-space"):

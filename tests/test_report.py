@@ -13,6 +13,7 @@ import graphs
 import onnx
 import pytest
 
+from onnxdepth.config import PruneConfig
 from onnxdepth import api
 from onnxdepth.bench import bench_models
 from onnxdepth.unitgrid import KINDS, unit_grid
@@ -50,7 +51,7 @@ def pruned_llama(tmp_path_factory):
 
     model, _ = tiny_llama_lm(tmp_path_factory)
     out = tmp_path_factory.mktemp("report_llama") / "llama-fine-0.5.onnx"
-    api.prune_file(model, out, 0.5, granularity="fine")
+    api.prune_file(model, out, PruneConfig(0.5, granularity="fine"))
     return out
 
 
@@ -59,7 +60,7 @@ def bench_json(tmp_path):
     model = graphs.build_residual()
     paths = [tmp_path / "a.onnx", tmp_path / "b.onnx"]
     onnx.save(model, str(paths[0]))
-    onnx.save(api.prune_model(model, 0.3).model, str(paths[1]))
+    onnx.save(api.prune_model(model, PruneConfig(0.3)).model, str(paths[1]))
     rows = bench_models([str(p) for p in paths], runs=2, warmup=0)
     path = tmp_path / "bench.json"
     path.write_text(json.dumps([r.to_json() for r in rows]))

@@ -18,20 +18,22 @@ pytest.importorskip("optimum.exporters.onnx")
 
 from onnxdepth.api import prune_model, replay_plan, score_units  # noqa: E402
 from onnxdepth.calibration import calibration_tokens  # noqa: E402
+from onnxdepth.config import Calibration, PruneConfig  # noqa: E402
 from onnxdepth.errors import InvalidArgumentError  # noqa: E402
 from onnxdepth.importance.angular import _mean_distance, cache_layers, layer_boundaries, score_moves  # noqa: E402
 from onnxdepth.importance.cross_entropy import chained_measure, reference_distribution  # noqa: E402
 from onnxdepth.prune.session import PruneSession  # noqa: E402
 from onnxdepth.rescore import layer_moves  # noqa: E402
+from onnxdepth.scores import ScoreTable  # noqa: E402
 from onnxdepth.verify import verify_model  # noqa: E402
 from test_importance import LAYERS, N_SEQ, SEQ_LEN, tiny  # noqa: E402,F401
 
 SHAPES = {"input_ids": (1, 8), "attention_mask": (1, 8), "position_ids": (1, 8)}
 
 
-def _kwargs(tiny, importance: str = "angular") -> dict:  # noqa: F811
-    return dict(granularity="fine", importance=importance, calib=str(tiny.npz), model_path=tiny.path,
-                calib_sequences=N_SEQ, calib_length=SEQ_LEN)
+def _config(tiny, ratio: float, importance: str = "angular", **options) -> PruneConfig:  # noqa: F811
+    calibration = Calibration(str(tiny.npz), N_SEQ, SEQ_LEN, model_path=tiny.path)
+    return PruneConfig(ratio, **{"granularity": "fine", "importance": importance, **options}, calibration=calibration)
 
 
 def _tokens(tiny):  # noqa: F811
@@ -74,8 +76,8 @@ def test_whole_layer_move_is_the_identity(tiny):  # noqa: F811
         assert expected > 1e-3  # the check has teeth: the layers do change their input
     measure = chained_measure(reference_distribution(tiny.model, boundaries, tokens))
     ce = score_moves(tiny.model, boundaries, moves, tokens, measure=measure)
-    block = score_units(tiny.model, PruneSession(tiny.model, granularity="block"), "cross_entropy",
-                        calib=str(tiny.npz), model_path=tiny.path, n_seq=N_SEQ, seq_len=SEQ_LEN)
+    calibration = Calibration(str(tiny.npz), N_SEQ, SEQ_LEN, model_path=tiny.path)
+    block = score_units(tiny.model, PruneSession(tiny.model, granularity="block"), "cross_entropy", calibration).units
     for l in range(LAYERS):
         assert ce[f"layer{l}.block"].score == pytest.approx(block[f"layer{l}.block"], rel=1e-4)
         # The unpruned model's CE to itself is its entropy: every move adds damage to it.
@@ -97,7 +99,7 @@ def test_move_parameters_are_what_the_whole_model_loses(tiny):  # noqa: F811
 
 @pytest.mark.parametrize("importance", ["angular", "cross_entropy"])
 def test_grouped_one_shot_reaches_the_ratio_and_replays(tiny, importance):  # noqa: F811
-    result = prune_model(tiny.model, 0.3, ranking="grouped", **_kwargs(tiny, importance))
+    result = prune_model(tiny.model, _config(tiny, 0.3, importance, ranking="grouped"))
     assert result.reduction >= 0.3
     assert result.plan["ranking"] == "grouped"
     verify_model(result.model, tiny.model, SHAPES)
@@ -107,10 +109,10 @@ def test_grouped_one_shot_reaches_the_ratio_and_replays(tiny, importance):  # no
 
 
 def test_grouped_greedy_first_move_is_the_one_shot_first_move(tiny):  # noqa: F811
-    kwargs = _kwargs(tiny, "cross_entropy")
-    one_shot = prune_model(tiny.model, 0.3, ranking="grouped", **kwargs)
-    greedy = prune_model(tiny.model, 0.3, ranking="grouped", rescore_every=1, **kwargs)
-    lazy = prune_model(tiny.model, 0.3, ranking="grouped", rescore_every=1, shortlist=3, **kwargs)
+    one_shot = prune_model(tiny.model, _config(tiny, 0.3, "cross_entropy", ranking="grouped"))
+    greedy = prune_model(tiny.model, _config(tiny, 0.3, "cross_entropy", ranking="grouped", rescore_every=1))
+    lazy = prune_model(tiny.model, _config(tiny, 0.3, "cross_entropy", ranking="grouped", rescore_every=1,
+                                           shortlist=3))
     for result in (greedy, lazy):
         assert result.reduction >= 0.3
         verify_model(result.model, tiny.model, SHAPES)
@@ -120,17 +122,17 @@ def test_grouped_greedy_first_move_is_the_one_shot_first_move(tiny):  # noqa: F8
 
 def test_grouped_and_shortlist_refuse_what_they_cannot_do(tiny):  # noqa: F811
     with pytest.raises(InvalidArgumentError, match="--ranking grouped needs --importance angular or cross_entropy"):
-        prune_model(tiny.model, 0.3, ranking="grouped", **{**_kwargs(tiny), "importance": "magnitude"})
+        prune_model(tiny.model, _config(tiny, 0.3, "magnitude", ranking="grouped"))
     with pytest.raises(InvalidArgumentError, match="--rescore-every 0: must be at least 1"):
-        prune_model(tiny.model, 0.3, rescore_every=0, **_kwargs(tiny))
+        prune_model(tiny.model, _config(tiny, 0.3, rescore_every=0))
     with pytest.raises(InvalidArgumentError, match="--shortlist 0: must be at least 1"):
-        prune_model(tiny.model, 0.3, rescore_every=1, shortlist=0, **_kwargs(tiny))
+        prune_model(tiny.model, _config(tiny, 0.3, rescore_every=1, shortlist=0))
     with pytest.raises(InvalidArgumentError, match="--shortlist only applies with --rescore-every"):
-        prune_model(tiny.model, 0.3, shortlist=2, **_kwargs(tiny))
+        prune_model(tiny.model, _config(tiny, 0.3, shortlist=2))
     with pytest.raises(InvalidArgumentError, match="a --scores table cannot be reused"):
-        prune_model(tiny.model, 0.3, ranking="grouped", scores={"layer0.attention": 1.0}, **_kwargs(tiny))
+        prune_model(tiny.model, _config(tiny, 0.3, ranking="grouped"), scores=ScoreTable({"layer0.attention": 1.0}))
     with pytest.raises(InvalidArgumentError, match="--ranking grouped needs"):
-        prune_model(tiny.model, 0.3, ranking="grouped", **{**_kwargs(tiny), "granularity": "block"})
+        prune_model(tiny.model, _config(tiny, 0.3, ranking="grouped", granularity="block"))
 
 
 def test_cli_grouped_and_errors(cli, tiny, tmp_path):  # noqa: F811
@@ -165,7 +167,7 @@ def test_end_game_takes_the_least_damaging_finishing_move(tiny):  # noqa: F811
     least = min(scored, key=lambda m: (scored[m].score, m))
     smallest = min(s.params_removed for s in scored.values())
     ratio = 0.5 * smallest / session.params_before
-    result = prune_model(tiny.model, ratio, ranking="grouped", **_kwargs(tiny))
+    result = prune_model(tiny.model, _config(tiny, ratio, ranking="grouped"))
     assert result.pruned_units == [u for _, u in moves[least][1]]
 
 
@@ -182,8 +184,8 @@ def test_shortlist_scores_fewer_moves(tiny, monkeypatch):  # noqa: F811
         return real(model, boundaries, moves, tokens, **kwargs)
 
     monkeypatch.setattr(angular, "score_moves", recording)
-    result = prune_model(tiny.model, 0.5, ranking="grouped", rescore_every=1, shortlist=3,
-                         **_kwargs(tiny, "cross_entropy"))
+    result = prune_model(tiny.model, _config(tiny, 0.5, "cross_entropy", ranking="grouped", rescore_every=1,
+                                             shortlist=3))
     assert result.reduction >= 0.5
     assert calls[0] == (LAYERS * 6, True) and calls[1] == (6, False)
     assert len(calls) > 2 and all(n <= 3 and not is_angular for n, is_angular in calls[2:])

@@ -57,9 +57,9 @@ def prune_calls(monkeypatch):
     calls = []
     real = api.prune_model
 
-    def counting(model, ratio, **kwargs):
-        calls.append(ratio)
-        return real(model, ratio, **kwargs)
+    def counting(model, config, **kwargs):
+        calls.append(config.ratio)
+        return real(model, config, **kwargs)
 
     monkeypatch.setattr(api, "prune_model", counting)
     return calls

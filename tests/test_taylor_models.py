@@ -20,6 +20,7 @@ pytest.importorskip("onnx2torch")
 
 import onnxruntime as ort  # noqa: E402
 
+from onnxdepth.config import Calibration, PruneConfig  # noqa: E402
 from onnxdepth import api  # noqa: E402
 from onnxdepth.importance import taylor_calibration  # noqa: E402
 from onnxdepth.calibration import (  # noqa: E402
@@ -202,7 +203,7 @@ def test_rec_taylor(rec, sidecars, monkeypatch):
     _matches_ort(rec, calibration_ocr_lines(None, count=1)[0])
     monkeypatch.setattr(taylor_calibration, "TAYLOR_LINES", 2)
     # Attention blocks (the SVTR neck): scored once, on the unpruned model, like the other transformers.
-    result = api.prune_model(rec, 0.03, importance="taylor")
+    result = api.prune_model(rec, PruneConfig(0.03, importance="taylor"))
     assert result.reduction >= 0.03 and result.plan["importance"] == "taylor"
     (sidecar,) = sidecars
     assert sidecar.kind == "ctc_probs" and len(sidecar.batches) == 1  # 2 lines 320 px wide: one batch
@@ -216,7 +217,7 @@ def test_det_taylor(det, det_calib, sidecars, monkeypatch):
     monkeypatch.setattr(taylor_calibration, "TAYLOR_PAGES", 2)
     steps = []
     # One Conv unit of the detector is 1.7 % of its parameters: Algorithm 9 refreshes once, on the unpruned model.
-    result = api.prune_model(det, 0.015, importance="taylor", calib=str(det_calib),
+    result = api.prune_model(det, PruneConfig(0.015, importance="taylor", calibration=Calibration(str(det_calib))),
                              on_step=lambda plan, reduction: steps.append(plan.unit_id))
     assert result.reduction >= 0.015 and result.pruned_units == steps and len(steps) == 1
     (sidecar,) = sidecars
@@ -285,15 +286,15 @@ def test_encoder_prune_with_taylor(bert, tmp_path):
     text = tmp_path / "calib.txt"
     text.write_text("\n".join(DEFAULT_SENTENCES[20:20 + SENTENCES]) + "\n", encoding="utf-8")
     model = onnx.load(str(path))
-    result = api.prune_model(model, 0.1, importance="taylor", calib=str(text), model_path=path,
-                             calib_sequences=SENTENCES, calib_length=SEQ_LEN)
+    calibration = Calibration(str(text), SENTENCES, SEQ_LEN, model_path=path)
+    result = api.prune_model(model, PruneConfig(0.1, importance="taylor", calibration=calibration))
     assert result.reduction >= 0.1 and result.plan["importance"] == "taylor"
     with pytest.raises(ModelLoadError, match="tokenizer"):
         lonely = tmp_path / "lonely" / "model.onnx"
         lonely.parent.mkdir()
         onnx.save(model, str(lonely))
-        api.prune_model(model, 0.1, importance="taylor", calib=str(text), model_path=lonely,
-                        calib_sequences=SENTENCES, calib_length=SEQ_LEN)
+        api.prune_model(model, PruneConfig(0.1, importance="taylor",
+                                           calibration=Calibration(str(text), SENTENCES, SEQ_LEN, model_path=lonely)))
 
 
 def test_shared_initializers_and_resize18_convert():

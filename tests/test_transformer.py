@@ -22,6 +22,7 @@ torch = pytest.importorskip("torch")
 
 import onnxruntime as ort  # noqa: E402
 
+from onnxdepth.config import PruneConfig  # noqa: E402
 from onnxdepth.api import PLAN_METADATA_KEY, prune_model  # noqa: E402
 from onnxdepth.errors import VerificationError  # noqa: E402
 from onnxdepth.export.hf import export_hf  # noqa: E402
@@ -408,7 +409,7 @@ def test_greedy_generation_with_cache(hf, torch_llama):
     original = _greedy_with_cache(hf.tgp)
     assert len(set(original)) > 1  # not a degenerate model
     assert original == _torch_greedy(torch_llama)
-    result = prune_model(hf.tgp, 0.0)
+    result = prune_model(hf.tgp, PruneConfig(0.0))
     assert result.pruned_units == [] and result.reduction == 0.0
     assert _greedy_with_cache(result.model) == original
 
@@ -494,7 +495,7 @@ def test_algorithm8_orderings():
 # -- 7. prune_model to a ratio -------------------------------------------------------------------------
 @pytest.mark.parametrize("granularity", ["fine", "sublayer", "block"])
 def test_prune_model_ratio(hf, granularity):
-    result = prune_model(hf.tg, 0.3, granularity=granularity)
+    result = prune_model(hf.tg, PruneConfig(0.3, granularity=granularity))
     assert result.reduction >= 0.3
     assert result.params_after == count_params_proto(result.model)
     assert result.params_before == count_params_proto(hf.tg)
@@ -514,7 +515,7 @@ def test_prune_model_ratio(hf, granularity):
 
 
 def test_prune_model_ratio_with_cache(hf):
-    result = prune_model(hf.tgp, 0.3, granularity="block")
+    result = prune_model(hf.tgp, PruneConfig(0.3, granularity="block"))
     plan = json.loads({p.key: p.value for p in result.model.metadata_props}[PLAN_METADATA_KEY])
     removed = set(plan["removed_graph_io"])
     assert removed
@@ -529,14 +530,14 @@ def test_prune_model_ratio_with_cache(hf):
 def test_prune_model_random_ordering(hf):
     units = {}
     for seed in (1, 2):
-        result = prune_model(hf.tg, 0.3, ordering="random", seed=seed)
+        result = prune_model(hf.tg, PruneConfig(0.3, ordering="random", seed=seed))
         assert result.reduction >= 0.3
         assert set(result.pruned_units) <= set(UNIT_IDS["fine"])
         plan = json.loads({p.key: p.value for p in result.model.metadata_props}[PLAN_METADATA_KEY])
         assert plan["ordering"] == "random"
         assert _logits(result.model).shape == (1, len(PROMPT), VOCAB)
         units[seed] = result.pruned_units
-    assert prune_model(hf.tg, 0.3, ordering="random", seed=1, verify=False).pruned_units == units[1]
+    assert prune_model(hf.tg, PruneConfig(0.3, ordering="random", seed=1, verify=False)).pruned_units == units[1]
 
 
 # -- 8. BERT -------------------------------------------------------------------------------------------
@@ -554,7 +555,7 @@ def test_prune_each_bert_unit(hf, granularity, unit_id):
 
 
 def test_prune_bert_ratio(hf):
-    result = prune_model(hf.bert, 0.3)
+    result = prune_model(hf.bert, PruneConfig(0.3))
     assert result.reduction >= 0.3
     assert set(result.pruned_units) <= set(BERT_UNIT_IDS["fine"])
 
@@ -577,7 +578,7 @@ def test_last_cached_attention_is_kept(hf):
 def test_plan_replay_transformer(hf, granularity):
     from onnxdepth.api import replay_plan
 
-    result = prune_model(hf.tg, 0.3, granularity=granularity)
+    result = prune_model(hf.tg, PruneConfig(0.3, granularity=granularity))
     replayed = replay_plan(hf.tg, result.plan)
     assert replayed.pruned_units == result.pruned_units
     assert [n.SerializeToString() for n in replayed.model.graph.node] == [

@@ -36,6 +36,7 @@ import numpy as np
 import onnxruntime as ort
 
 from onnxdepth.api import prune_file_cached
+from onnxdepth.config import PruneConfig
 from onnxdepth.errors import OnnxDepthError
 from onnxdepth.eval.generate import make_session
 
@@ -68,7 +69,8 @@ def pruned_model(src: Path, work_dir: Path, ratio: float, granularity: str, impo
     """(path, plan, how) of SRC pruned to RATIO: reused from WORK_DIR when its plan matches, else pruned now."""
     out = work_dir / f"{source_name(src)}-r{ratio:g}-{granularity}-{importance}.onnx"
     t0 = time.perf_counter()
-    out, plan, reused = prune_file_cached(src, out, ratio, granularity=granularity, importance=importance)
+    out, plan, reused = prune_file_cached(src, out, PruneConfig(ratio=ratio, granularity=granularity,
+                                                                 importance=importance))
     gc.collect()
     return out, plan, "reused" if reused else f"pruned in {time.perf_counter() - t0:.1f} s"
 

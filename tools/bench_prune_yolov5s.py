@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from onnxdepth.api import prune_model
+from onnxdepth.config import PruneConfig
 from onnxdepth.graph.io import load_model
 
 
@@ -35,7 +36,7 @@ def main() -> int:
         times = []
         for run in range(args.repeats):
             started = time.perf_counter()
-            result = prune_model(model, args.ratio)
+            result = prune_model(model, PruneConfig(ratio=args.ratio))
             times.append(time.perf_counter() - started)
             print(f"run {run + 1}: {times[-1]:.2f} s, {result.params_before:,} -> {result.params_after:,} "
                   f"({result.reduction:.2%}, {len(result.pruned_units)} units, verification included)")

@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from onnxdepth.api import prune_file
+from onnxdepth.config import PruneConfig
 from onnxdepth.models_zoo import nudenet_yolov8n
 
 SIZE = 320
@@ -53,7 +54,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "yolov8n-pruned.onnx"
         started = time.perf_counter()
-        result = prune_file(src, out, args.ratio, input_shapes={"images": (1, 3, SIZE, SIZE)})
+        result = prune_file(src, out, PruneConfig(ratio=args.ratio, input_shapes={"images": (1, 3, SIZE, SIZE)}))
         prune_seconds = time.perf_counter() - started
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads

@@ -21,9 +21,11 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from onnxdepth.api import prune_model
+from onnxdepth.config import Calibration, PruneConfig
 from onnxdepth.calibration import WINDOW_LAYOUTS, saved_calibration_tokens
 from onnxdepth.eval import evaluate_perplexity
 from onnxdepth.models_zoo import ensure_export
@@ -33,7 +35,8 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitex
 
 
 def parse_mode(mode: str, calib_sequences: int) -> dict:
-    """'cross_entropy:grouped:rescore=1:shortlist=20' -> prune_model keyword arguments."""
+    """'cross_entropy:grouped:rescore=1:shortlist=20' -> PruneConfig fields (calib_sequences / calib_length:
+    the calibration's)."""
     if mode == "gromov":
         return {"granularity": "block", "importance": "angular", "calib_sequences": calib_sequences, "calib_length": 128}
     importance, *options = mode.split(":")
@@ -117,19 +120,20 @@ def main() -> int:
         todo = [r for r in ratios if (mode, r) not in done]
         if not todo:
             continue
-        calib = calib_file(kwargs["calib_sequences"], kwargs["calib_length"])
-        common = dict(calib=calib, model_path=model_path, verify=True, **kwargs)
+        n_seq, seq_len = kwargs.pop("calib_sequences"), kwargs.pop("calib_length")
+        calibration = Calibration(calib_file(n_seq, seq_len), n_seq, seq_len, model_path=str(model_path))
+        config = PruneConfig(ratio=todo[-1], calibration=calibration, **kwargs)
         t0 = time.perf_counter()
         if mode == "gromov":
             for ratio in todo:
-                record(mode, ratio, prune_model(model, ratio, **common), time.perf_counter() - t0)
+                record(mode, ratio, prune_model(model, replace(config, ratio=ratio)), time.perf_counter() - t0)
             continue
 
         def on_checkpoint(ratio, result, mode=mode):
             if (mode, ratio) not in done:
                 record(mode, ratio, result, time.perf_counter() - t0)
 
-        result = prune_model(model, todo[-1], checkpoints=todo[:-1], on_checkpoint=on_checkpoint, **common)
+        result = prune_model(model, config, checkpoints=todo[:-1], on_checkpoint=on_checkpoint)
         record(mode, todo[-1], result, time.perf_counter() - t0)
 
     unpruned = done[("unpruned", 0.0)]["perplexity"]

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxdepth.api import prune_file_cached
+from onnxdepth.config import Calibration, PruneConfig
 
 # Data-driven importance calibrates on WikiText-2 *valid*; the similarity is measured on *test* lines.
 DEFAULT_CALIB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext-2" / "valid.txt"
@@ -57,8 +58,8 @@ def pruned_model(src: Path, work_dir: Path, ratio: float, granularity: str, impo
     out = work_dir / f"{name}-r{ratio:g}-{granularity}-{importance}.onnx"
     calib = str(DEFAULT_CALIB) if importance != "magnitude" and DEFAULT_CALIB.exists() else None
     t0 = time.perf_counter()
-    out, plan, reused = prune_file_cached(src, out, ratio, granularity=granularity, importance=importance,
-                                          calib=calib)
+    config = PruneConfig(ratio=ratio, granularity=granularity, importance=importance, calibration=Calibration(calib))
+    out, plan, reused = prune_file_cached(src, out, config)
     return out, plan, "reused" if reused else f"pruned in {time.perf_counter() - t0:.1f} s"
 
 

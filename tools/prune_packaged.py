@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from onnxdepth.api import prune_file
+from onnxdepth.config import PruneConfig
 from onnxdepth.errors import OnnxDepthError
 from onnxdepth.models_zoo import PACKAGED
 
@@ -39,7 +40,7 @@ def main() -> int:
             out = args.out_dir / f"{name}-{ratio:g}.onnx"
             started = time.perf_counter()
             try:
-                result = prune_file(src, out, ratio, input_shapes=INPUT_SHAPES.get(name))
+                result = prune_file(src, out, PruneConfig(ratio=ratio, input_shapes=INPUT_SHAPES.get(name)))
             except OnnxDepthError as exc:
                 print(f"{name:<18}{ratio:>6g}  FAILED: {exc}")
                 failures += 1

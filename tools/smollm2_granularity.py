@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from onnxdepth.api import prune_file, score_units
+from onnxdepth.config import Calibration, PruneConfig
 from onnxdepth.eval import evaluate_perplexity
 from onnxdepth.models_zoo import ensure_export
 from onnxdepth.graph.io import load_model
@@ -73,11 +74,11 @@ def main() -> int:
                 model = model or load_model(model_path)
                 session = PruneSession(model, granularity=granularity)
                 t0 = time.perf_counter()
-                scores = score_units(model, session, args.importance, calib=str(valid), model_path=model_path)
+                scores = score_units(model, session, args.importance, Calibration(str(valid), model_path=model_path))
                 print(f"  {granularity}: {args.importance} scores in {time.perf_counter() - t0:.0f} s", flush=True)
             out = args.work_dir / f"smollm2-{granularity}-{ratio:g}-{args.importance}.onnx"
-            result = prune_file(model_path, out, ratio, granularity=granularity, importance=args.importance,
-                                scores=scores)
+            result = prune_file(model_path, out, PruneConfig(ratio=ratio, granularity=granularity,
+                                                             importance=args.importance), scores=scores)
             ppl = evaluate_perplexity(str(out), str(test), tokenizer_dir=str(model_path.parent),
                                       max_tokens=args.max_tokens, ctx=512, threads=args.threads, progress=False)
             record({"granularity": granularity, "ratio": ratio, "importance": args.importance,

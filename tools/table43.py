@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxdepth import api
+from onnxdepth.config import PruneConfig
 from onnxdepth.importance import taylor_calibration
 from onnxdepth.bench import bench_models
 from onnxdepth.errors import RatioUnreachableError
@@ -85,8 +86,8 @@ def main() -> int:
 
         ratios = sorted(args.ratios)
         try:
-            last = api.prune_model(model, ratios[-1], importance=args.importance, input_shapes=shapes,
-                                   checkpoints=ratios[:-1], on_checkpoint=keep)
+            config = PruneConfig(ratio=ratios[-1], importance=args.importance, input_shapes=shapes)
+            last = api.prune_model(model, config, checkpoints=ratios[:-1], on_checkpoint=keep)
             keep(ratios[-1], last)
         except RatioUnreachableError as exc:
             print(f"  {name}: {exc}")

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 from onnxdepth.api import prune_file, score_units
+from onnxdepth.config import Calibration, PruneConfig
+from onnxdepth.scores import ScoreTable
 from onnxdepth.calibration import WINDOW_LAYOUTS, saved_calibration_tokens
 from onnxdepth.importance.taylor_calibration import attach_lm_taylor
 from onnxdepth.eval import evaluate_perplexity
@@ -34,10 +36,11 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitex
 def _scores(metric: str, model_path: Path, calib: str, n_seq: int, seq_len: int) -> dict[str, float]:
     model = load_model(model_path)
     session = PruneSession(model, granularity="fine")
+    calibration = Calibration(calib, n_seq, seq_len, model_path=str(model_path))
     if metric == "taylor":
-        attach_lm_taylor(model, session, calib=calib, model_path=model_path, n_seq=n_seq, seq_len=seq_len)
+        attach_lm_taylor(model, session, calibration)
         return {p.unit_id: p.score for p in session.prunable_plans()}
-    return score_units(model, session, metric, calib=calib, model_path=model_path, n_seq=n_seq, seq_len=seq_len)
+    return score_units(model, session, metric, calibration).units
 
 
 def main() -> int:
@@ -68,6 +71,7 @@ def main() -> int:
         t0 = time.perf_counter()
         n_seq = args.ce_sequences if metric == "cross_entropy" and args.ce_sequences else args.calib_sequences
         kwargs: dict = dict(granularity="fine")
+        scores = None
         if metric == "random":
             kwargs.update(importance="magnitude", ordering="random", seed=0)
         elif metric == "magnitude":
@@ -81,10 +85,11 @@ def main() -> int:
                                                  seq_len=args.calib_length, windows=args.windows)
                 tmp.write_text(json.dumps(_scores(metric, args.model, calib, n_seq, args.calib_length)))
                 tmp.replace(score_file)
-            kwargs.update(importance=metric, scores=json.loads(score_file.read_text()))
+            kwargs.update(importance=metric)
+            scores = ScoreTable(json.loads(score_file.read_text()))
         score_seconds = time.perf_counter() - t0
         out = args.work_dir / f"smollm2_{metric}.onnx"
-        result = prune_file(args.model, out, args.ratio, **kwargs)
+        result = prune_file(args.model, out, PruneConfig(ratio=args.ratio, **kwargs), scores=scores)
         ppl = evaluate_perplexity(out, DATA / "test.txt", tokenizer_dir=args.model.parent, ctx=512,
                                   max_tokens=args.max_tokens, progress=False)
         row = {"metric": metric, "reduction": result.reduction, "perplexity": ppl["perplexity"],

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from onnxdepth.api import prune_file
+from onnxdepth.config import PruneConfig
 from onnxdepth.eval import fidelity_map, reference_images
 from onnxdepth.models_zoo import nudenet_yolov8n
 
@@ -37,8 +38,9 @@ def main() -> int:
         runs = [("ascending", 0), ("descending", 0)] + [("random", seed) for seed in args.seeds]
         for ordering, seed in runs:
             out = Path(tmp) / f"{ordering}-{seed}.onnx"
-            result = prune_file(src, out, args.ratio, importance=args.importance, ordering=ordering, seed=seed,
-                                input_shapes=SHAPES)
+            config = PruneConfig(ratio=args.ratio, importance=args.importance, ordering=ordering, seed=seed,
+                                 input_shapes=SHAPES)
+            result = prune_file(src, out, config)
             metrics = fidelity_map(out, src, images, threads=1)
             rows.append((ordering, seed, result.reduction, metrics["map50"], metrics["map50_95"],
                          len(result.pruned_units)))

@@ -305,3 +305,14 @@ def pruned_layer_outputs(local, sub: onnx.ModelProto, cache: LayerCache, start: 
         local_feeds[start] = cache.hidden[start][b]
         outs.append(runner.run([end], local_feeds)[0])
     return outs
+
+
+def run_distances(model: onnx.ModelProto, session, tokens: np.ndarray) -> list[list[float]]:
+    """Gromov et al.'s table from one run of MODEL: TABLE[l][n] is the mean angular distance between the
+    input of layer l and the output of layer l + n - 1 (TABLE[l][0] = 0: a run of no layers)."""
+    boundaries = layer_boundaries(session)
+    cache = cache_layers(model, boundaries, tokens)
+    # starts[k]: the tensor entering layer k; starts[L] (L = layer count) is the last layer's output.
+    starts = [b[0] for b in boundaries] + [boundaries[-1][1]]
+    return [[0.0] + [_mean_distance(cache.hidden[starts[l]], cache.hidden[starts[l + n]])
+                     for n in range(1, len(boundaries) - l + 1)] for l in range(len(boundaries))]

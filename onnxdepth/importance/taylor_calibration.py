@@ -9,12 +9,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from ..config import Calibration
 from ..errors import InvalidArgumentError, UnsupportedModelError
 from ..prune.session import PruneSession
 
@@ -31,33 +31,32 @@ TAYLOR_PAGE_BATCH = 2
 TAYLOR_SENTENCE_BATCH = 16
 
 
-def attach_lm_taylor(model: onnx.ModelProto, session: PruneSession, *, calib: str | None,
-                     model_path: str | os.PathLike | None, n_seq: int = 32, seq_len: int = 128, seed: int = 0,
+def attach_lm_taylor(model: onnx.ModelProto, session: PruneSession, calibration: Calibration, *,
                      batch_size: int = 4) -> None:
     """Score SESSION's units by Taylor importance (Eq. 3.8-3.10), once, on calibration data.
 
-    A causal LM (a ``logits`` output): next-token cross-entropy on N_SEQ calibration sequences. A sentence
+    A causal LM (a ``logits`` output): next-token cross-entropy on CALIBRATION's token windows. A sentence
     encoder (token inputs, a [batch, seq, hidden] output and no logits, e.g. MiniLM): the in-batch
-    contrastive loss on N_SEQ calibration sentences (truncated to SEQ_LEN tokens). A one-image-input model
+    contrastive loss on CALIBRATION's sentences (as many as its sequences, truncated to its length). A one-image-input model
     with attention blocks (PP-OCRv4 rec's SVTR neck): the sidecar's pseudo-label loss, taken once.
     """
     if "input_ids" not in _graph_inputs(model):
-        sidecar = taylor_sidecar(model, session, calib, seed=seed)
+        sidecar = taylor_sidecar(model, session, calibration.source, seed=calibration.seed)
         sidecar.refresh(model)
         session.importance = sidecar
         session._invalidate()
         return
-    if model_path is None:
+    if calibration.model_path is None:
         raise InvalidArgumentError("--importance taylor: needs the model's path (its tokenizer sits beside it)")
     if "logits" not in [o.name for o in model.graph.output] and any(
             len(o.type.tensor_type.shape.dim) == 3 for o in model.graph.output):
-        session.importance = _encoder_taylor(model, calib, Path(model_path), n_sentences=n_seq, max_length=seq_len)
+        session.importance = _encoder_taylor(model, calibration.source, Path(calibration.model_path),
+                                             n_sentences=calibration.sequences, max_length=calibration.length)
         session._invalidate()
         return
-    from ..calibration import calibration_tokens
     from .taylor import TaylorLMScores
 
-    tokens = calibration_tokens(calib, Path(model_path), n_seq=n_seq, seq_len=seq_len, seed=seed)
+    tokens = calibration.tokens("--importance taylor")
     session.importance = TaylorLMScores(model, tokens, batch_size=batch_size)
     session._invalidate()
 
@@ -157,11 +156,10 @@ def taylor_sidecar(model: onnx.ModelProto, session: PruneSession, calib: str | N
     return sidecar
 
 
-def taylor_refresh(model: onnx.ModelProto, session: PruneSession, input_shapes: dict | None,
-                    calib: str | None = None, *, seed: int = 0):
+def taylor_refresh(model: onnx.ModelProto, session: PruneSession, calibration: Calibration):
     """The Taylor sidecar of a one-image-input model (calibration inputs of its kind, see taylor_sidecar),
     scores refreshed after every step."""
-    sidecar = taylor_sidecar(model, session, calib, seed=seed)
+    sidecar = taylor_sidecar(model, session, calibration.source, seed=calibration.seed)
 
     def refresh(current_session: PruneSession) -> None:
         sidecar.refresh(current_session.to_model(model))

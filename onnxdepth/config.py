@@ -1,0 +1,165 @@
+"""What a prune is asked to do: `PruneConfig` (validated once, serialised into the plan) and `Calibration`.
+
+`prune_model(model, PruneConfig(ratio=0.3, importance="angular", calibration=Calibration("valid.txt")))`
+is the library call the CLI makes; every option the plan records lives here, nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InvalidArgumentError
+
+__all__ = ["BLOCK_CHOICES", "Calibration", "GRANULARITIES", "ORDERINGS", "PruneConfig", "RANKINGS",
+           "SEARCH_SPACES"]
+
+#: Transformer unit granularities: attention + MLP transforms, attention + MLP sub-layers, whole layers.
+GRANULARITIES = ("fine", "sublayer", "block")
+#: Unit search spaces: every unit, or (CNN baseline) only those that keep the channel count.
+SEARCH_SPACES = ("full", "reduced")
+#: Visiting order of a ranking: lowest importance first (the method), highest first, or random (ablations).
+ORDERINGS = ("ascending", "descending", "random")
+#: Transformer rankings: Algorithm 8's split attention / MLP rankings, one shared ranking per parameter, or
+#: groups of units per layer (`onnxdepth.rescore`).
+RANKINGS = ("split", "global", "grouped")
+#: Block granularity: Gromov et al.'s contiguous run of the most similar layers, or a plain ranking.
+BLOCK_CHOICES = ("gromov", "ranking")
+
+
+def _one_of(flag: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise InvalidArgumentError(f"{flag} {value}: expected one of {', '.join(allowed)}")
+
+
+def _at_least_one(flag: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise InvalidArgumentError(f"{flag} {value}: must be at least 1")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Calibration data, resolved once per prune: where it comes from and how much of it.
+
+    SOURCE is a file or folder (`--calib`; text, JSONL, .npz, images) or None for the embedded default
+    (text sampled from the model, packaged photos, rendered text lines). Text models take SEQUENCES
+    windows of LENGTH tokens; MODEL_PATH is the model file whose directory holds the tokenizer.
+    HELD_OUT_SEQUENCES more windows are kept apart from the calibration windows, for checks on data the
+    selection never saw.
+    """
+
+    source: str | None = None
+    sequences: int = 32
+    length: int = 128
+    seed: int = 0
+    model_path: str | None = None
+    held_out_sequences: int = 0
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _at_least_one("--calib-sequences", self.sequences)
+        _at_least_one("--calib-length", self.length)
+        if self.held_out_sequences < 0:
+            raise InvalidArgumentError(f"held-out sequences {self.held_out_sequences}: must be at least 0")
+        if self.source is not None:
+            object.__setattr__(self, "source", str(self.source))
+        if self.model_path is not None:
+            object.__setattr__(self, "model_path", str(self.model_path))
+
+    def for_model(self, model_path: str | os.PathLike) -> "Calibration":
+        """This calibration with MODEL_PATH filled in when it was not given."""
+        if self.model_path is not None:
+            return self
+        return Calibration(self.source, self.sequences, self.length, self.seed, str(model_path),
+                           self.held_out_sequences)
+
+    def _tokenizer_model(self, what: str) -> Path:
+        if self.model_path is None:
+            raise InvalidArgumentError(f"{what} needs the model's path (its tokenizer sits beside it)")
+        return Path(self.model_path)
+
+    def _all_tokens(self, what: str) -> np.ndarray:
+        """Every window, calibration and held-out, as one [sequences + held_out, length] array (cached)."""
+        if "tokens" not in self._cache:
+            from .calibration import calibration_tokens
+
+            self._cache["tokens"] = calibration_tokens(
+                self.source, self._tokenizer_model(what), n_seq=self.sequences + self.held_out_sequences,
+                seq_len=self.length, seed=self.seed)
+        return self._cache["tokens"]
+
+    def _held_out_rows(self, count: int) -> np.ndarray:
+        """Which of COUNT windows are held out: HELD_OUT_SEQUENCES of them, evenly spaced over all of them
+        (spread text windows cover the whole file, so both splits do too)."""
+        held = min(self.held_out_sequences, max(count - 1, 0))
+        if held == 0:
+            return np.zeros(0, dtype=np.int64)
+        # Rows 1, 1 + step, ... so that row 0 (the first window) always stays a calibration window.
+        return np.unique(np.linspace(1, count - 1, held).round().astype(np.int64))
+
+    def tokens(self, what: str = "calibration") -> np.ndarray:
+        """Calibration token windows [n, length] of a text model (WHAT names the caller in errors)."""
+        every = self._all_tokens(what)
+        if not self.held_out_sequences:
+            return every
+        return np.delete(every, self._held_out_rows(len(every)), axis=0)
+
+    def held_out_tokens(self, what: str = "held-out check") -> np.ndarray:
+        """Held-out token windows [k, length], disjoint from `tokens()` (empty without held-out sequences)."""
+        every = self._all_tokens(what)
+        return every[self._held_out_rows(len(every))]
+
+    def to_json(self) -> dict:
+        return {"source": self.source, "sequences": self.sequences, "length": self.length, "seed": self.seed,
+                "model_path": self.model_path, "held_out_sequences": self.held_out_sequences}
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Every option of one prune. Validated on construction; `to_json()` is what the plan records."""
+
+    ratio: float
+    importance: str = "magnitude"
+    granularity: str = "fine"
+    ordering: str = "ascending"
+    ranking: str = "split"
+    rescore_every: int | None = None
+    shortlist: int | None = None
+    block_choice: str = "gromov"
+    search_space: str = "full"
+    exclude: str | None = None
+    input_shapes: dict | None = None
+    seed: int = 0
+    calibration: Calibration = field(default_factory=Calibration)
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ratio < 1.0:
+            raise InvalidArgumentError(f"--ratio {self.ratio:g}: must be in [0, 1)")
+        from .importance import get_metric
+
+        get_metric(self.importance)  # an unknown metric is refused here, with the list of known ones
+        _one_of("--granularity", self.granularity, GRANULARITIES)
+        _one_of("--ordering", self.ordering, ORDERINGS)
+        _one_of("--ranking", self.ranking, RANKINGS)
+        _one_of("--block-choice", self.block_choice, BLOCK_CHOICES)
+        _one_of("--search-space", self.search_space, SEARCH_SPACES)
+        _at_least_one("--rescore-every", self.rescore_every)
+        _at_least_one("--shortlist", self.shortlist)
+        if self.shortlist is not None and not self.rescore_every:
+            raise InvalidArgumentError("--shortlist only applies with --rescore-every")
+
+    @property
+    def searched(self) -> bool:
+        """True when moves are scored on the model as it is pruned (--rescore-every, --ranking grouped)."""
+        return bool(self.rescore_every) or self.ranking == "grouped"
+
+    def to_json(self) -> dict:
+        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("calibration", "verify")}
+        record["calibration"] = self.calibration.to_json()
+        if self.input_shapes is not None:
+            record["input_shapes"] = {name: list(dims) for name, dims in self.input_shapes.items()}
+        return record

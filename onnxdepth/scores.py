@@ -1,0 +1,84 @@
+"""The importance stage's output: one score per unit, and for whole layers the distances of runs of layers.
+
+`onnxdepth score -o scores.csv` writes a `ScoreTable` as CSV (`unit,score`, lowest first) and
+`prune --scores` reads it back. Runs of layers (Gromov et al.'s selection) are rows `layers{l}-{m}`:
+the angular distance between the input of layer l and the output of layer m.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InvalidArgumentError
+
+__all__ = ["ScoreTable"]
+
+_RUN_ROW = re.compile(r"layers(\d+)-(\d+)")
+
+
+@dataclass
+class ScoreTable:
+    """UNITS: unit id -> importance. RUNS: distances of contiguous runs of layers, keyed (first, last)."""
+
+    units: dict[str, float]
+    runs: dict[tuple[int, int], float] = field(default_factory=dict)
+
+    @classmethod
+    def from_run_table(cls, units: dict[str, float], table: list[list[float]]) -> "ScoreTable":
+        """TABLE[l][n]: distance between the input of layer l and the output of layer l + n - 1 (n >= 1)."""
+        runs = {(l, l + n - 1): float(row[n]) for l, row in enumerate(table) for n in range(1, len(row))}
+        return cls(dict(units), runs)
+
+    def run_table(self, n_layers: int) -> list[list[float]] | None:
+        """The runs as TABLE[l][n] (see from_run_table) for a model of N_LAYERS layers; None if any is missing."""
+        table = []
+        for first in range(n_layers):
+            row = [0.0]
+            for n in range(1, n_layers - first + 1):
+                key = (first, first + n - 1)  # a run of n layers starting at FIRST
+                if key not in self.runs:
+                    return None
+                row.append(self.runs[key])
+            table.append(row)
+        return table
+
+    def rows(self) -> dict[str, float]:
+        """Every score as a CSV row name -> value: the units, then `layers{l}-{m}` for each run."""
+        return {**self.units, **{f"layers{first}-{last}": value for (first, last), value in self.runs.items()}}
+
+    def to_csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["unit", "score"])
+        for unit, score in sorted(self.rows().items(), key=lambda item: item[1]):
+            writer.writerow([unit, f"{score:.8g}"])
+        return buffer.getvalue()
+
+    @classmethod
+    def read_csv(cls, path: str) -> "ScoreTable":
+        """A table written by `onnxdepth score`: CSV with a header `unit,score`."""
+        if not Path(path).exists():
+            raise InvalidArgumentError(f"--scores {path}: no such file")
+        units: dict[str, float] = {}
+        runs: dict[tuple[int, int], float] = {}
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                try:
+                    name, value = row["unit"], float(row["score"])
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise InvalidArgumentError(f"--scores {path}: expected CSV columns unit,score") from exc
+                run = _RUN_ROW.fullmatch(name)
+                if run:
+                    runs[(int(run.group(1)), int(run.group(2)))] = value
+                else:
+                    units[name] = value
+        if not units and not runs:
+            raise InvalidArgumentError(f"--scores {path}: empty score table")
+        return cls(units, runs)
+
+    def __len__(self) -> int:
+        return len(self.units) + len(self.runs)
