@@ -157,7 +157,7 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, *, scores: ScoreTab
         out = onnx.ModelProto()
         out.CopyFrom(model)
         result = PruneResult(out, session.params_before, session.params_before, [])
-        return _finish(result, _plan_record(session, result, config), model, session, config.verify)
+        return _finish(result, _plan_record(session, result, config, None), model, session, config.verify)
     strategy = strategy_for(config, bool(session.layers))
     strategy.check(config, session, scores)
     pending = sorted(r for r in checkpoints if 0.0 < r < config.ratio)
@@ -165,16 +165,16 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, *, scores: ScoreTab
         raise InvalidArgumentError("checkpoints: Gromov's contiguous choice depends on the ratio (a smaller ratio is "
                                    "not a prefix); prune each ratio on its own")
     if pending and on_checkpoint is not None:
-        on_step = _checkpointing(model, session, config, pending, on_step, on_checkpoint)
+        on_step = _checkpointing(model, session, config, strategy, pending, on_step, on_checkpoint)
     table = importance_stage(model, session, config, strategy, scores)
     steps = strategy.select(Selection(model, session, config, table, on_step))
     result = PruneResult(session.to_model(model), session.params_before, session.params(),
                          [s.unit_id for s in steps], [s.describe() for s in steps])
-    return _finish(result, _plan_record(session, result, config), model, session, config.verify)
+    return _finish(result, _plan_record(session, result, config, strategy), model, session, config.verify)
 
 
-def _checkpointing(model, session: PruneSession, config: PruneConfig, pending: list[float], on_step,
-                   on_checkpoint) -> Callable:
+def _checkpointing(model, session: PruneSession, config: PruneConfig, strategy: Strategy, pending: list[float],
+                   on_step, on_checkpoint) -> Callable:
     """An on_step hook that materialises, verifies and hands over the model at each of PENDING's ratios."""
     taken: list = []
 
@@ -186,20 +186,20 @@ def _checkpointing(model, session: PruneSession, config: PruneConfig, pending: l
             target = pending.pop(0)
             partial = PruneResult(session.to_model(model), session.params_before, session.params(),
                                   [s.unit_id for s in taken], [s.describe() for s in taken])
-            record = _plan_record(session, partial, dataclasses.replace(config, ratio=target))
+            record = _plan_record(session, partial, dataclasses.replace(config, ratio=target), strategy)
             on_checkpoint(target, _finish(partial, record, model, session, config.verify))
 
     return hook
 
 
-def _plan_record(session: PruneSession, result: PruneResult, config: PruneConfig) -> dict:
-    """The plan JSON of RESULT: how it was selected, what it removed, every step (replayable)."""
+def _plan_record(session: PruneSession, result: PruneResult, config: PruneConfig,
+                 strategy: Strategy | None) -> dict:
+    """The plan JSON of RESULT: the options it was made with (the PruneConfig's fields, at the top level),
+    the selection strategy, what it removed and every step (replayable)."""
     method = ("Algorithm 8" if config.granularity == "fine" else f"{config.granularity} ranking") \
         if session.layers else "Algorithm 9"
     return {"onnxdepth_version": __version__, "method": f"depth pruning ({method})",
-            "granularity": config.granularity, "search_space": session.search_space, "ordering": config.ordering,
-            "ranking": config.ranking, "rescore_every": config.rescore_every, "shortlist": config.shortlist,
-            "ratio": config.ratio, "importance": config.importance, "exclude": config.exclude,
+            "selection": strategy.name if strategy is not None else None, **config.to_json(),
             "layers": len(session.layers), **result.summary(), "removed_graph_io": list(session.removed_graph_io),
             "steps": result.steps}
 
