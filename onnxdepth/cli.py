@@ -546,18 +546,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_causes(exc: BaseException) -> None:
+    """-v: the chain of exceptions behind a typed error (`raise ... from cause`), innermost last."""
+    seen = {id(exc)}
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:  # a chain can loop back on itself
+        seen.add(id(cause))
+        print(f"  caused by {type(cause).__name__}: {cause}", file=sys.stderr)
+        cause = cause.__cause__ or cause.__context__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return args.func(args)
-    except RatioUnreachableError as exc:
-        print(f"onnxdepth: error: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
     except OnnxDepthError as exc:
         print(f"onnxdepth: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        if args.verbose:
+            _print_causes(exc)
+        return EXIT_UNREACHABLE if isinstance(exc, RatioUnreachableError) else EXIT_ERROR
     except KeyboardInterrupt:
         print("onnxdepth: interrupted; no output written", file=sys.stderr)
         return 130
