@@ -30,7 +30,7 @@ from .errors import InvalidArgumentError
 from .tokenizer_io import load_tokenizer
 
 __all__ = ["IMAGE_SUFFIXES", "OCR_CALIBRATION_SEED", "calibration_images", "calibration_ocr_lines",
-           "calibration_ocr_pages", "calibration_sentences", "calibration_tokens", "load_tokenizer",
+           "calibration_ocr_pages", "calibration_sentences", "calibration_tokens", "held_out_tokens", "load_tokenizer",
            "saved_calibration_tokens", "WINDOW_LAYOUTS"]
 
 #: Files read from an image-folder calibration set.
@@ -68,6 +68,27 @@ def _chunks(ids: np.ndarray, n_seq: int, seq_len: int, source: str, windows: str
     return np.stack([ids[s:s + seq_len] for s in starts]).astype(np.int64)
 
 
+def _text_ids(calib: str, model_path: Path) -> np.ndarray:
+    """The token ids of a .txt or .jsonl calibration file, tokenized whole by the model's tokenizer."""
+    path = Path(calib)
+    if path.suffix == ".jsonl":
+        texts = []
+        for line_no, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                texts.append(json.loads(line)["text"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise InvalidArgumentError(f"--calib {calib}: line {line_no} is not JSON with a 'text' field") from None
+        text = "\n\n".join(texts)
+    elif path.suffix in (".txt", ""):
+        text = path.read_text()
+    else:
+        raise InvalidArgumentError(f"--calib {calib}: expected .txt, .jsonl or .npz")
+    tokenizer = load_tokenizer(Path(model_path).parent, hint=_TOKENIZER_HINT)
+    return np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+
+
 def calibration_tokens(calib: str | None, model_path: Path, *, n_seq: int = 32, seq_len: int = 128,
                        seed: int = 0, session=None, windows: str = "spread") -> np.ndarray:
     """Token sequences [n_seq, seq_len] for a causal LM / encoder from CALIB (or the default).
@@ -91,23 +112,40 @@ def calibration_tokens(calib: str | None, model_path: Path, *, n_seq: int = 32, 
         if "input_ids" not in data:
             raise InvalidArgumentError(f"--calib {calib}: .npz needs an 'input_ids' array")
         return np.asarray(data["input_ids"], dtype=np.int64)[:n_seq, :seq_len]
-    if path.suffix == ".jsonl":
-        texts = []
-        for line_no, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                texts.append(json.loads(line)["text"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise InvalidArgumentError(f"--calib {calib}: line {line_no} is not JSON with a 'text' field") from None
-        text = "\n\n".join(texts)
-    elif path.suffix in (".txt", ""):
-        text = path.read_text()
-    else:
-        raise InvalidArgumentError(f"--calib {calib}: expected .txt, .jsonl or .npz")
-    tokenizer = load_tokenizer(model_dir, hint=_TOKENIZER_HINT)
-    ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+    ids = _text_ids(calib, model_path)
     return _chunks(ids, n_seq, seq_len, calib, windows)
+
+
+def held_out_tokens(calib: str | None, model_path: Path, *, n_seq: int, seq_len: int, count: int,
+                    seed: int = 0) -> np.ndarray:
+    """COUNT token windows [count, seq_len] from CALIB that share no token with `calibration_tokens(calib, ...,
+    n_seq=N_SEQ)`, for checks on data the selection never saw; the calibration windows stay what they are.
+
+    Text: windows centred between consecutive spread calibration windows (their spacing is at least
+    2 x SEQ_LEN, or there is no room and this is refused). An .npz: the rows after the first N_SEQ. No
+    CALIB: sequences sampled from the model with another seed.
+    """
+    if count <= 0:
+        return np.zeros((0, seq_len), dtype=np.int64)
+    if calib is None:
+        return calibration_tokens(None, model_path, n_seq=count, seq_len=seq_len, seed=seed + 1)
+    path = Path(calib)
+    if path.suffix == ".npz":
+        every = calibration_tokens(calib, model_path, n_seq=n_seq + count, seq_len=seq_len)
+        if len(every) <= n_seq:
+            raise InvalidArgumentError(f"--calib {calib}: no rows left for held-out checks after {n_seq} sequences")
+        return every[n_seq:]
+    ids = _text_ids(calib, model_path)
+    windows = min(n_seq, len(ids) // seq_len)
+    spacing = (len(ids) - seq_len) / max(windows - 1, 1)
+    if windows < 2 or spacing < 2 * seq_len:
+        raise InvalidArgumentError(f"--calib {calib}: too short for held-out windows between {windows} calibration "
+                                   f"windows of {seq_len} tokens")
+    # Gap k lies between calibration windows k and k + 1; a held-out window starts half a spacing after
+    # window k, so it ends at least seq_len / 2 before window k + 1 starts.
+    gaps = np.unique(np.linspace(0, windows - 2, min(count, windows - 1)).round().astype(np.int64))
+    starts = (np.linspace(0, len(ids) - seq_len, windows)[gaps] + spacing / 2 - seq_len / 2).astype(np.int64)
+    return np.stack([ids[s:s + seq_len] for s in starts]).astype(np.int64)
 
 
 def saved_calibration_tokens(calib: str, model_path: Path, out: Path, *, n_seq: int, seq_len: int,

@@ -47,8 +47,8 @@ class Calibration:
     SOURCE is a file or folder (`--calib`; text, JSONL, .npz, images) or None for the embedded default
     (text sampled from the model, packaged photos, rendered text lines). Text models take SEQUENCES
     windows of LENGTH tokens; MODEL_PATH is the model file whose directory holds the tokenizer.
-    HELD_OUT_SEQUENCES more windows are kept apart from the calibration windows, for checks on data the
-    selection never saw.
+    HELD_OUT_SEQUENCES more windows, sharing no token with the calibration windows (which they leave as
+    they are), are for checks on data the selection never saw.
     """
 
     source: str | None = None
@@ -81,36 +81,25 @@ class Calibration:
             raise InvalidArgumentError(f"{what} needs the model's path (its tokenizer sits beside it)")
         return Path(self.model_path)
 
-    def _all_tokens(self, what: str) -> np.ndarray:
-        """Every window, calibration and held-out, as one [sequences + held_out, length] array (cached)."""
+    def tokens(self, what: str = "calibration") -> np.ndarray:
+        """Calibration token windows [sequences, length] of a text model (cached; WHAT names the caller in
+        errors)."""
         if "tokens" not in self._cache:
             from .calibration import calibration_tokens
 
-            self._cache["tokens"] = calibration_tokens(
-                self.source, self._tokenizer_model(what), n_seq=self.sequences + self.held_out_sequences,
-                seq_len=self.length, seed=self.seed)
+            self._cache["tokens"] = calibration_tokens(self.source, self._tokenizer_model(what), n_seq=self.sequences,
+                                                       seq_len=self.length, seed=self.seed)
         return self._cache["tokens"]
 
-    def _held_out_rows(self, count: int) -> np.ndarray:
-        """Which of COUNT windows are held out: HELD_OUT_SEQUENCES of them, evenly spaced over all of them
-        (spread text windows cover the whole file, so both splits do too)."""
-        held = min(self.held_out_sequences, max(count - 1, 0))
-        if held == 0:
-            return np.zeros(0, dtype=np.int64)
-        # Rows 1, 1 + step, ... so that row 0 (the first window) always stays a calibration window.
-        return np.unique(np.linspace(1, count - 1, held).round().astype(np.int64))
-
-    def tokens(self, what: str = "calibration") -> np.ndarray:
-        """Calibration token windows [n, length] of a text model (WHAT names the caller in errors)."""
-        every = self._all_tokens(what)
-        if not self.held_out_sequences:
-            return every
-        return np.delete(every, self._held_out_rows(len(every)), axis=0)
-
     def held_out_tokens(self, what: str = "held-out check") -> np.ndarray:
-        """Held-out token windows [k, length], disjoint from `tokens()` (empty without held-out sequences)."""
-        every = self._all_tokens(what)
-        return every[self._held_out_rows(len(every))]
+        """HELD_OUT_SEQUENCES windows [k, length] sharing no token with `tokens()` (cached; empty without any)."""
+        if "held_out" not in self._cache:
+            from .calibration import held_out_tokens
+
+            self._cache["held_out"] = held_out_tokens(self.source, self._tokenizer_model(what), n_seq=self.sequences,
+                                                      seq_len=self.length, count=self.held_out_sequences,
+                                                      seed=self.seed)
+        return self._cache["held_out"]
 
     def to_json(self) -> dict:
         return {"source": self.source, "sequences": self.sequences, "length": self.length, "seed": self.seed,

@@ -79,18 +79,36 @@ def test_strategy_for(options, transformer, expected):
     assert [s.name for s in STRATEGIES].count(expected) == 1
 
 
-def test_held_out_windows_are_disjoint_and_cover_the_rest(tmp_path):
+def test_held_out_rows_of_an_npz_follow_the_calibration_rows(tmp_path):
     rows = np.arange(10 * 4, dtype=np.int64).reshape(10, 4)  # row r holds 4r .. 4r + 3: rows are told apart
     np.savez(tmp_path / "calib.npz", input_ids=rows)
     calibration = Calibration(str(tmp_path / "calib.npz"), sequences=6, length=4, held_out_sequences=3,
                               model_path=str(tmp_path / "model.onnx"))
-    calib, held = calibration.tokens(), calibration.held_out_tokens()
-    assert calib.shape == (6, 4) and held.shape == (3, 4)
-    seen = sorted(int(r[0]) // 4 for r in np.concatenate([calib, held]))
-    assert seen == list(range(9))  # the first 6 + 3 rows of the file, each in exactly one split
-    assert int(calib[0, 0]) == 0 and not {int(r[0]) for r in calib} & {int(r[0]) for r in held}
+    assert np.array_equal(calibration.tokens(), rows[:6]) and np.array_equal(calibration.held_out_tokens(), rows[6:9])
     plain = replace(calibration, held_out_sequences=0)
     assert np.array_equal(plain.tokens(), rows[:6]) and plain.held_out_tokens().shape == (0, 4)
+    with pytest.raises(InvalidArgumentError, match="no rows left for held-out checks"):
+        replace(calibration, sequences=10).held_out_tokens()
+
+
+def test_held_out_text_windows_share_no_token_with_the_calibration_windows(tmp_path, monkeypatch):
+    from onnxdepth import calibration as calibration_module
+
+    ids = np.arange(5000, dtype=np.int64)  # token i at position i: a window is told by its first token
+    monkeypatch.setattr(calibration_module, "_text_ids", lambda calib, model_path: ids)
+    text = tmp_path / "calib.txt"
+    text.write_text("unused: the ids are stubbed")
+    calibration = Calibration(str(text), sequences=8, length=64, held_out_sequences=5,
+                              model_path=str(tmp_path / "model.onnx"))
+    calib, held = calibration.tokens(), calibration.held_out_tokens()
+    assert calib.shape == (8, 64) and held.shape == (5, 64)
+    used = set(calib.ravel().tolist())
+    assert not used & set(held.ravel().tolist())
+    assert all(np.array_equal(row, np.arange(row[0], row[0] + 64)) for row in held)  # contiguous windows
+    # The calibration windows are the ones a run without held-out windows takes.
+    assert np.array_equal(replace(calibration, held_out_sequences=0).tokens(), calib)
+    with pytest.raises(InvalidArgumentError, match="too short for held-out windows"):
+        replace(calibration, sequences=40).held_out_tokens()
 
 
 def test_calibration_for_model_fills_only_a_missing_path():
