@@ -78,9 +78,9 @@ def _session_options(threads: int | None, graph_optimization_level, execution_mo
     options = ort.SessionOptions()
     options.log_severity_level = _LOG_SEVERITY
     if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise InvalidArgumentError(f"threads must be >= 1, got {threads!r}")
-        options.intra_op_num_threads = threads
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise InvalidArgumentError(f"threads must be >= 1 (or 0: ONNX Runtime's default), got {threads!r}")
+        options.intra_op_num_threads = threads  # 0 is ORT's own "one per physical core"
     if graph_optimization_level is not None:
         options.graph_optimization_level = graph_optimization_level
     if execution_mode is not None:
@@ -95,7 +95,7 @@ def open_session(model, *, threads: int | None = None, device: str = "cpu", prov
     """An ``onnxruntime.InferenceSession`` of MODEL: a path, a ModelProto, serialized bytes, or a session
     (returned as it is, the options ignored).
 
-    THREADS: intra-op threads (None: ONNX Runtime's default). DEVICE picks the providers ("cuda": CUDA,
+    THREADS: intra-op threads (None or 0: ONNX Runtime's default). DEVICE picks the providers ("cuda": CUDA,
     then CPU), unless PROVIDERS names them. GRAPH_OPTIMIZATION_LEVEL and EXECUTION_MODE: ORT's enums
     (None: ORT's defaults). INITIALIZERS: name -> OrtValue used in place of the model's initializer of
     that name. Raises ModelLoadError (a missing file, or the first line of ORT's refusal),

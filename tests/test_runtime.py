@@ -42,8 +42,9 @@ def test_open_session_options(residual):
     assert options.intra_op_num_threads == 2
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     assert session.get_providers() == ["CPUExecutionProvider"]
+    assert open_session(model, threads=0).get_session_options().intra_op_num_threads == 0  # ORT's default
     with pytest.raises(InvalidArgumentError, match="threads"):
-        open_session(model, threads=0)
+        open_session(model, threads=-1)
 
 
 def test_open_session_errors(tmp_path):

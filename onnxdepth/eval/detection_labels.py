@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidArgumentError, UnsupportedModelError
+from ..runtime import open_session
 from .detection import PRED_CONF, average_precision, decode_ultralytics, letterbox
 
 __all__ = ["IMAGE_SUFFIXES", "load_yolo_labels", "load_coco_labels", "labelled_map"]
@@ -80,8 +81,6 @@ def labelled_map(model, image_dir: str | Path, labels: str | Path | None = None,
                  iou: float = 0.45, threads: int | None = None, limit: int | None = None) -> dict:
     """mAP50 / mAP50-95 of an ultralytics-style detector on IMAGE_DIR against LABELS (YOLO txt folder,
     default IMAGE_DIR itself, or a COCO .json)."""
-    from .perplexity import _open_session
-
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
         raise InvalidArgumentError(f"--image-dir {image_dir}: not a folder")
@@ -95,7 +94,7 @@ def labelled_map(model, image_dir: str | Path, labels: str | Path | None = None,
         truths = load_yolo_labels(images, labels)
     else:
         raise InvalidArgumentError(f"--labels {labels}: expected a folder of YOLO txt files or a COCO .json")
-    session = _open_session(model, threads, None)
+    session = open_session(model, threads=threads)
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise UnsupportedModelError(f"detection model must have one image input, has {[i.name for i in inputs]}")
