@@ -90,8 +90,8 @@ class _Spec:
 def _load_data(path: str) -> dict:
     try:
         archive = np.load(path)
-    except FileNotFoundError:
-        raise InvalidArgumentError(f"--data {path}: no such file") from None
+    except FileNotFoundError as exc:
+        raise InvalidArgumentError(f"--data {path}: no such file") from exc
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # what numpy raises for other files
         raise InvalidArgumentError(f"--data {path}: not an .npz archive ({type(exc).__name__})") from exc
     if not isinstance(archive, np.lib.npyio.NpzFile):  # a single .npy array

@@ -83,7 +83,7 @@ def _to_rgb(image):
             with Image.open(path) as im:
                 return im.convert("RGB")
         except OSError as exc:
-            raise InvalidArgumentError(f"cannot read image {path}: {exc}") from None
+            raise InvalidArgumentError(f"cannot read image {path}: {exc}") from exc
     if not isinstance(image, Image.Image):
         raise InvalidArgumentError(f"expected a PIL image or an image path, got {type(image).__name__}")
     return image if image.mode == "RGB" else image.convert("RGB")

@@ -32,8 +32,8 @@ def _image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             return image.size  # (width, height)
-    except Exception as exc:
-        raise InvalidArgumentError(f"{path}: not a readable image ({type(exc).__name__})") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
+        raise InvalidArgumentError(f"{path}: not a readable image ({type(exc).__name__})") from exc
 
 
 def load_yolo_labels(images: list[Path], labels_dir: Path) -> list[np.ndarray]:
@@ -49,8 +49,8 @@ def load_yolo_labels(images: list[Path], labels_dir: Path) -> list[np.ndarray]:
                     continue
                 try:
                     cls, cx, cy, w, h = (float(v) for v in line.split()[:5])
-                except ValueError:
-                    raise InvalidArgumentError(f"{file}:{line_no}: expected 'class cx cy w h'") from None
+                except ValueError as exc:
+                    raise InvalidArgumentError(f"{file}:{line_no}: expected 'class cx cy w h'") from exc
                 # Normalised centre / size -> pixel corners of the original image.
                 rows.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width,
                              (cy + h / 2) * height, cls])
@@ -70,7 +70,7 @@ def load_coco_labels(images: list[Path], coco_json: Path) -> list[np.ndarray]:
             by_image.setdefault(ann["image_id"], []).append([x, y, x + w, y + h, classes[ann["category_id"]]])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InvalidArgumentError(f"--labels {coco_json}: not a COCO detection json ({type(exc).__name__}: {exc})"
-                                   ) from None
+                                   ) from exc
     missing = [p.name for p in images if p.name not in ids]
     if missing:
         raise InvalidArgumentError(f"--labels {coco_json}: no entry for image {missing[0]}")

@@ -127,7 +127,7 @@ def read_lines(text_file: str | os.PathLike, samples: int = DEFAULT_SAMPLES) -> 
                     if len(lines) == samples:
                         break
     except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidArgumentError(f"cannot read text file {path}: {exc}") from None
+        raise InvalidArgumentError(f"cannot read text file {path}: {exc}") from exc
     if not lines:
         raise InvalidArgumentError(f"{path} has no non-empty lines")
     return lines

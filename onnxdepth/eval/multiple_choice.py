@@ -83,7 +83,7 @@ def _read_csv(path: Path) -> list[Question]:
         with path.open(newline="", encoding="utf-8") as handle:
             rows = list(csv.reader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InvalidArgumentError(f"cannot read {path}: {exc}") from None
+        raise InvalidArgumentError(f"cannot read {path}: {exc}") from exc
     out = []
     for line, row in enumerate(rows, start=1):
         if not row or all(not cell.strip() for cell in row):

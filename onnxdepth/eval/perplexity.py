@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import InvalidArgumentError, ModelLoadError, UnsupportedModelError
 from ..runtime import open_session
 from ..runtime import progress as progress_bar
-from ..tokenizer_io import has_tokenizer
+from ..tokenizer_io import has_tokenizer, load_tokenizer
 
 __all__ = ["load_text_tokens", "perplexity", "evaluate_perplexity", "TEXT_JOINS"]
 
@@ -48,7 +48,7 @@ def _read_text(text_file: str | os.PathLike, join: str) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidArgumentError(f"cannot read text file {path}: {exc}") from None
+        raise InvalidArgumentError(f"cannot read text file {path}: {exc}") from exc
     if join == "hf":
         rows = [line if line.strip() else "" for line in text.splitlines(keepends=True)]
         text = "\n\n".join(rows)
@@ -72,16 +72,9 @@ def load_text_tokens(text_file: str | os.PathLike, tokenizer_dir: str | os.PathL
     if not has_tokenizer(tok_dir):
         raise ModelLoadError(f"no tokenizer found in {tok_dir} (expected tokenizer.json or tokenizer_config.json)")
     text = _read_text(text_file, join)
-    try:
-        from transformers import AutoTokenizer
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # pragma: no cover - transformers is a dependency of the eval extra
-        raise ModelLoadError("loading a tokenizer needs the 'transformers' package") from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
-    except Exception as exc:  # noqa: BLE001 - any failure here means an unusable tokenizer directory
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load tokenizer from {tok_dir}: {msg}") from None
+    tokenizer = load_tokenizer(tok_dir)
+    from transformers.utils import logging as hf_logging
+
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # silence "sequence length is longer than the model maximum"
     try:

@@ -59,9 +59,9 @@ def _torch():
     try:
         import torch
         from onnx2torch import convert
-    except ImportError:
+    except ImportError as exc:
         raise UnsupportedModelError("--importance taylor needs torch and onnx2torch: pip install 'onnxdepth[taylor]'"
-                                    ) from None
+                                    ) from exc
     from .torch_ops import register_missing_converters
 
     register_missing_converters()
