@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import statistics
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from .errors import InvalidArgumentError
 from .graph.io import load_model
 from .graph.shapes import concrete_input_shapes
 from .params import count_params_proto
+from .runtime import open_session, ort_errors, providers_for
+from .runtime import progress as progress_bar
 from .verify import random_feeds
 
 __all__ = ["BenchRow", "bench_models", "render_table", "render_html"]
@@ -56,19 +59,6 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def _providers(device: str) -> list[str]:
-    import onnxruntime as ort
-
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if device == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise InvalidArgumentError("--device cuda: the CUDA execution provider is not available "
-                                       "(install onnxruntime-gpu on a machine with a GPU)")
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    raise InvalidArgumentError(f"--device {device}: expected cpu or cuda")
-
-
 def _dataset_feeds(model, data: dict, batch_size: int, shapes: dict) -> list[dict]:
     """Feeds per batch for MODEL from the arrays in DATA (see the module docstring)."""
     from .importance.angular import model_feeds
@@ -99,12 +89,18 @@ class _Spec:
 
 def _load_data(path: str) -> dict:
     try:
-        with np.load(path) as archive:
+        archive = np.load(path)
+    except FileNotFoundError as exc:
+        raise InvalidArgumentError(f"--data {path}: no such file") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # what numpy raises for other files
+        raise InvalidArgumentError(f"--data {path}: not an .npz archive ({type(exc).__name__})") from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):  # a single .npy array
+        raise InvalidArgumentError(f"--data {path}: not an .npz archive ({type(archive).__name__})")
+    with archive:
+        try:
             return {k: archive[k] for k in archive.files}
-    except FileNotFoundError:
-        raise InvalidArgumentError(f"--data {path}: no such file") from None
-    except Exception as exc:
-        raise InvalidArgumentError(f"--data {path}: not an .npz archive ({type(exc).__name__})") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # a truncated or corrupt member
+            raise InvalidArgumentError(f"--data {path}: not an .npz archive ({type(exc).__name__})") from exc
 
 
 class _Runner:
@@ -135,25 +131,19 @@ def bench_models(paths: list[str], *, runs: int = 20, warmup: int = 3, threads: 
                  device: str = "cpu", input_shapes: dict | None = None, seed: int = 0, data: str | None = None,
                  batch_size: int = 1, batches: int = 1, progress: bool = False) -> list[BenchRow]:
     """Latency of every model in PATHS on the same inputs, runs interleaved across models."""
-    import onnxruntime as ort
-
     if not paths:
         raise InvalidArgumentError("bench needs at least one model")
     if runs < 1 or warmup < 0:
         raise InvalidArgumentError("--runs must be >= 1 and --warmup >= 0")
     if batch_size < 1 or batches < 1:
         raise InvalidArgumentError("--batch-size and --batches must be >= 1")
-    providers = _providers(device)
+    providers = providers_for(device)
     dataset = _load_data(data) if data else None
     runners, rows = [], []
     for path in paths:
         model = load_model(path)  # one-line errors for bad files
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
         before = _rss_mb()
-        session = ort.InferenceSession(str(path), options, providers=providers)
+        session = open_session(str(path), threads=threads, providers=providers)
         rss = _rss_mb() - before
         shapes = concrete_input_shapes(model, input_shapes)
         if dataset is not None:
@@ -169,9 +159,9 @@ def bench_models(paths: list[str], *, runs: int = 20, warmup: int = 3, threads: 
         before = _rss_mb()
         try:
             runner.run(0)
-        except Exception as exc:  # ORT's own message names the input and the dimension at fault
+        except ort_errors() as exc:  # ORT's own message, all lines: they name the input and dimension at fault
             raise InvalidArgumentError(f"{row.model} does not run on these inputs: "
-                                       f"{' '.join(str(exc).split())[:240]}") from None
+                                       f"{' '.join(str(exc).split())[:240]}") from exc
         row.run_rss_mb = _rss_mb() - before
     for _ in range(warmup):
         for runner in runners:
@@ -179,19 +169,11 @@ def bench_models(paths: list[str], *, runs: int = 20, warmup: int = 3, threads: 
                 runner.run(b)
     per_batch: list[list[float]] = [[] for _ in runners]
     totals: list[list[float]] = [[] for _ in runners]
-    bar = _progress_bar(runs, progress)
-    for _ in range(runs):
-        bar()
-        for k, runner in enumerate(runners):
-            total = 0.0
-            for b in range(len(runner.feeds)):
-                started = time.perf_counter()
-                runner.run(b)
-                elapsed = (time.perf_counter() - started) * 1e3
-                per_batch[k].append(elapsed)
-                total += elapsed
-            totals[k].append(total)
-    bar(done=True)
+    with progress_bar(runs, "timing (interleaved runs)", progress) as bar:
+        for _ in range(runs):
+            bar.advance()
+            for k, runner in enumerate(runners):
+                totals[k].append(_timed_pass(runner, per_batch[k]))
     for row, samples, total in zip(rows, per_batch, totals):
         row.median_ms = statistics.median(samples)
         row.p90_ms = float(np.percentile(samples, 90))
@@ -201,23 +183,16 @@ def bench_models(paths: list[str], *, runs: int = 20, warmup: int = 3, threads: 
     return rows
 
 
-def _progress_bar(total: int, enabled: bool):
-    """advance() once per timed run; advance(done=True) at the end (rich, on a terminal only)."""
-    if not enabled:
-        return lambda done=False: None
-    from rich.progress import Progress
-
-    progress = Progress(transient=True)
-    progress.start()
-    task = progress.add_task("timing (interleaved runs)", total=total)
-
-    def advance(done: bool = False) -> None:
-        if done:
-            progress.stop()
-        else:
-            progress.update(task, advance=1)
-
-    return advance
+def _timed_pass(runner: _Runner, samples: list[float]) -> float:
+    """Run every batch of RUNNER once, appending each batch's milliseconds to SAMPLES; the pass total."""
+    total = 0.0
+    for b in range(len(runner.feeds)):
+        started = time.perf_counter()
+        runner.run(b)
+        elapsed = (time.perf_counter() - started) * 1e3
+        samples.append(elapsed)
+        total += elapsed
+    return total
 
 
 def render_table(rows: list[BenchRow]) -> str:

@@ -261,13 +261,9 @@ def _cmd_bench(args) -> int:
                         input_shapes=_input_shapes(args.input_shape), data=args.data, batch_size=args.batch_size,
                         batches=args.batches, progress=not args.json and sys.stderr.isatty())
     if args.html:
-        import os
-        import tempfile
+        from .fileio import write_atomic
 
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.html)), suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(render_html(rows))
-        os.replace(tmp, args.html)
+        write_atomic(args.html, render_html(rows))
     if args.json:
         print(json.dumps([row.to_json() for row in rows]))
     else:

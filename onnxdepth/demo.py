@@ -17,6 +17,7 @@ import numpy as np
 
 from .api import prune_file
 from .config import Calibration, PruneConfig
+from .runtime import open_session
 
 __all__ = ["run_demo"]
 
@@ -56,8 +57,6 @@ def _prefill_and_decode(session, ids: np.ndarray, decode_steps: int) -> tuple[fl
 
 def run_demo(ratio: float = 0.1, granularity: str = "fine", runs: int = 5, threads: int = 2,
              ppl_tokens: int = 8192, out_dir: Path = DEFAULT_OUT, calib_sequences: int = 16) -> int:
-    import onnxruntime as ort
-
     from .eval.generate import greedy_generate
     from .models_zoo import ensure_export
 
@@ -76,11 +75,8 @@ def run_demo(ratio: float = 0.1, granularity: str = "fine", runs: int = 5, threa
                              calibration=Calibration(calib_arg, sequences=calib_sequences))
         result = prune_file(model_path, pruned_path, config)
         prune_seconds = time.perf_counter() - t0
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        sessions = {"original": ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"]),
-                    "pruned": ort.InferenceSession(str(pruned_path), options, providers=["CPUExecutionProvider"])}
+        sessions = {"original": open_session(model_path, threads=threads),
+                    "pruned": open_session(pruned_path, threads=threads)}
         sizes = {"original": model_path.stat().st_size, "pruned": pruned_path.stat().st_size}
         _say(f"[3/4] latency: prefill 128 tokens and 32 cached decode steps, {runs} interleaved runs, "
              f"{threads} threads")

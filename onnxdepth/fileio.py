@@ -31,7 +31,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:
-        raise OutputWriteError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise OutputWriteError(f"{path}: cannot write ({exc.strerror or exc})") from exc
     finally:  # also on KeyboardInterrupt: no temporary file is left behind
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
@@ -39,4 +39,5 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
 
 
 def write_json_atomic(path: str | os.PathLike, data) -> Path:
+    """Write DATA as indented JSON (one trailing newline) to PATH atomically."""
     return write_atomic(path, json.dumps(data, indent=2) + "\n")

@@ -90,8 +90,8 @@ def _load_sweep(directory: Path) -> dict:
 
     try:
         meta = json.loads((directory / SWEEP_FILE).read_text())
-    except (OSError, ValueError):
-        raise InvalidArgumentError(f"{directory}: not a sweep directory (no readable {SWEEP_FILE})") from None
+    except (OSError, ValueError) as exc:
+        raise InvalidArgumentError(f"{directory}: not a sweep directory (no readable {SWEEP_FILE})") from exc
     return {"meta": meta, "rows": read_points(directory / POINTS_FILE), "path": directory}
 
 
@@ -232,13 +232,14 @@ def _bench_section(path: Path, rows: list[dict]) -> Section:
 
 def _plan_of_model(path: Path) -> dict:
     import onnx
+    from google.protobuf.message import DecodeError
 
     from .api import PLAN_METADATA_KEY
 
     try:
         model = onnx.load(str(path), load_external_data=False)  # the plan is metadata: weights not needed
-    except Exception as exc:  # noqa: BLE001 - protobuf raises several types for a broken file
-        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    except (OSError, DecodeError) as exc:
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
     for entry in model.metadata_props:
         if entry.key == PLAN_METADATA_KEY:
             try:
@@ -315,8 +316,8 @@ def build_sections(inputs: list[str | os.PathLike]) -> list[Section]:
         elif path.suffix == ".json":
             try:
                 data = json.loads(path.read_text())
-            except (OSError, ValueError):
-                raise InvalidArgumentError(f"{path}: not JSON") from None
+            except (OSError, ValueError) as exc:
+                raise InvalidArgumentError(f"{path}: not JSON") from exc
             if isinstance(data, dict) and "steps" in data:  # OUT.plan.json written by prune
                 model = path.with_name(path.name.removesuffix(".plan.json") + ".onnx")
                 others.append(_plan_section(path, data, model if model.is_file() else None))
@@ -435,7 +436,7 @@ def write_report(inputs: list[str | os.PathLike], out: str | os.PathLike, *, plo
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputWriteError(f"{out}: cannot create {out.parent} ({exc.strerror or exc})") from None
+        raise OutputWriteError(f"{out}: cannot create {out.parent} ({exc.strerror or exc})") from exc
     out = check_output_path(out)
     sections = build_sections(inputs)
     prefix = f"{out.stem}-" if plot_prefix is None else plot_prefix

@@ -71,8 +71,8 @@ def parse_ratios(spec: str) -> list[float]:
             values = [start + k * step for k in range(max(count, 0))]
         else:
             values = [float(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise InvalidArgumentError(f"--ratios {spec}: expected START:STOP:STEP or a comma list of ratios") from None
+    except ValueError as exc:
+        raise InvalidArgumentError(f"--ratios {spec}: expected START:STOP:STEP or a comma list of ratios") from exc
     ratios = sorted({round(v, 9) for v in values})  # 0.06 * 3 = 0.18000000000000002 -> 0.18
     if not ratios:
         raise InvalidArgumentError(f"--ratios {spec}: no ratios")
@@ -171,8 +171,8 @@ def read_points(path: str | Path) -> list[dict]:
         try:
             row = json.loads(line)
             rows[(row["method"], float(row["ratio"]))] = row
-        except (ValueError, KeyError, TypeError):
-            raise InvalidArgumentError(f"{path}:{number}: not a sweep point (corrupt file?)") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidArgumentError(f"{path}:{number}: not a sweep point (corrupt file?)") from exc
     return list(rows.values())
 
 
@@ -359,8 +359,8 @@ def _check_directory(out_dir: Path, config: SweepConfig, digest: str) -> dict | 
     try:
         previous = json.loads(sweep_file.read_text())
         old_hash, old_config = previous["hash"], previous["config"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise InvalidArgumentError(f"{sweep_file}: unreadable; not a sweep directory (use another -o DIR)") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidArgumentError(f"{sweep_file}: unreadable; not a sweep directory (use another -o DIR)") from exc
     if old_hash != digest:
         new_config = json.loads(json.dumps(config.identity(), default=str))
         changed = sorted(k for k in set(old_config) | set(new_config) if old_config.get(k) != new_config.get(k))
@@ -413,7 +413,7 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike, *, progress: bool
     try:
         (out_dir / MODELS_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputWriteError(f"{out_dir}: cannot create ({exc.strerror or exc})") from None
+        raise OutputWriteError(f"{out_dir}: cannot create ({exc.strerror or exc})") from exc
     check_output_path(out_dir / POINTS_FILE, source)
     digest = config.digest()
     previous = _check_directory(out_dir, config, digest)

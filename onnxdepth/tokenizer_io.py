@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from .errors import ModelLoadError
+from .runtime import first_line
 
 __all__ = ["TOKENIZER_FILES", "has_tokenizer", "load_tokenizer"]
 
@@ -26,11 +27,10 @@ def load_tokenizer(directory: str | os.PathLike, *, hint: str = "give its direct
         raise ModelLoadError(f"no tokenizer found in {directory}; {hint}")
     try:
         from transformers import AutoTokenizer
-    except ImportError:  # pragma: no cover - transformers comes with the hf extra
+    except ImportError as exc:  # pragma: no cover - transformers comes with the hf extra
         raise ModelLoadError("loading a tokenizer needs the 'transformers' package: pip install 'onnxdepth[hf]'") \
-            from None
+            from exc
     try:
         return AutoTokenizer.from_pretrained(str(directory))
-    except Exception as exc:  # noqa: BLE001 - any failure here means an unusable tokenizer directory
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load tokenizer from {directory}: {msg}") from None
+    except Exception as exc:  # noqa: BLE001 - transformers raises any type for a broken tokenizer directory
+        raise ModelLoadError(f"cannot load tokenizer from {directory}: {first_line(exc)}") from exc

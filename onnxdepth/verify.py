@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .errors import VerificationError
+from .errors import ModelLoadError, VerificationError
+from .runtime import first_line, open_session, ort_errors
 
 __all__ = ["signature", "verify_model", "random_feeds", "run_model"]
 
@@ -43,12 +44,8 @@ def random_feeds(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], see
 
 
 def run_model(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
+    """All outputs of MODEL on FEEDS, in a fresh ONNX Runtime CPU session."""
+    return open_session(model).run(None, feeds)
 
 
 def verify_model(model: onnx.ModelProto, reference: onnx.ModelProto, input_shapes: dict, *,
@@ -58,8 +55,9 @@ def verify_model(model: onnx.ModelProto, reference: onnx.ModelProto, input_shape
     entries of pruned attention blocks). Returns the outputs of the run."""
     try:
         onnx.checker.check_model(model, full_check=True)
-    except Exception as exc:
-        raise VerificationError(f"onnx.checker rejected the pruned model: {str(exc).splitlines()[0]}") from None
+    # ValueError: a model over protobuf's 2 GB, which neither the checker nor ONNX Runtime can take in memory
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
+        raise VerificationError(f"onnx.checker rejected the pruned model: {first_line(exc)}") from exc
     expected = signature(reference)
     removed = removed or set()
     expected = {key: [entry for entry in entries if entry[0] not in removed] for key, entries in expected.items()}
@@ -67,10 +65,12 @@ def verify_model(model: onnx.ModelProto, reference: onnx.ModelProto, input_shape
         raise VerificationError(f"graph signature changed: {expected} -> {signature(model)}")
     if not run:
         return None
+    feeds = random_feeds(model, input_shapes)  # outside the try: a bug here is ours, not the model's
     try:
-        outputs = run_model(model, random_feeds(model, input_shapes))
-    except Exception as exc:
-        raise VerificationError(f"ONNX Runtime cannot run the pruned model: {str(exc).splitlines()[0]}") from None
+        outputs = run_model(model, feeds)
+    except (ModelLoadError, *ort_errors()) as exc:
+        cause = exc.__cause__ if isinstance(exc, ModelLoadError) and exc.__cause__ else exc  # ORT's own words
+        raise VerificationError(f"ONNX Runtime cannot run the pruned model: {first_line(cause)}") from exc
     ref_outputs = [v.name for v in model.graph.output]
     ref_shapes = _declared_static(reference)
     for name, value in zip(ref_outputs, outputs):

@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InvalidArgumentError, ModelLoadError, UnsupportedModelError
+from ..runtime import open_session
 
 __all__ = [
     "COCO_IOU_THRESHOLDS",
@@ -82,7 +83,7 @@ def _to_rgb(image):
             with Image.open(path) as im:
                 return im.convert("RGB")
         except OSError as exc:
-            raise InvalidArgumentError(f"cannot read image {path}: {exc}") from None
+            raise InvalidArgumentError(f"cannot read image {path}: {exc}") from exc
     if not isinstance(image, Image.Image):
         raise InvalidArgumentError(f"expected a PIL image or an image path, got {type(image).__name__}")
     return image if image.mode == "RGB" else image.convert("RGB")
@@ -383,14 +384,12 @@ def fidelity_map(model, reference_model, images, conf: float = REFERENCE_CONF, i
     "reference_boxes", "seconds"}``; the maps are NaN when the reference detects
     nothing (lower ``conf``).
     """
-    from .perplexity import _open_session
-
     images = list(images)
     if not images:
         raise InvalidArgumentError("no images to evaluate")
     if not 0.0 <= conf <= 1.0 or not 0.0 <= pred_conf <= 1.0:
         raise InvalidArgumentError(f"conf and pred_conf must be in [0, 1], got {conf}, {pred_conf}")
-    sessions = [_open_session(m, threads, providers) for m in (model, reference_model)]
+    sessions = [open_session(m, threads=threads, providers=providers) for m in (model, reference_model)]
     names = []
     for s in sessions:
         inputs = s.get_inputs()

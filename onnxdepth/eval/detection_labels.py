@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidArgumentError, UnsupportedModelError
+from ..runtime import open_session
 from .detection import PRED_CONF, average_precision, decode_ultralytics, letterbox
 
 __all__ = ["IMAGE_SUFFIXES", "load_yolo_labels", "load_coco_labels", "labelled_map"]
@@ -31,8 +32,8 @@ def _image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             return image.size  # (width, height)
-    except Exception as exc:
-        raise InvalidArgumentError(f"{path}: not a readable image ({type(exc).__name__})") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
+        raise InvalidArgumentError(f"{path}: not a readable image ({type(exc).__name__})") from exc
 
 
 def load_yolo_labels(images: list[Path], labels_dir: Path) -> list[np.ndarray]:
@@ -48,8 +49,8 @@ def load_yolo_labels(images: list[Path], labels_dir: Path) -> list[np.ndarray]:
                     continue
                 try:
                     cls, cx, cy, w, h = (float(v) for v in line.split()[:5])
-                except ValueError:
-                    raise InvalidArgumentError(f"{file}:{line_no}: expected 'class cx cy w h'") from None
+                except ValueError as exc:
+                    raise InvalidArgumentError(f"{file}:{line_no}: expected 'class cx cy w h'") from exc
                 # Normalised centre / size -> pixel corners of the original image.
                 rows.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width,
                              (cy + h / 2) * height, cls])
@@ -69,7 +70,7 @@ def load_coco_labels(images: list[Path], coco_json: Path) -> list[np.ndarray]:
             by_image.setdefault(ann["image_id"], []).append([x, y, x + w, y + h, classes[ann["category_id"]]])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InvalidArgumentError(f"--labels {coco_json}: not a COCO detection json ({type(exc).__name__}: {exc})"
-                                   ) from None
+                                   ) from exc
     missing = [p.name for p in images if p.name not in ids]
     if missing:
         raise InvalidArgumentError(f"--labels {coco_json}: no entry for image {missing[0]}")
@@ -80,8 +81,6 @@ def labelled_map(model, image_dir: str | Path, labels: str | Path | None = None,
                  iou: float = 0.45, threads: int | None = None, limit: int | None = None) -> dict:
     """mAP50 / mAP50-95 of an ultralytics-style detector on IMAGE_DIR against LABELS (YOLO txt folder,
     default IMAGE_DIR itself, or a COCO .json)."""
-    from .perplexity import _open_session
-
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
         raise InvalidArgumentError(f"--image-dir {image_dir}: not a folder")
@@ -95,7 +94,7 @@ def labelled_map(model, image_dir: str | Path, labels: str | Path | None = None,
         truths = load_yolo_labels(images, labels)
     else:
         raise InvalidArgumentError(f"--labels {labels}: expected a folder of YOLO txt files or a COCO .json")
-    session = _open_session(model, threads, None)
+    session = open_session(model, threads=threads)
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise UnsupportedModelError(f"detection model must have one image input, has {[i.name for i in inputs]}")

@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InvalidArgumentError, ModelLoadError, UnsupportedModelError
+from ..runtime import first_line, open_session, ort_errors
 from ..tokenizer_io import has_tokenizer, load_tokenizer
 
 __all__ = [
@@ -126,7 +127,7 @@ def read_lines(text_file: str | os.PathLike, samples: int = DEFAULT_SAMPLES) -> 
                     if len(lines) == samples:
                         break
     except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidArgumentError(f"cannot read text file {path}: {exc}") from None
+        raise InvalidArgumentError(f"cannot read text file {path}: {exc}") from exc
     if not lines:
         raise InvalidArgumentError(f"{path} has no non-empty lines")
     return lines
@@ -172,8 +173,6 @@ def sentence_embeddings(model, tokenizer, lines: Sequence[str], batch_size: int 
     Lines are tokenized ``batch_size`` at a time (padding to the longest, truncation to ``max_length``
     tokens); see the module docstring for the pooling.
     """
-    from .perplexity import _open_session
-
     lines = list(lines)
     if not lines:
         raise InvalidArgumentError("no lines to embed")
@@ -181,20 +180,18 @@ def sentence_embeddings(model, tokenizer, lines: Sequence[str], batch_size: int 
         raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not isinstance(max_length, (int, np.integer)) or max_length < 2:
         raise InvalidArgumentError(f"max_length must be an integer >= 2, got {max_length!r}")
-    session = _open_session(model, threads, providers)
+    session = open_session(model, threads=threads, providers=providers)
     inputs = session.get_inputs()
     out_name, pooling = _embedding_output(session)
     chunks = []
     for start in range(0, len(lines), int(batch_size)):
         encoded = tokenizer(lines[start:start + batch_size], padding=True, truncation=True,
                             max_length=int(max_length), return_tensors="np")
+        feeds = _feeds(inputs, encoded)
         try:
-            out = session.run([out_name], _feeds(inputs, encoded))[0].astype(np.float64)
-        except UnsupportedModelError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own types for shape / type mismatches
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UnsupportedModelError(f"the model cannot embed a tokenized batch: {msg}") from None
+            out = session.run([out_name], feeds)[0].astype(np.float64)
+        except ort_errors() as exc:  # shape / type mismatches
+            raise UnsupportedModelError(f"the model cannot embed a tokenized batch: {first_line(exc)}") from exc
         rows = len(lines[start:start + batch_size])
         if pooling == "mean" and out.ndim == 3 and out.shape[:2] == encoded["input_ids"].shape:
             mask = np.asarray(encoded["attention_mask"], dtype=np.float64)[..., None]  # [batch, seq, 1]
@@ -256,8 +253,6 @@ def embedding_similarity(model, reference, lines: Sequence[str] | None = None,
     the reference (``load_tokenizer``). Returns ``{"task": "embedding", "cosine", "cosine_min", "top1",
     "samples", "seconds"}``.
     """
-    from .perplexity import _open_session
-
     if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 1:
         raise InvalidArgumentError(f"samples must be a positive integer, got {samples!r}")
     for m in (model, reference):
@@ -268,7 +263,7 @@ def embedding_similarity(model, reference, lines: Sequence[str] | None = None,
     lines = list(lines)
     tokenizer = load_tokenizer(_tokenizer_dir(model, reference, tokenizer_dir))
     t0 = time.perf_counter()
-    sessions = [_open_session(m, threads, providers) for m in (model, reference)]
+    sessions = [open_session(m, threads=threads, providers=providers) for m in (model, reference)]
     embedded, ref = (sentence_embeddings(s, tokenizer, lines, batch_size, max_length) for s in sessions)
     result = similarity_metrics(embedded, ref)
     return {"task": "embedding", **result, "samples": len(lines), "seconds": time.perf_counter() - t0}

@@ -12,20 +12,16 @@ import re
 import numpy as np
 import onnxruntime as ort
 
+from ..runtime import open_session
+
 __all__ = ["greedy_generate", "make_session"]
 
 _PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 
 
 def make_session(model, threads: int | None = None, providers: list[str] | None = None) -> ort.InferenceSession:
-    if isinstance(model, ort.InferenceSession):
-        return model
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
-    return ort.InferenceSession(source, options, providers=providers or ["CPUExecutionProvider"])
+    """`runtime.open_session` under its old name (positional THREADS and PROVIDERS)."""
+    return open_session(model, threads=threads, providers=providers)
 
 
 def greedy_generate(model, input_ids: np.ndarray, max_new_tokens: int, *, eos_token_id: int | None = None,
@@ -35,7 +31,7 @@ def greedy_generate(model, input_ids: np.ndarray, max_new_tokens: int, *, eos_to
     With a KV cache the prompt is run once and each new token is one step; without one, the whole
     sequence is re-run each step.
     """
-    session = make_session(model, threads)
+    session = open_session(model, threads=threads)
     inputs = {i.name: i for i in session.get_inputs()}
     past_names = [name for name in inputs if _PAST.fullmatch(name)]
     ids = np.asarray(input_ids, dtype=np.int64).reshape(1, -1)
@@ -73,7 +69,7 @@ def greedy_generate(model, input_ids: np.ndarray, max_new_tokens: int, *, eos_to
 def sample_sequences(model, start_token: int, n: int, length: int, *, seed: int = 0, temperature: float = 1.0,
                      top_k: int = 50, threads: int | None = None) -> np.ndarray:
     """N sequences of LENGTH tokens sampled (top-k, seeded) from a causal LM, batched, starting at START_TOKEN."""
-    session = make_session(model, threads)
+    session = open_session(model, threads=threads)
     inputs = {i.name: i for i in session.get_inputs()}
     past_names = [name for name in inputs if _PAST.fullmatch(name)]
     rng = np.random.default_rng(seed)

@@ -39,8 +39,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidArgumentError, ModelLoadError, UnsupportedModelError
+from ..runtime import first_line, open_session, ort_errors
+from ..runtime import progress as progress_bar
 from ..tokenizer_io import load_tokenizer
-from .perplexity import _feeds, _logits_name, _open_session
+from .perplexity import _feeds, _logits_name
 
 __all__ = ["LETTERS", "SCORINGS", "Question", "build_context", "continuations", "encode_pair",
            "evaluate_multiple_choice", "load_questions"]
@@ -81,7 +83,7 @@ def _read_csv(path: Path) -> list[Question]:
         with path.open(newline="", encoding="utf-8") as handle:
             rows = list(csv.reader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InvalidArgumentError(f"cannot read {path}: {exc}") from None
+        raise InvalidArgumentError(f"cannot read {path}: {exc}") from exc
     out = []
     for line, row in enumerate(rows, start=1):
         if not row or all(not cell.strip() for cell in row):
@@ -223,13 +225,11 @@ def _run_group(session, inputs, out_name: str, requests: list[tuple[list[int], l
     ids = np.zeros((len(unique), width), dtype=np.int64)
     for row, key in enumerate(unique):
         ids[row, :len(key)] = key
+    feeds = _feeds(inputs, ids)
     try:
-        logits = session.run([out_name], _feeds(inputs, ids))[0]
-    except (UnsupportedModelError, InvalidArgumentError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - e.g. a token id beyond the model's vocabulary
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnsupportedModelError(f"onnxruntime failed on a {list(ids.shape)} batch: {msg}") from None
+        logits = session.run([out_name], feeds)[0]
+    except ort_errors() as exc:  # e.g. a token id beyond the model's vocabulary
+        raise UnsupportedModelError(f"onnxruntime failed on a {list(ids.shape)} batch: {first_line(exc)}") from exc
     if logits.ndim != 3 or logits.shape[:2] != ids.shape:
         raise UnsupportedModelError(f"output {out_name} has shape {list(logits.shape)}, "
                                     f"expected [{ids.shape[0]}, {ids.shape[1]}, vocab]")
@@ -240,23 +240,6 @@ def _run_group(session, inputs, out_name: str, requests: list[tuple[list[int], l
             raise UnsupportedModelError(f"tokenizer id {max(cont)} is outside the model's vocabulary ({vocab})")
         out.append(_continuation_logprob(logits[unique.index(key)], len(key), cont))
     return out
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-    except ImportError:  # pragma: no cover
-        return None
-    progress = Progress(TextColumn("multiple-choice"), BarColumn(), MofNCompleteColumn(), TextColumn("questions"),
-                        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[acc]}"),
-                        console=Console(stderr=True), transient=False)
-    progress.start()
-    progress.add_task("mc", total=total, acc="")
-    return progress
 
 
 def _styles(scoring: str) -> tuple[str, ...]:
@@ -308,15 +291,14 @@ def evaluate_multiple_choice(model, data: str | os.PathLike, *, dev: str | os.Pa
                                        f"beside {data_path})")
         pool = _shots_by_subject(dev_path, {q.subject for q in questions}, int(shots))
     tokenizer = load_tokenizer(tok_dir)
-    session = _open_session(model, threads, providers)
+    session = open_session(model, threads=threads, providers=providers)
     inputs, out_name = session.get_inputs(), _logits_name(session)
 
     t0 = time.perf_counter()
     correct = {style: 0 for style in styles}
     per_subject: dict[str, dict] = {}
     items = []
-    bar = _progress(len(questions), progress)
-    try:
+    with progress_bar(len(questions), "multiple-choice", progress, transient=False) as bar:
         for done, q in enumerate(questions, start=1):
             examples = _select_shots(pool.get(q.subject, []), q, int(shots)) if shots else []
             subject = per_subject.setdefault(q.subject, {"questions": 0, **{s: 0 for s in styles}})
@@ -332,12 +314,7 @@ def evaluate_multiple_choice(model, data: str | os.PathLike, *, dev: str | os.Pa
                 item[f"{style}_ll"], item[f"{style}_pred"] = lls, pred
             if details:
                 items.append(item)
-            if bar is not None:
-                bar.update(bar.task_ids[0], advance=1,
-                           acc="  ".join(f"{s} {correct[s] / done:.3f}" for s in styles))
-    finally:
-        if bar is not None:
-            bar.stop()
+            bar.advance(note="  ".join(f"{s} {correct[s] / done:.3f}" for s in styles))
 
     n = len(questions)
     result: dict = {"task": "multiple-choice", "questions": n, "shots": int(shots)}

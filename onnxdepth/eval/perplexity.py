@@ -21,7 +21,9 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import InvalidArgumentError, ModelLoadError, UnsupportedModelError
-from ..tokenizer_io import has_tokenizer
+from ..runtime import open_session
+from ..runtime import progress as progress_bar
+from ..tokenizer_io import has_tokenizer, load_tokenizer
 
 __all__ = ["load_text_tokens", "perplexity", "evaluate_perplexity", "TEXT_JOINS"]
 
@@ -46,7 +48,7 @@ def _read_text(text_file: str | os.PathLike, join: str) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidArgumentError(f"cannot read text file {path}: {exc}") from None
+        raise InvalidArgumentError(f"cannot read text file {path}: {exc}") from exc
     if join == "hf":
         rows = [line if line.strip() else "" for line in text.splitlines(keepends=True)]
         text = "\n\n".join(rows)
@@ -70,16 +72,9 @@ def load_text_tokens(text_file: str | os.PathLike, tokenizer_dir: str | os.PathL
     if not has_tokenizer(tok_dir):
         raise ModelLoadError(f"no tokenizer found in {tok_dir} (expected tokenizer.json or tokenizer_config.json)")
     text = _read_text(text_file, join)
-    try:
-        from transformers import AutoTokenizer
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # pragma: no cover - transformers is a dependency of the eval extra
-        raise ModelLoadError("loading a tokenizer needs the 'transformers' package") from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
-    except Exception as exc:  # noqa: BLE001 - any failure here means an unusable tokenizer directory
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load tokenizer from {tok_dir}: {msg}") from None
+    tokenizer = load_tokenizer(tok_dir)
+    from transformers.utils import logging as hf_logging
+
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # silence "sequence length is longer than the model maximum"
     try:
@@ -95,28 +90,6 @@ def load_text_tokens(text_file: str | os.PathLike, tokenizer_dir: str | os.PathL
 
 
 # ---------------------------------------------------------------------------------------------- model
-
-def _open_session(model, threads: int | None, providers: Sequence | None):
-    import onnxruntime as ort
-
-    if isinstance(model, ort.InferenceSession):
-        return model
-    path = Path(model)
-    if not path.is_file():
-        raise ModelLoadError(f"model file not found: {path}")
-    opts = ort.SessionOptions()
-    if threads is not None:
-        if threads < 1:
-            raise InvalidArgumentError(f"threads must be >= 1, got {threads}")
-        opts.intra_op_num_threads = int(threads)
-    opts.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(path), sess_options=opts,
-                                    providers=list(providers) if providers else ["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"onnxruntime cannot load {path}: {msg}") from None
-
 
 _ORT_DTYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -228,23 +201,6 @@ def _batches(windows, batch_size: int) -> Iterable[list[tuple[int, int, int]]]:
         yield batch
 
 
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-    except ImportError:  # pragma: no cover
-        return None
-    progress = Progress(TextColumn("perplexity"), BarColumn(), MofNCompleteColumn(), TextColumn("windows"),
-                        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[ppl]}"),
-                        console=Console(stderr=True), transient=False)
-    progress.start()
-    progress.add_task("ppl", total=total, ppl="")
-    return progress
-
-
 def perplexity(model, tokens, ctx: int = 512, stride: int | None = None, batch_size: int = 1,
                threads: int | None = None, providers: Sequence | None = None, progress: bool = True) -> dict:
     """Perplexity of ``model`` (a path or an ``onnxruntime.InferenceSession``) on the token stream ``tokens``.
@@ -264,30 +220,25 @@ def perplexity(model, tokens, ctx: int = 512, stride: int | None = None, batch_s
     if tokens.size < 2:
         raise InvalidArgumentError(f"need at least 2 tokens, got {tokens.size}")
 
-    session = _open_session(model, threads, providers)
+    session = open_session(model, threads=threads, providers=providers)
     inputs = session.get_inputs()
     out_name = _logits_name(session)
     windows = _windows(int(tokens.size), int(ctx), stride)
 
     t0 = time.perf_counter()
     total_nll, n_scored = 0.0, 0
-    bar = _progress(len(windows), progress)
-    try:
+    with progress_bar(len(windows), "perplexity", progress, transient=False) as bar:
         for batch in _batches(windows, int(batch_size)):
             ids = np.stack([tokens[b:e] for b, e, _ in batch])
             logits = session.run([out_name], _feeds(inputs, ids))[0]
             if logits.ndim != 3 or logits.shape[:2] != ids.shape:
-                raise UnsupportedModelError(
-                    f"output {out_name} has shape {list(logits.shape)}, expected [{ids.shape[0]}, {ids.shape[1]}, vocab]")
+                raise UnsupportedModelError(f"output {out_name} has shape {list(logits.shape)}, expected "
+                                            f"[{ids.shape[0]}, {ids.shape[1]}, vocab]")
             for row, (b, e, first) in enumerate(batch):
                 # logits at position j-1 predict the token at position j, for scored j in [first, e-b)
                 total_nll += _nll_sum(logits[row, first - 1:e - b - 1], ids[row, first:])
                 n_scored += e - b - first
-            if bar is not None:
-                bar.update(bar.task_ids[0], advance=len(batch), ppl=f"ppl {math.exp(total_nll / n_scored):.3f}")
-    finally:
-        if bar is not None:
-            bar.stop()
+            bar.advance(len(batch), note=f"ppl {math.exp(total_nll / n_scored):.3f}")
     seconds = time.perf_counter() - t0
     return {"task": "perplexity", "perplexity": float(math.exp(total_nll / n_scored)), "tokens": int(n_scored),
             "nll": float(total_nll), "seconds": float(seconds)}

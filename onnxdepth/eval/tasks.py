@@ -74,8 +74,8 @@ def task_names() -> list[str]:
 def get_task(name: str) -> Task:
     try:
         return _TASKS[name]
-    except KeyError:
-        raise InvalidArgumentError(f"--eval {name}: unknown task (available: {', '.join(task_names())})") from None
+    except KeyError as exc:
+        raise InvalidArgumentError(f"--eval {name}: unknown task (available: {', '.join(task_names())})") from exc
 
 
 def check_options(name: str, options: Mapping[str, Any] | None) -> None:
@@ -121,10 +121,11 @@ def random_line(task: str, model_path: str | os.PathLike, options: Mapping[str, 
 def _vocabulary_size(model_path: Path, options: Mapping[str, Any]) -> float | None:
     """A uniform guess over the vocabulary has perplexity V: V is the last dim of the logits output."""
     import onnx
+    from google.protobuf.message import DecodeError
 
     try:
         model = onnx.load(str(model_path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - no line is better than a failed sweep
+    except (OSError, DecodeError):  # an unreadable model gets no line (evaluating it reports the error)
         return None
     for output in model.graph.output:
         dims = output.type.tensor_type.shape.dim

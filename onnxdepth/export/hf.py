@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Iterator
 
 from onnxdepth.errors import ExportError, InvalidArgumentError, OutputWriteError
+from onnxdepth.runtime import first_line
 
 __all__ = ["export_hf", "TASKS"]
 
@@ -55,11 +56,8 @@ _LOGGERS = ("transformers", "optimum", "torch.onnx", "huggingface_hub", "acceler
 
 
 def _first_line(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    text = str(exc).strip() or type(exc).__name__
-    line = text.splitlines()[0].strip()
-    line = line.split(" Please open an issue at", 1)[0]  # optimum's boilerplate tail
+    """`runtime.first_line` without optimum's boilerplate tail, at most 300 characters."""
+    line = first_line(exc).split(" Please open an issue at", 1)[0]
     return line if len(line) <= 300 else line[:297] + "..."
 
 
@@ -78,7 +76,7 @@ def _quiet() -> Iterator[None]:
 
         bars_enabled = tf_logging.is_progress_bar_enabled()
         tf_logging.disable_progress_bar()
-    except Exception:  # pragma: no cover - transformers without these helpers
+    except (ImportError, AttributeError):  # pragma: no cover - transformers without these helpers
         tf_logging = None
     hub_bars = None
     try:
@@ -86,7 +84,7 @@ def _quiet() -> Iterator[None]:
 
         hub_bars = not hub_utils.are_progress_bars_disabled()
         hub_utils.disable_progress_bars()
-    except Exception:  # pragma: no cover
+    except (ImportError, AttributeError):  # pragma: no cover - huggingface_hub without these helpers
         hub_utils = None
     gguf_utils = None
     try:  # transformers' GGUF loader uses tqdm.auto directly, outside its progress-bar switch
@@ -94,7 +92,7 @@ def _quiet() -> Iterator[None]:
 
         gguf_tqdm = gguf_utils.tqdm
         gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
-    except Exception:  # pragma: no cover - older/newer transformers layout, or gguf missing
+    except (ImportError, AttributeError):  # pragma: no cover - older/newer transformers layout, or gguf missing
         gguf_utils = None
     try:
         with warnings.catch_warnings():
@@ -175,13 +173,13 @@ def _gguf_to_hf(gguf: pathlib.Path, dest: pathlib.Path, src: str) -> None:
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:
-        raise ExportError(f"cannot load GGUF model {src}: {_first_line(exc)}") from None
+        raise ExportError(f"cannot load GGUF model {src}: {_first_line(exc)}") from exc
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:
-        raise ExportError(f"cannot load the tokenizer of GGUF model {src}: {_first_line(exc)}") from None
+        raise ExportError(f"cannot load the tokenizer of GGUF model {src}: {_first_line(exc)}") from exc
     try:
         model.save_pretrained(str(dest))
         tokenizer.save_pretrained(str(dest))
@@ -283,7 +281,7 @@ def export_hf(
                 raise
             except BaseException as exc:
                 msg = _first_line(exc).replace(str(model_dir), str(src))  # never name our temporary copy
-                raise ExportError(f"ONNX export of {str(src)!r} ({task}) failed: {msg}") from None
+                raise ExportError(f"ONNX export of {str(src)!r} ({task}) failed: {msg}") from exc
         if not (staged / "model.onnx").is_file():
             found = sorted(p.name for p in staged.glob("*.onnx")) if staged.is_dir() else []
             raise ExportError(

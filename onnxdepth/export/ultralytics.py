@@ -19,15 +19,9 @@ import warnings
 from collections.abc import Iterator
 
 from onnxdepth.errors import ExportError, InvalidArgumentError, OutputWriteError
+from onnxdepth.runtime import first_line
 
 __all__ = ["export_ultralytics"]
-
-
-def _first_line(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0].strip()
 
 
 @contextlib.contextmanager
@@ -96,7 +90,7 @@ def export_ultralytics(
         fd, tmp_out = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
         os.close(fd)
     except OSError as exc:
-        raise OutputWriteError(f"cannot write to {out.parent}: {_first_line(exc)}") from exc
+        raise OutputWriteError(f"cannot write to {out.parent}: {first_line(exc)}") from exc
 
     try:
         with tempfile.TemporaryDirectory(prefix="onnxdepth-yolo-") as tmp:
@@ -106,7 +100,7 @@ def export_ultralytics(
                 try:
                     shutil.copyfile(src_path, model_arg)
                 except OSError as exc:
-                    raise ExportError(f"cannot read checkpoint {src}: {_first_line(exc)}") from None
+                    raise ExportError(f"cannot read checkpoint {src}: {first_line(exc)}") from exc
             elif src_path.is_file():
                 model_arg = str(src_path.resolve())  # a user yaml: absolute, since we chdir
             else:
@@ -115,10 +109,10 @@ def export_ultralytics(
                 with _quiet(workdir):
                     try:
                         model = YOLO(model_arg, verbose=False)
-                    except FileNotFoundError:
+                    except FileNotFoundError as exc:
                         raise ExportError(
                             f"unknown model {src!r}: not a yaml bundled with ultralytics nor an existing file"
-                        ) from None
+                        ) from exc
                     result = model.export(
                         format="onnx", imgsz=imgsz, opset=opset, simplify=simplify,
                         device="cpu", verbose=False,
@@ -126,9 +120,9 @@ def export_ultralytics(
             except (KeyboardInterrupt, SystemExit, ExportError):
                 raise
             except BaseException as exc:
-                msg = _first_line(exc).replace(model_arg, src)  # never name our temporary copy
+                msg = first_line(exc).replace(model_arg, src)  # never name our temporary copy
                 msg = msg.split("ERROR", 1)[-1].lstrip(" ❌️") if msg.startswith("ERROR") else msg
-                raise ExportError(f"ultralytics export of {src!r} failed: {msg}") from None
+                raise ExportError(f"ultralytics export of {src!r} failed: {msg}") from exc
             produced = pathlib.Path(str(result)) if result else None
             if produced is not None and not produced.is_absolute():
                 produced = workdir / produced
@@ -144,7 +138,7 @@ def export_ultralytics(
                 os.chmod(tmp_out, 0o666 & ~umask)  # mkstemp creates 0600
                 os.replace(tmp_out, out)
             except OSError as exc:
-                raise OutputWriteError(f"cannot write {out}: {_first_line(exc)}") from exc
+                raise OutputWriteError(f"cannot write {out}: {first_line(exc)}") from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_out)

@@ -20,6 +20,8 @@ from ..errors import UnsupportedModelError
 from ..graph.extract import extract_submodel, with_extra_outputs
 from ..graph.lift import NodeClass
 from ..prune.search import find_coupled_ops
+from ..runtime import open_session
+from ..runtime import progress as progress_bar
 
 __all__ = ["LayerCache", "layer_boundaries", "cache_layers", "angular_distance", "angular_scores",
            "model_feeds", "pruned_layer_outputs", "MoveScore", "score_moves"]
@@ -94,16 +96,8 @@ class LayerCache:
 def _session(model: onnx.ModelProto, threads: int | None, shared: dict | None = None):
     """An ONNX Runtime CPU session of MODEL; initializers named in SHARED (name -> OrtValue) use that one
     buffer instead of a copy of their own (every cut-out layer of an LM holds the embedding)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    for tensor in model.graph.initializer:
-        if shared and tensor.name in shared:
-            options.add_initializer(tensor.name, shared[tensor.name])
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    used = {t.name: shared[t.name] for t in model.graph.initializer if shared and t.name in shared}
+    return open_session(model, threads=threads, initializers=used)
 
 
 def shared_initializers(model: onnx.ModelProto, min_elements: int = 1 << 22) -> dict:
@@ -147,26 +141,26 @@ def angular_scores(model: onnx.ModelProto, session, tokens: np.ndarray, *, batch
     cache = cache_layers(model, boundaries, tokens, batch_size=batch_size, threads=threads)
     unit_ids = [u for u in session.structural_ids()]
     scores: dict[str, float] = {}
-    bar = _progress(len(unit_ids), progress)
-    for index, (start, end) in enumerate(boundaries):
-        prefix = f"layer{index}."
-        kinds = [u[len(prefix):] for u in unit_ids if u.startswith(prefix)]
-        if kinds == ["block"]:
-            # A pruned layer is the identity: compare its input with its output directly.
-            scores[prefix + "block"] = _mean_distance(cache.hidden[start], cache.hidden[end])
-            bar(prefix + "block")
-            continue
-        sub = extract_submodel(model, [start], [end])
-        base = PruneSession(sub, granularity=session.granularity, input_shapes=_sub_shapes(sub, cache, start),
-                            detect_head=False)
-        if len(base.layers) != 1:
-            raise UnsupportedModelError(f"layer {index}: the cut-out layer has {len(base.layers)} attention blocks")
-        for kind in kinds:
-            local = base.fork()
-            local.apply(local.plan(f"layer0.{kind}"))
-            scores[prefix + kind] = _pruned_layer_distance(local, sub, cache, start, end, threads)
-            bar(prefix + kind)
-    bar(None)
+    with progress_bar(len(unit_ids), "angular importance", progress) as bar:
+        for index, (start, end) in enumerate(boundaries):
+            prefix = f"layer{index}."
+            kinds = [u[len(prefix):] for u in unit_ids if u.startswith(prefix)]
+            if kinds == ["block"]:
+                # A pruned layer is the identity: compare its input with its output directly.
+                scores[prefix + "block"] = _mean_distance(cache.hidden[start], cache.hidden[end])
+                bar.advance(note=prefix + "block")
+                continue
+            sub = extract_submodel(model, [start], [end])
+            base = PruneSession(sub, granularity=session.granularity, input_shapes=_sub_shapes(sub, cache, start),
+                                detect_head=False)
+            if len(base.layers) != 1:
+                raise UnsupportedModelError(f"layer {index}: the cut-out layer has {len(base.layers)} attention "
+                                            "blocks")
+            for kind in kinds:
+                local = base.fork()
+                local.apply(local.plan(f"layer0.{kind}"))
+                scores[prefix + kind] = _pruned_layer_distance(local, sub, cache, start, end, threads)
+                bar.advance(note=prefix + kind)
     logger.info("angular scores for %d units in %.1f s", len(scores), time.perf_counter() - started)
     return scores
 
@@ -186,24 +180,6 @@ def _mean_distance(reference: list[np.ndarray], pruned: list[np.ndarray]) -> flo
         total += float(d.sum())
         count += d.size
     return total / max(count, 1)
-
-
-def _progress(total: int, enabled: bool, label: str = "angular"):
-    if not enabled:
-        return lambda item: None
-    from rich.progress import Progress
-
-    progress = Progress(transient=True)
-    progress.start()
-    task = progress.add_task(f"{label} importance", total=total)
-
-    def advance(item):
-        if item is None:
-            progress.stop()
-        else:
-            progress.update(task, advance=1, description=f"{label}: {item}")
-
-    return advance
 
 
 def rescore_fine(model: onnx.ModelProto, boundaries: list[tuple[str, str]], targets: dict[str, tuple[int, str | None]],
@@ -251,18 +227,18 @@ def score_moves(model: onnx.ModelProto, boundaries: list[tuple[str, str]],
     for move_id, (layer, _) in moves.items():
         by_layer.setdefault(layer, []).append(move_id)
     scored: dict[str, MoveScore] = {}
-    bar = _progress(len(moves), progress, "moves")
-    for index, move_ids in sorted(by_layer.items()):
-        start, end = boundaries[index]
-        sub = extract_submodel(model, [start], [end])
-        base = PruneSession(sub, granularity="fine", input_shapes=_sub_shapes(sub, cache, start), detect_head=False)
-        for move_id in move_ids:
-            local = base.fork()
-            removed = _apply_members(local, moves[move_id][1])
-            if removed is not None:
-                scored[move_id] = MoveScore(measure(local, sub, start, end, index), removed, baseline)
-            bar(move_id)
-    bar(None)
+    with progress_bar(len(moves), "moves", progress) as bar:
+        for index, move_ids in sorted(by_layer.items()):
+            start, end = boundaries[index]
+            sub = extract_submodel(model, [start], [end])
+            base = PruneSession(sub, granularity="fine", input_shapes=_sub_shapes(sub, cache, start),
+                                detect_head=False)
+            for move_id in move_ids:
+                local = base.fork()
+                removed = _apply_members(local, moves[move_id][1])
+                if removed is not None:
+                    scored[move_id] = MoveScore(measure(local, sub, start, end, index), removed, baseline)
+                bar.advance(note=move_id)
     return scored
 
 

@@ -26,8 +26,9 @@ from onnx import TensorProto, helper
 
 from ..errors import UnsupportedModelError
 from ..graph.extract import extract_submodel
-from .angular import (LayerCache, _progress, _session, _sub_shapes, cache_layers, layer_boundaries,
-                      pruned_layer_outputs, shared_initializers)
+from ..runtime import progress as progress_bar
+from .angular import (LayerCache, _session, _sub_shapes, cache_layers, layer_boundaries, pruned_layer_outputs,
+                      shared_initializers)
 
 __all__ = ["cross_entropy_scores", "log_softmax", "cross_entropy", "with_cross_entropy", "reference_distribution",
            "chained_measure"]
@@ -173,30 +174,30 @@ def cross_entropy_scores(model: onnx.ModelProto, session, tokens: np.ndarray, *,
     reference = _reference_probs(chain)
     unit_ids = list(session.structural_ids())
     scores: dict[str, float] = {}
-    bar = _progress(len(unit_ids), progress, "cross-entropy")
-    for index, (start, end) in enumerate(boundaries):
-        prefix = f"layer{index}."
-        kinds = [u[len(prefix):] for u in unit_ids if u.startswith(prefix)]
-        if not kinds:
-            continue
-        if kinds == ["block"]:
-            # A pruned layer is the identity: its input goes straight on to the next layer.
-            outputs = [hidden for hidden in cache.hidden[start]]
-            scores[prefix + "block"] = _mean_ce(chain, reference, outputs, index)
-            bar(prefix + "block")
-            continue
-        sub = extract_submodel(model, [start], [end])
-        base = PruneSession(sub, granularity=session.granularity, input_shapes=_sub_shapes(sub, cache, start),
-                            detect_head=False)
-        if len(base.layers) != 1:
-            raise UnsupportedModelError(f"layer {index}: the cut-out layer has {len(base.layers)} attention blocks")
-        for kind in kinds:
-            local = base.fork()
-            local.apply(local.plan(f"layer0.{kind}"))
-            outputs = pruned_layer_outputs(local, sub, cache, start, end, threads)
-            scores[prefix + kind] = _mean_ce(chain, reference, outputs, index)
-            bar(prefix + kind)
-    bar(None)
+    with progress_bar(len(unit_ids), "cross-entropy importance", progress) as bar:
+        for index, (start, end) in enumerate(boundaries):
+            prefix = f"layer{index}."
+            kinds = [u[len(prefix):] for u in unit_ids if u.startswith(prefix)]
+            if not kinds:
+                continue
+            if kinds == ["block"]:
+                # A pruned layer is the identity: its input goes straight on to the next layer.
+                outputs = [hidden for hidden in cache.hidden[start]]
+                scores[prefix + "block"] = _mean_ce(chain, reference, outputs, index)
+                bar.advance(note=prefix + "block")
+                continue
+            sub = extract_submodel(model, [start], [end])
+            base = PruneSession(sub, granularity=session.granularity, input_shapes=_sub_shapes(sub, cache, start),
+                                detect_head=False)
+            if len(base.layers) != 1:
+                raise UnsupportedModelError(f"layer {index}: the cut-out layer has {len(base.layers)} attention "
+                                            "blocks")
+            for kind in kinds:
+                local = base.fork()
+                local.apply(local.plan(f"layer0.{kind}"))
+                outputs = pruned_layer_outputs(local, sub, cache, start, end, threads)
+                scores[prefix + kind] = _mean_ce(chain, reference, outputs, index)
+                bar.advance(note=prefix + kind)
     logger.info("cross-entropy scores for %d units in %.1f s", len(scores), time.perf_counter() - started)
     return scores
 

@@ -40,6 +40,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import UnsupportedModelError
+from ..runtime import first_line, open_session, ort_errors
 
 __all__ = ["PSEUDO_LABEL_LOSSES", "TaylorEncoderScores", "TaylorLMScores", "TaylorSidecar", "initializer_gradients",
            "output_kind", "torch_module"]
@@ -58,9 +59,9 @@ def _torch():
     try:
         import torch
         from onnx2torch import convert
-    except ImportError:
+    except ImportError as exc:
         raise UnsupportedModelError("--importance taylor needs torch and onnx2torch: pip install 'onnxdepth[taylor]'"
-                                    ) from None
+                                    ) from exc
     from .torch_ops import register_missing_converters
 
     register_missing_converters()
@@ -116,9 +117,9 @@ def _constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
 def _convert(convert, model: onnx.ModelProto):
     try:
         return convert(_constants_as_initializers(model), attach_onnx_mapping=True)
-    except Exception as exc:
+    except (NotImplementedError, KeyError, ValueError, RuntimeError) as exc:  # onnx2torch's refusals
         raise UnsupportedModelError(f"--importance taylor: onnx2torch cannot convert this graph "
-                                    f"({str(exc).splitlines()[0][:160]})") from None
+                                    f"({first_line(exc, limit=160)})") from exc
 
 
 def torch_module(model: onnx.ModelProto):
@@ -288,19 +289,15 @@ class _PseudoLabelTaylor:
         self.last_loss: float | None = None
 
     def _reference_outputs(self, model: onnx.ModelProto) -> list[np.ndarray]:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = open_session(model)
         name = session.get_outputs()[self.output].name
         outputs = []
         for feeds in self.batches:
             try:
                 outputs.append(session.run([name], feeds)[0])
-            except Exception as exc:  # noqa: BLE001 - ORT raises its own types for shape / type mismatches
+            except ort_errors() as exc:  # shape / type mismatches
                 raise UnsupportedModelError(f"--importance taylor: the model does not take the calibration inputs "
-                                            f"({str(exc).splitlines()[0][:120]})") from None
+                                            f"({first_line(exc, limit=120)})") from exc
         return outputs
 
     def refresh(self, model: onnx.ModelProto) -> float:
