@@ -88,11 +88,12 @@ def units_summary(units: list[Unit]) -> dict:
 
 
 # -- stage 2: importance -------------------------------------------------------------------------------------
-def score_units(model: onnx.ModelProto, session: PruneSession, importance: str,
-                calibration: Calibration) -> ScoreTable:
+def score_units(model: onnx.ModelProto, session: PruneSession, importance: str, calibration: Calibration, *,
+                writers: list | None = None) -> ScoreTable:
     """Unit scores of a data-driven metric on calibration data (angular: block-local, Eq. 3.11;
     cross_entropy: next-token distribution change, Sec. 4.3). Block granularity with angular importance
-    also measures every contiguous run of layers (Gromov et al.'s selection)."""
+    also measures every contiguous run of layers (Gromov et al.'s selection); given the stream WRITERS
+    (least-squares compensation), a run's distance is the one left after its fit, on held-out windows."""
     if not session.layers:
         raise InvalidArgumentError(f"--importance {importance}: needs a transformer (no attention block found)")
     tokens = calibration.tokens(f"--importance {importance}")
@@ -104,25 +105,57 @@ def score_units(model: onnx.ModelProto, session: PruneSession, importance: str,
 
     if session.granularity == "block":
         # Block scores and Gromov's contiguous runs both come from the layer-boundary cache alone.
-        table = run_distances(model, session, tokens)
+        if writers:
+            from .compensate.runs import fitted_run_table
+
+            table = fitted_run_table(model, writers, tokens, calibration.held_out_tokens())
+        else:
+            table = run_distances(model, session, tokens)
         return ScoreTable.from_run_table({f"layer{l}.block": row[1] for l, row in enumerate(table)}, table)
     return ScoreTable(angular_scores(model, session, tokens))
 
 
 def importance_stage(model: onnx.ModelProto, session: PruneSession, config: PruneConfig, strategy: Strategy,
-                     scores: ScoreTable | None) -> ScoreTable | None:
+                     scores: ScoreTable | None, writers: list) -> ScoreTable | None:
     """Scores for STRATEGY: a given table, a data-driven metric's table, or None when the plans' own
     per-parameter scores are used (magnitude; Taylor attached to SESSION; Taylor on CNNs is re-scored by the
     iterative strategy after each step)."""
     if scores is not None or strategy.scores_itself:
         return scores
     if config.importance in UNIT_METRICS:
-        return score_units(model, session, config.importance, config.calibration)
+        return score_units(model, session, config.importance, config.calibration, writers=writers)
     if config.importance == "taylor" and session.layers:
         from .importance.taylor_calibration import attach_lm_taylor
 
         attach_lm_taylor(model, session, config.calibration)
     return None
+
+
+# -- stage: compensation --------------------------------------------------------------------------------------
+def stream_writers_for(session: PruneSession, compensate: str) -> list:
+    """The residual writers `--compensate` refits (taken before anything is pruned); [] for none, or for auto
+    on a model without a pre-norm residual stream."""
+    if compensate == "none":
+        return []
+    from .compensate import stream_writers
+
+    writers = stream_writers(session)
+    if not writers and compensate == "lstsq":
+        raise InvalidArgumentError("--compensate lstsq: not yet supported for this model (it needs a transformer "
+                                   "with a pre-norm residual stream; CNN and post-norm refits are not built yet)")
+    return writers
+
+
+def compensation_stage(model: onnx.ModelProto, session: PruneSession, calibration: Calibration,
+                       writers: list) -> dict:
+    """Refit what pruning left (`onnxdepth.compensate`); the plan's record of it."""
+    if not writers:
+        return {"method": "none", "fits": []}
+    from .compensate import fit_removed_runs
+
+    tokens = calibration.tokens("--compensate lstsq")
+    fits = fit_removed_runs(model, session, writers, tokens, calibration.held_out_tokens("--compensate lstsq"))
+    return {"method": "lstsq", "fits": fits}
 
 
 def score_model(model: onnx.ModelProto, config: PruneConfig) -> ScoreTable:
@@ -164,13 +197,19 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, *, scores: ScoreTab
     if pending and not strategy.prefix_stable:
         raise InvalidArgumentError("checkpoints: Gromov's contiguous choice depends on the ratio (a smaller ratio is "
                                    "not a prefix); prune each ratio on its own")
+    writers = stream_writers_for(session, config.compensate)
     if pending and on_checkpoint is not None:
+        if writers:
+            raise InvalidArgumentError("checkpoints with --compensate lstsq: not yet supported (a checkpoint would "
+                                       "need its own refits); prune each ratio on its own")
         on_step = _checkpointing(model, session, config, strategy, pending, on_step, on_checkpoint)
-    table = importance_stage(model, session, config, strategy, scores)
+    table = importance_stage(model, session, config, strategy, scores, writers)
     steps = strategy.select(Selection(model, session, config, table, on_step))
+    compensation = compensation_stage(model, session, config.calibration, writers)
     result = PruneResult(session.to_model(model), session.params_before, session.params(),
                          [s.unit_id for s in steps], [s.describe() for s in steps])
-    return _finish(result, _plan_record(session, result, config, strategy), model, session, config.verify)
+    plan = {**_plan_record(session, result, config, strategy), "compensation": compensation}
+    return _finish(result, plan, model, session, config.verify)
 
 
 def _checkpointing(model, session: PruneSession, config: PruneConfig, strategy: Strategy, pending: list[float],
@@ -228,14 +267,28 @@ def replay_plan(model: onnx.ModelProto, plan: dict, *, input_shapes: dict | None
     except (KeyError, TypeError, AttributeError) as exc:
         raise InvalidArgumentError("--plan: not an onnxdepth plan (needs granularity and steps[].unit)") from exc
     session = PruneSession(model, input_shapes=input_shapes, granularity=granularity)
+    compensated = (plan.get("compensation") or {}).get("method", "none") != "none"
+    writers = stream_writers_for(session, "lstsq") if compensated else []
     for unit_id in unit_ids:
         step = session.plan(unit_id)
         if step.reason is not None:
             raise InvalidArgumentError(f"--plan: unit {unit_id} cannot be pruned in this model: {step.reason}")
         session.apply(step)
+    record = dict(plan)
+    if compensated:
+        # The same fits on the same calibration windows: the same weights.
+        record["compensation"] = compensation_stage(model, session, _plan_calibration(plan), writers)
     out = session.to_model(model)
     result = PruneResult(out, session.params_before, session.params(), unit_ids, list(plan["steps"]))
-    return _finish(result, {**plan, **result.summary(), "replayed": True}, model, session, verify)
+    return _finish(result, {**record, **result.summary(), "replayed": True}, model, session, verify)
+
+
+def _plan_calibration(plan: dict) -> Calibration:
+    """The calibration a plan was made with (its `calibration` record)."""
+    try:
+        return Calibration(**plan["calibration"])
+    except (KeyError, TypeError) as exc:
+        raise InvalidArgumentError("--plan: a compensated plan needs its calibration record") from exc
 
 
 # -- files -------------------------------------------------------------------------------------------------

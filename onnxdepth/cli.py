@@ -9,7 +9,7 @@ import sys
 import time
 
 from . import __version__
-from .config import BLOCK_CHOICES, GRANULARITIES, ORDERINGS, RANKINGS, SEARCH_SPACES
+from .config import BLOCK_CHOICES, COMPENSATIONS, GRANULARITIES, ORDERINGS, RANKINGS, SEARCH_SPACES
 from .errors import InvalidArgumentError, OnnxDepthError, RatioUnreachableError
 
 __all__ = ["main"]
@@ -74,7 +74,7 @@ def _prune_config(args, ratio: float):
     from .config import PruneConfig
 
     selection = {name: getattr(args, name) for name in ("ordering", "ranking", "rescore_every", "shortlist",
-                                                        "block_choice") if hasattr(args, name)}
+                                                        "block_choice", "compensate") if hasattr(args, name)}
     return PruneConfig(ratio=ratio, importance=args.importance, granularity=args.granularity,
                        search_space=args.search_space, exclude=args.exclude,
                        input_shapes=_input_shapes(args.input_shape), seed=args.seed,
@@ -415,6 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "global ranking by importance per parameter removed; or grouped: single units, whole "
                         "MLPs and whole layers on one ranking by the damage each adds per parameter removed "
                         "(angular or cross_entropy, fine granularity)")
+    p.add_argument("--compensate", default="none", choices=COMPENSATIONS,
+                   help="reconstruction after pruning: lstsq refits the surviving writer before each removed run of "
+                        "attention blocks / MLPs / layers by least squares on the calibration data and folds the "
+                        "fit into its weights (no new parameters); auto: lstsq where the model has a pre-norm "
+                        "residual stream; none (default)")
     p.add_argument("--block-choice", default="gromov", choices=BLOCK_CHOICES,
                    help="--granularity block with angular importance: Gromov et al.'s most similar contiguous "
                         "run of layers (default) or a plain ranking of single layers")

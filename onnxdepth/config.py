@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import InvalidArgumentError
 
-__all__ = ["BLOCK_CHOICES", "Calibration", "GRANULARITIES", "ORDERINGS", "PruneConfig", "RANKINGS",
+__all__ = ["BLOCK_CHOICES", "COMPENSATIONS", "Calibration", "GRANULARITIES", "ORDERINGS", "PruneConfig", "RANKINGS",
            "SEARCH_SPACES"]
 
 #: Transformer unit granularities: attention + MLP transforms, attention + MLP sub-layers, whole layers.
@@ -28,6 +28,9 @@ ORDERINGS = ("ascending", "descending", "random")
 RANKINGS = ("split", "global", "grouped")
 #: Block granularity: Gromov et al.'s contiguous run of the most similar layers, or a plain ranking.
 BLOCK_CHOICES = ("gromov", "ranking")
+#: Reconstruction after pruning (`onnxdepth.compensate`): none, least-squares refits folded into the
+#: surviving weights, or (auto) lstsq where the model has a residual stream it applies to.
+COMPENSATIONS = ("none", "lstsq", "auto")
 
 
 def _one_of(flag: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -56,7 +59,7 @@ class Calibration:
     length: int = 128
     seed: int = 0
     model_path: str | None = None
-    held_out_sequences: int = 0
+    held_out_sequences: int = 8
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -118,6 +121,7 @@ class PruneConfig:
     rescore_every: int | None = None
     shortlist: int | None = None
     block_choice: str = "gromov"
+    compensate: str = "none"
     search_space: str = "full"
     exclude: str | None = None
     input_shapes: dict | None = None
@@ -135,6 +139,7 @@ class PruneConfig:
         _one_of("--ordering", self.ordering, ORDERINGS)
         _one_of("--ranking", self.ranking, RANKINGS)
         _one_of("--block-choice", self.block_choice, BLOCK_CHOICES)
+        _one_of("--compensate", self.compensate, COMPENSATIONS)
         _one_of("--search-space", self.search_space, SEARCH_SPACES)
         _at_least_one("--rescore-every", self.rescore_every)
         _at_least_one("--shortlist", self.shortlist)

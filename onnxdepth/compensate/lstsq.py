@@ -1,0 +1,50 @@
+"""Ridge least squares from streamed batches: T minimising |X T - Y|^2 + lam |T|^2, from X^T X and X^T Y.
+
+The normal equations are summed over calibration batches in float64, so memory is O(d^2), not
+O(tokens x d). numpy's solve does the rest; nothing here needs more than `np.linalg`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["NormalEquations", "ridge_solve", "squared_error"]
+
+#: Ridge strength, relative to the mean diagonal of X^T X (scale-free across layers and models).
+RIDGE = 1e-3
+
+
+class NormalEquations:
+    """Running X^T X and X^T Y of a least-squares fit X T ~ Y, one batch at a time."""
+
+    def __init__(self) -> None:
+        self.gram: np.ndarray | None = None  # X^T X, [d_in, d_in]
+        self.cross: np.ndarray | None = None  # X^T Y, [d_in, d_out]
+        self.rows = 0
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        """One batch: X [..., d_in] and Y [..., d_out]; leading axes are flattened into rows (tokens)."""
+        x = x.reshape(-1, x.shape[-1]).astype(np.float64)
+        y = y.reshape(-1, y.shape[-1]).astype(np.float64)
+        gram, cross = x.T @ x, x.T @ y
+        self.gram = gram if self.gram is None else self.gram + gram
+        self.cross = cross if self.cross is None else self.cross + cross
+        self.rows += len(x)
+
+    def solve(self, ridge: float = RIDGE) -> np.ndarray:
+        """T [d_in, d_out] minimising |X T - Y|^2 + lam |T|^2 (see ridge_solve)."""
+        if self.gram is None:
+            raise ValueError("no batches added")
+        return ridge_solve(self.gram, self.cross, ridge)
+
+
+def ridge_solve(gram: np.ndarray, cross: np.ndarray, ridge: float = RIDGE) -> np.ndarray:
+    """T = (X^T X + lam I)^-1 X^T Y from GRAM = X^T X and CROSS = X^T Y, lam = RIDGE x mean(diag(X^T X))."""
+    lam = ridge * float(np.trace(gram)) / len(gram)
+    return np.linalg.solve(gram + lam * np.eye(len(gram)), cross)
+
+
+def squared_error(prediction: np.ndarray, target: np.ndarray) -> float:
+    """Sum of squared differences, in float64."""
+    diff = prediction.astype(np.float64) - target.astype(np.float64)
+    return float(np.vdot(diff.ravel(), diff.ravel()))

@@ -1,0 +1,107 @@
+"""Least-squares compensation of removed residual writers (ReplaceMe, arXiv 2505.02819, on the ONNX graph).
+
+After a run of writers is removed, the stream after it is whatever the nearest surviving writer before
+it left: s + x, where x is that writer's output. A linear map T fitted by ridge least squares so that
+s + x T reproduces the unpruned stream after the run is folded into that writer's weights (W <- W T),
+so the pruned model gains no node and no parameter. Runs are fitted in stream order on the pruned
+model as it stands (each fit sees the folds before it). A fit that does not lower the error on
+held-out calibration windows is not folded, and the record says so.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+
+from ..graph.extract import extract_submodel, with_extra_outputs
+from .fold import fold_output_map
+from .lstsq import NormalEquations, squared_error
+from .stream import Run, Writer, removed_runs
+
+__all__ = ["fit_removed_runs", "run_outputs"]
+
+logger = logging.getLogger(__name__)
+
+#: Calibration sequences per ONNX Runtime run (8 x 128 tokens: the layer cache's batch size).
+BATCH_SEQUENCES = 8
+
+
+def run_outputs(model: onnx.ModelProto, names: list[str], tokens: np.ndarray, *,
+                threads: int | None = None) -> dict[str, list[np.ndarray]]:
+    """The float tensors NAMES of MODEL on TOKENS [n, length], one array per batch of BATCH_SEQUENCES rows;
+    only the part of the graph that computes them is run."""
+    from ..importance.angular import model_feeds
+    from ..runtime import open_session
+
+    prefix = extract_submodel(with_extra_outputs(model, names), [], names)
+    session = open_session(prefix, threads=threads)
+    inputs = {i.name: i for i in session.get_inputs()}
+    values: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for start in range(0, len(tokens), BATCH_SEQUENCES):
+        outputs = session.run(names, model_feeds(inputs, tokens[start:start + BATCH_SEQUENCES]))
+        for name, value in zip(names, outputs):
+            values[name].append(value)
+    return values
+
+
+def _fit(run: Run, pruned: dict, target: list[np.ndarray]) -> NormalEquations:
+    """Normal equations of (x T ~ target - s) over the calibration batches."""
+    fold = run.fold
+    equations = NormalEquations()
+    for x, s, y in zip(pruned[fold.output], pruned[fold.stream_in], target):
+        equations.add(x, y - s)
+    return equations
+
+
+def _held_out_errors(run: Run, held: dict, target: list[np.ndarray], transform: np.ndarray) -> tuple[float, float]:
+    """Relative squared error of the stream after RUN on held-out windows, without and with the fit."""
+    fold = run.fold
+    before = after = total = 0.0
+    for x, s, y in zip(held[fold.output], held[fold.stream_in], target):
+        before += squared_error(s + x, y)
+        after += squared_error(s + x.astype(np.float64) @ transform, y)
+        total += squared_error(y, np.zeros_like(y))
+    return before / max(total, 1e-30), after / max(total, 1e-30)
+
+
+def fit_removed_runs(model: onnx.ModelProto, session, writers: list[Writer], tokens: np.ndarray,
+                     held_out: np.ndarray) -> list[dict]:
+    """Fit and fold one map per run of removed writers of SESSION (pruned from MODEL), in stream order.
+
+    WRITERS: `stream_writers` of the unpruned session. TOKENS / HELD_OUT: calibration and held-out
+    windows. Returns one record per run (what was fitted, the held-out errors, whether it was folded).
+    """
+    runs = removed_runs(session, writers)
+    if not runs:
+        return []
+    targets = run_outputs(model, [run.target for run in runs], np.concatenate([tokens, held_out]))
+    split = -(-len(tokens) // BATCH_SEQUENCES)  # batches of calibration windows come first
+    records = []
+    for run in runs:
+        record = {"removed": [w.unit for w in run.removed], "target": run.target,
+                  "writer": run.fold.node if run.fold else None, "folded": False}
+        records.append(record)
+        if run.fold is None:
+            record["reason"] = "no surviving writer before the run"
+            continue
+        names = [run.fold.output, run.fold.stream_in]
+        pruned = session.to_model(model, keep=set(names))
+        calib = run_outputs(pruned, names, tokens)
+        transform = _fit(run, calib, targets[run.target][:split]).solve()
+        held = run_outputs(pruned, names, held_out)
+        before, after = _held_out_errors(run, held, targets[run.target][split:], transform)
+        record["held_out_error"] = {"before": round(before, 6), "after": round(after, 6)}
+        if after >= before:
+            record["reason"] = "the fit does not lower the held-out error"
+            logger.info("not folding %s: held-out error %.4f -> %.4f", run.fold.node, before, after)
+            continue
+        tensors = session.graph.tensors()
+        node = next(n for n in session.graph.nodes if n.name == run.fold.node)
+        fold_output_map(node, tensors[run.fold.output], transform)
+        session._invalidate()
+        record["folded"] = True
+        logger.info("folded a fit into %s for %s: held-out error %.4f -> %.4f", run.fold.node,
+                    ", ".join(record["removed"]), before, after)
+    return records
