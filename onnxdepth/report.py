@@ -25,6 +25,7 @@ from pathlib import Path
 from . import __version__
 from .errors import InvalidArgumentError, ModelLoadError, OutputWriteError
 from .fileio import write_atomic
+from .sweep_dir import BASELINE, POINTS_FILE, SWEEP_FILE, read_meta, read_points
 
 __all__ = ["Figure", "Table", "Section", "build_sections", "render_html", "render_markdown", "write_report"]
 
@@ -86,18 +87,23 @@ def _ms(value) -> str:
 # -------------------------------------------------------------------------------------------- sweeps
 
 def _load_sweep(directory: Path) -> dict:
-    from .sweep import POINTS_FILE, SWEEP_FILE, read_points
+    return {"meta": read_meta(directory), "rows": read_points(directory / POINTS_FILE), "path": directory}
 
-    try:
-        meta = json.loads((directory / SWEEP_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise InvalidArgumentError(f"{directory}: not a sweep directory (no readable {SWEEP_FILE})") from exc
-    return {"meta": meta, "rows": read_points(directory / POINTS_FILE), "path": directory}
+
+def _task_info(meta: dict, task: str) -> dict:
+    """How to draw TASK: the registry's description, overridden by what the sweep stored in sweep.json (a
+    task no longer registered is drawn from sweep.json alone)."""
+    from .eval import tasks
+
+    stored = meta.get("tasks", {}).get(task, {})
+    if task not in tasks.task_names():
+        return stored
+    spec = tasks.get_task(task)
+    return {**spec.describe(), "random_note": spec.random_note, **stored}
 
 
 def _sweep_figures(sweeps: list[dict]) -> list[Figure]:
     from .plots import Series, latency_plot, metric_plot
-    from .sweep import BASELINE
 
     several = len(sweeps) > 1
     figures = []
@@ -108,7 +114,7 @@ def _sweep_figures(sweeps: list[dict]) -> list[Figure]:
             meta = sweep["meta"]
             if task not in meta.get("tasks", {}):
                 continue
-            info = meta["tasks"][task]
+            info = _task_info(meta, task)
             ok = [r for r in sweep["rows"] if r.get("status") == "ok"]
             base = [r for r in ok if r["method"] == BASELINE]
             for method in meta.get("methods", []):
@@ -152,14 +158,12 @@ def _task_column(task: str, info: dict) -> str:
 
 def _sweep_table(sweep: dict) -> tuple[Table, list[str]]:
     """Thesis Tables 4.1 / 4.3: the unpruned model, then every point; plus notes on skipped points."""
-    from .sweep import BASELINE
-
     meta, rows = sweep["meta"], sweep["rows"]
     task_names = list(meta.get("tasks", {}))
     scale = _param_scale(int(meta.get("params_before") or 1))
     columns = ["model", "method", "target", "reduction", f"params ({_PARAM_UNITS[scale]})" if scale > 1 else "params",
                "file MB", "latency per batch (ms)", "vs unpruned",
-               *[_task_column(t, meta["tasks"][t]) for t in task_names], "eval time (s)"]
+               *[_task_column(t, _task_info(meta, t)) for t in task_names], "eval time (s)"]
     body, notes = [], []
     methods = [BASELINE, *meta.get("methods", [])]
     for row in sorted(rows, key=lambda r: (methods.index(r["method"]) if r["method"] in methods else len(methods),
@@ -189,10 +193,12 @@ def _sweep_section(sweeps: list[dict]) -> Section:
         methods = ", ".join(meta.get("methods", []))
         section.notes.append(f"{meta['label']} ({meta['model']}): {meta['kind']}, methods {methods}, "
                              f"{int(meta.get('params_before') or 0):,} parameters")
-        for task, info in meta.get("tasks", {}).items():
+        for task in meta.get("tasks", {}):
+            info = _task_info(meta, task)
             if info.get("random") is not None:
+                note = f" ({info['random_note']})" if info.get("random_note") else ""
                 section.notes.append(f"{task}: random guess {info.get('label', task)} = {_metric(info['random'])}"
-                                     + (" (vocabulary size)" if task == "perplexity" else ""))
+                                     f"{note}")
     section.figures = _sweep_figures(sweeps)
     for sweep in sweeps:
         table, skipped = _sweep_table(sweep)
@@ -298,8 +304,6 @@ def _plan_section(path: Path, plan: dict, model_path: Path | None) -> Section:
 
 def build_sections(inputs: list[str | os.PathLike]) -> list[Section]:
     """One section for all sweep directories (shared plots), one per bench JSON and per pruned model."""
-    from .sweep import SWEEP_FILE
-
     if not inputs:
         raise InvalidArgumentError("report needs at least one input")
     sweeps, others = [], []
