@@ -4,7 +4,7 @@ Points are (method, target ratio). Transformers: one method per granularity (fin
 Other models (CNNs): granularity does not apply; the method is ``full`` (every prunable unit). The
 unpruned model is the first point (method ``unpruned``, ratio 0) and the reference of every other.
 
-Output directory layout::
+Output directory layout (the format itself lives in `sweep_dir`, which `report` reads too)::
 
     DIR/sweep.json     the arguments, their hash, the tasks and their random-guess scores
     DIR/points.jsonl   one JSON row per point, rewritten atomically after every point (resumable)
