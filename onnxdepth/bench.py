@@ -11,7 +11,6 @@ the GPU once with IO binding, so the timing is the model, not host-device copies
 
 from __future__ import annotations
 
-import html
 import statistics
 import time
 import zipfile
@@ -26,6 +25,7 @@ from .graph.shapes import concrete_input_shapes
 from .params import count_params_proto
 from .runtime import open_session, ort_errors, providers_for
 from .runtime import progress as progress_bar
+from .tables import bench_table, html_table
 from .verify import random_feeds
 
 __all__ = ["BenchRow", "bench_models", "render_table", "render_html"]
@@ -206,13 +206,8 @@ def render_table(rows: list[BenchRow]) -> str:
 
 
 def render_html(rows: list[BenchRow]) -> str:
-    cells = "".join(
-        f"<tr><td>{html.escape(r.model)}</td><td>{r.params:,}</td><td>{r.file_mb:.2f}</td><td>{r.batches}</td>"
-        f"<td>{r.median_ms:.2f}</td><td>{r.p90_ms:.2f}</td><td>{r.total_ms:.1f}</td><td>{(r.vs_first or 0):.3f}</td>"
-        f"<td>{r.session_rss_mb:.0f}</td><td>{r.run_rss_mb:.0f}</td></tr>" for r in rows)
+    """A self-contained HTML page with the latency table (the report's table renderer)."""
     return ("<!doctype html><meta charset='utf-8'><title>onnxdepth bench</title><style>body{font-family:sans-serif}"
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-            "td:first-child{text-align:left}</style><h1>ONNX Runtime latency</h1><table><tr><th>model</th>"
-            "<th>params</th><th>MB</th><th>batches</th><th>median ms / batch</th><th>p90 ms / batch</th>"
-            "<th>total ms</th><th>vs first (total)</th><th>session RSS MB</th><th>run RSS MB</th>"
-            f"</tr>{cells}</table>")
+            "td:first-child,th:first-child{text-align:left}</style><h1>ONNX Runtime latency</h1>"
+            + html_table(bench_table([row.to_json() for row in rows])) + "\n")

@@ -161,87 +161,18 @@ def _cmd_score(args) -> int:
     return 0
 
 
+#: `eval` arguments passed to the task's evaluator as options (the registry reads what it needs).
+_EVAL_OPTIONS = ("text", "tokenizer", "ctx", "stride", "max_tokens", "images", "imgsz", "image_dir", "labels",
+                 "samples", "seed", "ocr_kind", "data", "dev", "shots", "scoring", "limit", "threads")
+
+
 def _cmd_eval(args) -> int:
-    if args.task == "detection" and args.image_dir:
-        from .eval.detection_labels import labelled_map
-        from .graph.io import load_model
+    from .eval import tasks
 
-        load_model(args.model)  # one-line errors for bad files
-        result = labelled_map(args.model, args.image_dir, args.labels, imgsz=args.imgsz, threads=args.threads,
-                              limit=args.limit)
-        summary = {"task": "detection", "map50": result["map50"], "map50_95": result["map50_95"],
-                   "images": result["images"], "label_boxes": result["label_boxes"]}
-        return _print_result(args, summary, f"mAP50 {summary['map50']:.4f}, mAP50-95 {summary['map50_95']:.4f} on "
-                                            f"{summary['images']} images ({summary['label_boxes']} labelled boxes)")
-    if args.task == "detection":
-        if not args.reference:
-            raise InvalidArgumentError("eval --task detection needs --image-dir DIR [--labels LABELS] (mAP against "
-                                       "labels) or --reference UNPRUNED.onnx (fidelity mAP)")
-        from .eval import fidelity_map, reference_images
-        from .graph.io import load_model
-
-        load_model(args.model), load_model(args.reference)  # one-line errors for bad files
-        result = fidelity_map(args.model, args.reference, reference_images(args.images, args.imgsz),
-                              threads=args.threads)
-        summary = {"task": "detection", "map50": result["map50"], "map50_95": result["map50_95"],
-                   "images": result["images"], "reference_boxes": result["reference_boxes"]}
-        return _print_result(args, summary, f"fidelity mAP50 {summary['map50']:.4f}, mAP50-95 "
-                                            f"{summary['map50_95']:.4f} on {summary['images']} images "
-                                            f"({summary['reference_boxes']} reference boxes)")
-    if args.task == "multiple-choice":
-        if not args.data:
-            raise InvalidArgumentError("eval --task multiple-choice needs --data (an MMLU CSV file or folder)")
-        from .eval import evaluate_multiple_choice
-
-        result = evaluate_multiple_choice(args.model, args.data, dev=args.dev, shots=args.shots,
-                                          scoring=args.scoring, limit=args.limit, tokenizer_dir=args.tokenizer,
-                                          threads=args.threads, progress=not args.json and sys.stderr.isatty())
-        keys = ("task", "letter_accuracy", "cloze_accuracy", "questions", "shots")
-        scores = ", ".join(f"{style} accuracy {result[f'{style}_accuracy']:.4f}" for style in ("letter", "cloze")
-                           if f"{style}_accuracy" in result)
-        return _print_result(args, {k: result[k] for k in keys if k in result},
-                             f"multiple-choice {scores} on {result['questions']:,} questions "
-                             f"({result['shots']}-shot, {result['seconds']:.0f} s)")
-    if args.task == "ocr":
-        from .eval import evaluate_ocr
-
-        result = evaluate_ocr(args.model, kind=args.ocr_kind, samples=args.samples, seed=args.seed,
-                              threads=args.threads, progress=not args.json and sys.stderr.isatty())
-        if result["kind"] == "rec":
-            keys = ("task", "kind", "char_accuracy", "line_accuracy", "samples")
-            line = (f"ocr rec: character accuracy {result['char_accuracy']:.4f}, line accuracy "
-                    f"{result['line_accuracy']:.4f} on {result['samples']} rendered lines ({result['seconds']:.0f} s)")
-        else:
-            keys = ("task", "kind", "precision", "recall", "f1", "samples")
-            line = (f"ocr det: precision {result['precision']:.4f}, recall {result['recall']:.4f}, F1 "
-                    f"{result['f1']:.4f} at IoU 0.5 on {result['samples']} rendered pages ({result['truth_boxes']} "
-                    f"text lines, {result['seconds']:.0f} s)")
-        return _print_result(args, {k: result[k] for k in keys}, line)
-    if args.task == "embedding":
-        if not args.reference:
-            raise InvalidArgumentError("eval --task embedding needs --reference UNPRUNED.onnx (the embeddings to "
-                                       "compare with)")
-        from .eval import embedding_similarity
-
-        result = embedding_similarity(args.model, args.reference, text_file=args.text,
-                                      samples=200 if args.samples is None else args.samples,
-                                      tokenizer_dir=args.tokenizer, threads=args.threads)
-        return _print_result(args, {k: result[k] for k in ("task", "cosine", "top1", "samples")},
-                             f"embedding: mean cosine {result['cosine']:.4f} (min {result['cosine_min']:.4f}), "
-                             f"top-1 retrieval {result['top1']:.4f} on {result['samples']} lines")
-    if args.task != "perplexity":
-        raise InvalidArgumentError(f"eval --task {args.task}: not yet supported "
-                                   "(available: perplexity, multiple-choice, detection, ocr, embedding)")
-    if not args.text:
-        raise InvalidArgumentError("eval --task perplexity needs --text FILE")
-    from .eval import evaluate_perplexity
-
-    result = evaluate_perplexity(args.model, args.text, tokenizer_dir=args.tokenizer, ctx=args.ctx,
-                                 max_tokens=args.max_tokens, stride=args.stride, threads=args.threads,
-                                 progress=not args.json and sys.stderr.isatty())
-    return _print_result(args, {k: result[k] for k in ("task", "perplexity", "tokens")},
-                         f"perplexity {result['perplexity']:.4f} on {result['tokens']:,} tokens "
-                         f"({result['seconds']:.0f} s)")
+    options = {key: getattr(args, key) for key in _EVAL_OPTIONS}
+    options["progress"] = not args.json and sys.stderr.isatty()
+    result = tasks.evaluate(args.task, args.model, reference=args.reference, options=options, flag="--task")
+    return _print_result(args, *tasks.summarize(result))
 
 
 def _print_result(args, summary: dict, line: str) -> int:
@@ -302,7 +233,7 @@ def _cmd_sweep(args) -> int:
     config = SweepConfig(
         model=args.model, ratios=parse_ratios(args.ratios),
         granularities=parse_names(args.granularity, "--granularity", GRANULARITY_METHODS),
-        tasks=[] if args.eval.strip() == "none" else parse_names(args.eval, "--eval"),
+        tasks=[] if args.eval.strip() == "none" else parse_names(args.eval, "--eval"),  # checked by the registry
         importance=args.importance, calib=args.calib, calib_sequences=args.calib_sequences,
         calib_length=args.calib_length, exclude=args.exclude, input_shapes=_input_shapes(args.input_shape),
         eval_options=_eval_options(args), bench_runs=args.bench_runs, threads=args.threads, seed=args.seed,
@@ -364,6 +295,12 @@ def _cmd_export(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .eval import tasks
+    from .eval.multiple_choice import SCORINGS
+    from .eval.ocr import OCR_KINDS
+    from .export.hf import TASKS as HF_TASKS
+    from .runtime import DEVICES
+
     parser = argparse.ArgumentParser(prog="onnxdepth", description="Fine-grained depth pruning of ONNX models.")
     parser.add_argument("--version", action="version", version=f"onnxdepth {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
@@ -430,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a model through ONNX Runtime")
     p.add_argument("model")
-    p.add_argument("--task", required=True, choices=["perplexity", "multiple-choice", "detection", "ocr", "embedding"])
+    p.add_argument("--task", required=True, choices=tasks.task_names())
     p.add_argument("--text", help="perplexity: a text file (WikiText-2 format); embedding: lines to embed "
                                   "(the first --samples non-empty ones; default: built-in sentences)")
     p.add_argument("--tokenizer", help="tokenizer directory (default: beside the model)")
@@ -447,12 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ocr: rendered lines (rec, default 200) or pages (det, default 50); embedding: lines "
                         "(default 200)")
     p.add_argument("--seed", type=int, default=0, help="ocr: seed of the rendered text")
-    p.add_argument("--ocr-kind", choices=["rec", "det"], default=None,
+    p.add_argument("--ocr-kind", choices=OCR_KINDS, default=None,
                    help="ocr: recognizer or detector (default: from the output shape)")
     p.add_argument("--data", help="multiple-choice: an MMLU CSV file or a folder of them (no header)")
     p.add_argument("--dev", help="multiple-choice: few-shot examples folder (default: 'dev' beside the data folder)")
     p.add_argument("--shots", type=int, default=0, help="multiple-choice: few-shot examples per question")
-    p.add_argument("--scoring", default="both", choices=["letter", "cloze", "both"],
+    p.add_argument("--scoring", default="both", choices=SCORINGS,
                    help="multiple-choice: answer letters (MMLU), answer texts (cloze, length-normalised) or both")
     p.add_argument("--limit", type=int, default=None, help="multiple-choice: first N questions only")
     p.add_argument("--threads", type=int, default=None)
@@ -464,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+    p.add_argument("--device", default="cpu", choices=DEVICES,
                    help="cuda: CUDA execution provider (onnxruntime-gpu) with IO binding")
     p.add_argument("--input-shape", action="append", metavar="NAME:DxD",
                    help="concrete shape for a dynamic graph input (repeatable)")
@@ -487,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search-space", default=None, metavar="SPACES",
                    help="CNNs: comma list of full, reduced (one method each; default full)")
     p.add_argument("--eval", required=True, metavar="TASKS",
-                   help="comma list of tasks (perplexity, detection, ...) or none (latency only)")
+                   help=f"comma list of tasks ({', '.join(tasks.task_names())}) or none (latency only)")
     p.add_argument("--importance", default="magnitude", help="importance metric (default: magnitude)")
     p.add_argument("--exclude", metavar="REGEX", help="exclude units whose id (node name) matches REGEX")
     p.add_argument("--input-shape", action="append", metavar="NAME:DxD",
@@ -539,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="ultralytics: output .onnx; hf: output directory (model.onnx + tokenizer/config)")
     p.add_argument("--imgsz", type=int, default=640, help="ultralytics: image size")
     p.add_argument("--task", default="text-generation",
-                   choices=["text-generation", "text-generation-with-past", "feature-extraction"],
+                   choices=HF_TASKS,
                    help="hf: export task")
     p.add_argument("--overwrite", action="store_true", help="hf: replace an existing model.onnx in OUT")
     p.add_argument("--opset", type=int, default=None)

@@ -25,6 +25,8 @@ from pathlib import Path
 from . import __version__
 from .errors import InvalidArgumentError, ModelLoadError, OutputWriteError
 from .fileio import write_atomic
+from .sweep_dir import BASELINE, POINTS_FILE, SWEEP_FILE, read_meta, read_points
+from .tables import Table, bench_table, html_table, markdown_table, md_escape, ms
 
 __all__ = ["Figure", "Table", "Section", "build_sections", "render_html", "render_markdown", "write_report"]
 
@@ -34,15 +36,6 @@ class Figure:
     slug: str  # file name stem of the PNG beside the Markdown
     caption: str
     png: bytes
-
-
-@dataclass
-class Table:
-    columns: list[str]
-    rows: list[list[str]]
-    caption: str = ""
-    css: str = ""  # table class
-    cell_classes: list[list[str]] | None = None  # same shape as rows
 
 
 @dataclass
@@ -76,28 +69,26 @@ def _pct(value) -> str:
     return "" if value is None else f"{100 * float(value):.1f}%"
 
 
-def _ms(value) -> str:
-    """Milliseconds (and MB): two decimals, three below 1 so that tiny models do not all read 0.00."""
-    if value is None:
-        return ""
-    return f"{float(value):.3f}" if abs(float(value)) < 1 else f"{float(value):.2f}"
-
-
 # -------------------------------------------------------------------------------------------- sweeps
 
 def _load_sweep(directory: Path) -> dict:
-    from .sweep import POINTS_FILE, SWEEP_FILE, read_points
+    return {"meta": read_meta(directory), "rows": read_points(directory / POINTS_FILE), "path": directory}
 
-    try:
-        meta = json.loads((directory / SWEEP_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise InvalidArgumentError(f"{directory}: not a sweep directory (no readable {SWEEP_FILE})") from exc
-    return {"meta": meta, "rows": read_points(directory / POINTS_FILE), "path": directory}
+
+def _task_info(meta: dict, task: str) -> dict:
+    """How to draw TASK: the registry's description, overridden by what the sweep stored in sweep.json (a
+    task no longer registered is drawn from sweep.json alone)."""
+    from .eval import tasks
+
+    stored = meta.get("tasks", {}).get(task, {})
+    if task not in tasks.task_names():
+        return stored
+    spec = tasks.get_task(task)
+    return {**spec.describe(), "random_note": spec.random_note, **stored}
 
 
 def _sweep_figures(sweeps: list[dict]) -> list[Figure]:
     from .plots import Series, latency_plot, metric_plot
-    from .sweep import BASELINE
 
     several = len(sweeps) > 1
     figures = []
@@ -108,7 +99,7 @@ def _sweep_figures(sweeps: list[dict]) -> list[Figure]:
             meta = sweep["meta"]
             if task not in meta.get("tasks", {}):
                 continue
-            info = meta["tasks"][task]
+            info = _task_info(meta, task)
             ok = [r for r in sweep["rows"] if r.get("status") == "ok"]
             base = [r for r in ok if r["method"] == BASELINE]
             for method in meta.get("methods", []):
@@ -152,14 +143,12 @@ def _task_column(task: str, info: dict) -> str:
 
 def _sweep_table(sweep: dict) -> tuple[Table, list[str]]:
     """Thesis Tables 4.1 / 4.3: the unpruned model, then every point; plus notes on skipped points."""
-    from .sweep import BASELINE
-
     meta, rows = sweep["meta"], sweep["rows"]
     task_names = list(meta.get("tasks", {}))
     scale = _param_scale(int(meta.get("params_before") or 1))
     columns = ["model", "method", "target", "reduction", f"params ({_PARAM_UNITS[scale]})" if scale > 1 else "params",
                "file MB", "latency per batch (ms)", "vs unpruned",
-               *[_task_column(t, meta["tasks"][t]) for t in task_names], "eval time (s)"]
+               *[_task_column(t, _task_info(meta, t)) for t in task_names], "eval time (s)"]
     body, notes = [], []
     methods = [BASELINE, *meta.get("methods", [])]
     for row in sorted(rows, key=lambda r: (methods.index(r["method"]) if r["method"] in methods else len(methods),
@@ -173,7 +162,7 @@ def _sweep_table(sweep: dict) -> tuple[Table, list[str]]:
         body.append([name, row["method"], "" if baseline else f"{float(row['ratio']):.2f}",
                      "" if baseline else _pct(row.get("reduction")),
                      f"{params / scale:,.3f}" if scale > 1 and params is not None else f"{params:,}",
-                     _ms(row.get("file_mb", 0)), _ms(row.get("latency_ms")),
+                     ms(row.get("file_mb", 0)), ms(row.get("latency_ms")),
                      "" if baseline or row.get("latency_vs_unpruned") is None else f"{row['latency_vs_unpruned']:.3f}",
                      *[_metric((row.get("metrics") or {}).get(t)) for t in task_names],
                      f"{row.get('eval_s', 0):.1f}"])
@@ -189,10 +178,12 @@ def _sweep_section(sweeps: list[dict]) -> Section:
         methods = ", ".join(meta.get("methods", []))
         section.notes.append(f"{meta['label']} ({meta['model']}): {meta['kind']}, methods {methods}, "
                              f"{int(meta.get('params_before') or 0):,} parameters")
-        for task, info in meta.get("tasks", {}).items():
+        for task in meta.get("tasks", {}):
+            info = _task_info(meta, task)
             if info.get("random") is not None:
+                note = f" ({info['random_note']})" if info.get("random_note") else ""
                 section.notes.append(f"{task}: random guess {info.get('label', task)} = {_metric(info['random'])}"
-                                     + (" (vocabulary size)" if task == "perplexity" else ""))
+                                     f"{note}")
     section.figures = _sweep_figures(sweeps)
     for sweep in sweeps:
         table, skipped = _sweep_table(sweep)
@@ -214,13 +205,7 @@ def _bench_section(path: Path, rows: list[dict]) -> Section:
     from .plots import bench_plot
 
     names = [Path(r["model"]).name for r in rows]
-    table = Table(["model", "params", "file MB", "batches", "median ms / batch", "p90 ms / batch", "total ms",
-                   "vs first", "session RSS MB", "run RSS MB"],
-                  [[r["model"], f"{int(r.get('params', 0)):,}", f"{r.get('file_mb', 0):.2f}", str(r.get("batches", 1)),
-                    _ms(r["median_ms"]), _ms(r.get("p90_ms")), _ms(r.get("total_ms")),
-                    f"{r['vs_first']:.3f}" if r.get("vs_first") is not None else "",
-                    f"{r.get('session_rss_mb', 0):.0f}", f"{r.get('run_rss_mb', 0):.0f}"] for r in rows],
-                  f"ONNX Runtime latency from {path.name}")
+    table = bench_table(rows, f"ONNX Runtime latency from {path.name}")
     figure = Figure(f"bench-{path.stem}", f"median latency per run ({path.name})",
                     bench_plot(names, [float(r["median_ms"]) for r in rows],
                                [float(r.get("p90_ms") or r["median_ms"]) for r in rows]))
@@ -298,8 +283,6 @@ def _plan_section(path: Path, plan: dict, model_path: Path | None) -> Section:
 
 def build_sections(inputs: list[str | os.PathLike]) -> list[Section]:
     """One section for all sweep directories (shared plots), one per bench JSON and per pruned model."""
-    from .sweep import SWEEP_FILE
-
     if not inputs:
         raise InvalidArgumentError("report needs at least one input")
     sweeps, others = [], []
@@ -361,21 +344,6 @@ ul.notes{color:#444}footer{color:#888;font-size:.8em;margin-top:3em}
 """
 
 
-def _html_table(table: Table) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
-    body = []
-    for r, row in enumerate(table.rows):
-        cells = []
-        for c, value in enumerate(row):
-            css = table.cell_classes[r][c] if table.cell_classes else ""
-            cells.append(f"<td class=\"{css}\">{html.escape(value)}</td>" if css else f"<td>{html.escape(value)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    css = f" class=\"{table.css}\"" if table.css else ""
-    caption = f"<caption>{html.escape(table.caption)}</caption>" if table.caption else ""
-    return f"<div class=\"scroll\"><table{css}>{caption}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}" \
-           "</tbody></table></div>"
-
-
 def render_html(sections: list[Section], title: str = "onnxdepth report") -> str:
     parts = [f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
@@ -388,7 +356,7 @@ def render_html(sections: list[Section], title: str = "onnxdepth report") -> str
             data = base64.b64encode(figure.png).decode("ascii")
             parts.append(f"<figure><img alt=\"{html.escape(figure.caption)}\" src=\"data:image/png;base64,{data}\">"
                          f"<figcaption>{html.escape(figure.caption)}</figcaption></figure>")
-        parts.extend(_html_table(t) for t in section.tables)
+        parts.extend(html_table(t) for t in section.tables)
         parts.append("</section>")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts.append(f"<footer>onnxdepth {__version__}, {stamp}</footer></body></html>\n")
@@ -397,23 +365,6 @@ def render_html(sections: list[Section], title: str = "onnxdepth report") -> str
 
 # ------------------------------------------------------------------------------------------ Markdown
 
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _md_table(table: Table) -> str:
-    lines = [f"*{_md_escape(table.caption)}*", ""] if table.caption else []
-    lines.append("| " + " | ".join(_md_escape(c) for c in table.columns) + " |")
-    lines.append("| " + " | ".join("---" if k == 0 else "---:" for k in range(len(table.columns))) + " |")
-    for r, row in enumerate(table.rows):
-        cells = list(row)
-        if table.cell_classes:  # the grid: mark pruned cells so they read without colour
-            cells = [f"**{v or 'x'}**" if "pruned" in table.cell_classes[r][c] else (v or "·")
-                     for c, v in enumerate(row)]
-        lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
-    return "\n".join(lines)
-
-
 def render_markdown(sections: list[Section], names: dict[int, str], title: str = "onnxdepth report") -> str:
     parts = [f"# {title}"]
     for section in sections:
@@ -421,8 +372,8 @@ def render_markdown(sections: list[Section], names: dict[int, str], title: str =
         if section.notes:
             parts.append("\n".join(f"- {n}" for n in section.notes))
         for figure in section.figures:
-            parts.append(f"![{_md_escape(figure.caption)}]({names[id(figure)]})\n\n*{_md_escape(figure.caption)}*")
-        parts.extend(_md_table(t) for t in section.tables)
+            parts.append(f"![{md_escape(figure.caption)}]({names[id(figure)]})\n\n*{md_escape(figure.caption)}*")
+        parts.extend(markdown_table(t) for t in section.tables)
     return "\n\n".join(parts) + "\n"
 
 

@@ -4,7 +4,7 @@ Points are (method, target ratio). Transformers: one method per granularity (fin
 Other models (CNNs): granularity does not apply; the method is ``full`` (every prunable unit). The
 unpruned model is the first point (method ``unpruned``, ratio 0) and the reference of every other.
 
-Output directory layout::
+Output directory layout (the format itself lives in `sweep_dir`, which `report` reads too)::
 
     DIR/sweep.json     the arguments, their hash, the tasks and their random-guess scores
     DIR/points.jsonl   one JSON row per point, rewritten atomically after every point (resumable)
@@ -18,9 +18,7 @@ refused (the hash in sweep.json), so one directory never mixes two sweeps.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import math
@@ -36,21 +34,18 @@ from .config import Calibration, PruneConfig
 from .errors import InvalidArgumentError, OutputWriteError, RatioUnreachableError, VerificationError
 from .eval import tasks
 from .fileio import write_atomic, write_json_atomic
+from .runtime import progress as progress_bar
 from .scores import ScoreTable
 from .strategies import strategy_for
+from .sweep_dir import (BASELINE, CSV_FILE, FORMAT_VERSION, MODELS_DIR, POINTS_FILE, SWEEP_FILE, clean, points_csv,
+                        read_meta, read_points, row_order, write_points)
 
 __all__ = ["SweepConfig", "parse_ratios", "parse_names", "run_sweep", "read_points", "cnn_methods", "BASELINE",
            "SWEEP_FILE", "POINTS_FILE", "CSV_FILE", "MODELS_DIR", "GRANULARITY_METHODS", "SEARCH_SPACE_METHODS"]
 
 logger = logging.getLogger(__name__)
 
-SWEEP_FILE = "sweep.json"
-POINTS_FILE = "points.jsonl"
-CSV_FILE = "points.csv"
-MODELS_DIR = "models"
-BASELINE = "unpruned"
 GRANULARITY_METHODS = ("fine", "sublayer", "block")
-FORMAT_VERSION = 1
 # A ratio range includes its stop when the last step lands within this of it (0:0.48:0.06 has 9 points).
 RATIO_EPS = 1e-9
 
@@ -142,70 +137,6 @@ def model_label(path: str | Path) -> str:
     """A short name: the file stem, or the directory for exports named model.onnx."""
     path = Path(path)
     return path.parent.name if path.stem == "model" and path.parent.name else path.stem
-
-
-# --------------------------------------------------------------------------------------------- rows
-
-def _clean(value):
-    """JSON-safe: NaN/inf -> None (strict JSON), numpy scalars -> Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def read_points(path: str | Path) -> list[dict]:
-    """The rows of a points.jsonl; a later row for the same point replaces an earlier one."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows: dict[tuple, dict] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            rows[(row["method"], float(row["ratio"]))] = row
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidArgumentError(f"{path}:{number}: not a sweep point (corrupt file?)") from exc
-    return list(rows.values())
-
-
-def _write_points(path: Path, rows: list[dict]) -> None:
-    write_atomic(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
-
-
-CSV_COLUMNS = ["method", "ratio", "status", "reduction", "params", "params_before", "units", "file_mb", "latency_ms",
-               "latency_p90_ms", "baseline_latency_ms", "latency_vs_unpruned"]
-CSV_TAIL = ["seconds", "prune_s", "eval_s", "bench_s", "model", "time", "reason"]
-
-
-def points_csv(rows: list[dict], task_names: list[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(CSV_COLUMNS + task_names + CSV_TAIL)
-    for row in sorted(rows, key=_row_order):
-        metrics = row.get("metrics") or {}
-        writer.writerow([_csv_cell(row.get(c)) for c in CSV_COLUMNS] + [_csv_cell(metrics.get(t)) for t in task_names]
-                        + [_csv_cell(row.get(c)) for c in CSV_TAIL])
-    return buffer.getvalue()
-
-
-def _csv_cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def _row_order(row: dict) -> tuple:
-    return (row["method"] != BASELINE, row["method"], float(row["ratio"]))
 
 
 # -------------------------------------------------------------------------------------------- sweep
@@ -345,7 +276,7 @@ def _run_point(ctx: _Context, method: str, ratio: float) -> dict:
            "model": os.path.relpath(path, ctx.out_dir) if method != BASELINE else str(path),
            "seconds": round(done - started, 3), "prune_s": round(pruned_at - started, 3),
            "eval_s": round(evaluated_at - pruned_at, 3), "bench_s": round(done - evaluated_at, 3), "time": _now()}
-    return _clean(row)
+    return clean(row)
 
 
 def _check_directory(out_dir: Path, config: SweepConfig, digest: str) -> dict | None:
@@ -385,29 +316,14 @@ def _validate(config: SweepConfig) -> None:
     get_metric(config.importance)
 
 
-def _progress(total: int, enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("{task.description}"), console=Console(stderr=True), transient=True,
-                    disable=not enabled)
-
-
-def run_sweep(config: SweepConfig, out_dir: str | os.PathLike, *, progress: bool = False,
-              on_point: Callable[[dict, bool], None] | None = None) -> dict:
-    """Run (or resume) the sweep into OUT_DIR and write its table, plots and report.
-
-    ON_POINT(row, resumed) is called for every point, resumed ones included. Returns
-    ``{"rows": [...], "files": [paths written], "new_points": n}``.
-    """
+def _open_directory(config: SweepConfig, out_dir: Path) -> _Context:
+    """Check the arguments and OUT_DIR, write its sweep.json, and the context every point runs in."""
     from .graph.io import check_output_path, load_model
     from .prune.session import PruneSession
 
     _validate(config)
     model = load_model(config.model)  # one-line errors for a missing or broken model
     source = Path(config.model).resolve()
-    out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputWriteError(f"{out_dir}: is not a directory")
     try:
@@ -432,52 +348,74 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike, *, progress: bool
             "methods": methods, "tasks": task_info, "params_before": session.params_before,
             "created": previous.get("created") if previous else _now()}
     write_json_atomic(out_dir / SWEEP_FILE, meta)
-    ctx = _Context(config, source, out_dir, methods, transformer, session.params_before, options)
-    del model, session
+    return _Context(config, source, out_dir, methods, transformer, session.params_before, options)
 
-    points_path = out_dir / POINTS_FILE
-    rows = read_points(points_path)
+
+def _resumed_points(ctx: _Context) -> dict[tuple, dict]:
+    """The finished points of an earlier run (failed ones are retried), keyed by (method, ratio); their
+    recorded reachable reductions go into CTX."""
+    rows = read_points(ctx.out_dir / POINTS_FILE)
     done = {(r["method"], float(r["ratio"])): r for r in rows if r.get("status") in ("ok", "skipped")}
-    rows = list(done.values())  # failed points are retried
-    for row in rows:
+    for row in done.values():
         if row.get("status") == "skipped" and row.get("reachable") is not None:
             ctx.unreachable[row["method"]] = min(ctx.unreachable.get(row["method"], math.inf), row["reachable"])
-    todo = [(BASELINE, 0.0)] + [(m, r) for m in methods for r in config.ratios if r > 0.0]
+    return done
+
+
+def _new_point(ctx: _Context, method: str, ratio: float, pending: list[float], bar) -> dict:
+    """Run one point not done before (the method's one pruning run first, when it has not run yet); a pruned
+    model that fails verification is a recorded failure, not an error."""
+    batch_seconds = 0.0
+    if method != BASELINE and method not in ctx.prepared:
+        bar.note(f"{method}: pruning (one run for all ratios)")
+        started = time.perf_counter()
+        _prepare_models(ctx, method, pending)
+        ctx.prepared.add(method)
+        batch_seconds = time.perf_counter() - started
+    bar.note(f"{method} {ratio:g}")
+    try:
+        row = _run_point(ctx, method, ratio)
+    except VerificationError as exc:  # a pruned model failed verification: record it, go on
+        if method == BASELINE:
+            raise
+        row = {"method": method, "ratio": ratio, "status": "failed", "reason": str(exc), "time": _now()}
+    if batch_seconds:  # the method's one pruning run is booked on its first point
+        row["prune_s"] = round(row.get("prune_s", 0.0) + batch_seconds, 3)
+        row["seconds"] = round(row.get("seconds", 0.0) + batch_seconds, 3)
+    return row
+
+
+def run_sweep(config: SweepConfig, out_dir: str | os.PathLike, *, progress: bool = False,
+              on_point: Callable[[dict, bool], None] | None = None) -> dict:
+    """Run (or resume) the sweep into OUT_DIR and write its table, plots and report.
+
+    ON_POINT(row, resumed) is called for every point, resumed ones included. Returns
+    ``{"rows": [...], "files": [paths written], "new_points": n}``.
+    """
+    out_dir = Path(out_dir)
+    ctx = _open_directory(config, out_dir)
+    done = _resumed_points(ctx)
+    rows = list(done.values())
+    todo = [(BASELINE, 0.0)] + [(m, r) for m in ctx.methods for r in config.ratios if r > 0.0]
     new_points = 0
-    with _progress(len(todo), progress) as bar:
-        task_id = bar.add_task("", total=len(todo))
+    with progress_bar(len(todo), "sweep", progress) as bar:
         for method, ratio in todo:
             key = (method, ratio)
             if key in done:
-                bar.advance(task_id)
+                bar.advance()
                 if on_point is not None:
                     on_point(done[key], True)
                 continue
-            batch_seconds = 0.0
-            if method != BASELINE and method not in ctx.prepared:
-                bar.update(task_id, description=f"{method}: pruning (one run for all ratios)")
-                started = time.perf_counter()
-                _prepare_models(ctx, method, [r for m, r in todo if m == method and (m, r) not in done])
-                ctx.prepared.add(method)
-                batch_seconds = time.perf_counter() - started
-            bar.update(task_id, description=f"{method} {ratio:g}")
-            try:
-                row = _run_point(ctx, method, ratio)
-            except VerificationError as exc:  # a pruned model failed verification: record it, go on
-                if method == BASELINE:
-                    raise
-                row = {"method": method, "ratio": ratio, "status": "failed", "reason": str(exc), "time": _now()}
-            if batch_seconds:  # the method's one pruning run is booked on its first point
-                row["prune_s"] = round(row.get("prune_s", 0.0) + batch_seconds, 3)
-                row["seconds"] = round(row.get("seconds", 0.0) + batch_seconds, 3)
+            pending = [r for m, r in todo if m == method and (m, r) not in done]
+            row = _new_point(ctx, method, ratio, pending, bar)
             rows = [r for r in rows if (r["method"], float(r["ratio"])) != key] + [row]
-            _write_points(points_path, rows)
+            write_points(out_dir / POINTS_FILE, rows)
             new_points += 1
-            bar.advance(task_id)
+            bar.advance()
             if on_point is not None:
                 on_point(row, False)
     files = finish(out_dir)
-    return {"rows": sorted(rows, key=_row_order), "files": files, "new_points": new_points}
+    return {"rows": sorted(rows, key=row_order), "files": files, "new_points": new_points}
 
 
 def finish(out_dir: str | os.PathLike) -> list[Path]:
@@ -485,7 +423,7 @@ def finish(out_dir: str | os.PathLike) -> list[Path]:
     from .report import write_report
 
     out_dir = Path(out_dir)
-    meta = json.loads((out_dir / SWEEP_FILE).read_text())
+    meta = read_meta(out_dir)
     rows = read_points(out_dir / POINTS_FILE)
     csv_path = write_atomic(out_dir / CSV_FILE, points_csv(rows, list(meta.get("tasks", {}))))
     return [csv_path, *write_report([out_dir], out_dir / "report.html", plot_prefix="")]

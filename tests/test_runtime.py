@@ -26,7 +26,8 @@ def residual(tmp_path):
 def test_open_session_from_path_proto_bytes_and_session_runs_the_same(residual):
     model, path = residual
     feeds = graphs.random_inputs(model)
-    sessions = [open_session(path), open_session(str(path)), open_session(model), open_session(model.SerializeToString())]
+    sessions = [open_session(path), open_session(str(path)), open_session(model),
+                open_session(model.SerializeToString())]
     expected = sessions[0].run(None, feeds)
     for session in sessions[1:]:
         for got, want in zip(session.run(None, feeds), expected):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import warnings
 
 import numpy as np
@@ -41,6 +42,7 @@ from onnx import numpy_helper
 
 from ..errors import UnsupportedModelError
 from ..runtime import first_line, open_session, ort_errors
+from ..runtime import progress as progress_bar
 
 __all__ = ["PSEUDO_LABEL_LOSSES", "TaylorEncoderScores", "TaylorLMScores", "TaylorSidecar", "initializer_gradients",
            "output_kind", "torch_module"]
@@ -390,24 +392,24 @@ class TaylorLMScores:
             raise UnsupportedModelError("--importance taylor on a transformer needs a causal LM with an input_ids "
                                         "input")
         logits_index = _logits_output(model)
-        bar = _bar(len(range(0, len(tokens), batch_size)), progress)
-        for start in range(0, len(tokens), batch_size):
-            batch = tokens[start:start + batch_size]
-            feeds = model_feeds(specs, batch)
-            # onnx2torch's module takes the graph inputs positionally, in graph order.
-            args = [torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in specs]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # onnx2torch's Slice indexes with a list
-                out = module(*args)
-            logits = out[logits_index] if isinstance(out, (list, tuple)) else out
-            # Next-token loss: position t predicts token t + 1 (the last position has no target).
-            target = torch.from_numpy(batch[:, 1:])
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                                                     target.reshape(-1))
-            loss.backward()
-            del out, logits, loss
-            bar(1)
-        bar(None)
+        steps = len(range(0, len(tokens), batch_size))
+        with progress_bar(steps, "taylor: gradients", progress and sys.stderr.isatty()) as bar:  # a terminal only
+            for start in range(0, len(tokens), batch_size):
+                batch = tokens[start:start + batch_size]
+                feeds = model_feeds(specs, batch)
+                # onnx2torch's module takes the graph inputs positionally, in graph order.
+                args = [torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in specs]
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # onnx2torch's Slice indexes with a list
+                    out = module(*args)
+                logits = out[logits_index] if isinstance(out, (list, tuple)) else out
+                # Next-token loss: position t predicts token t + 1 (the last position has no target).
+                target = torch.from_numpy(batch[:, 1:])
+                loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                                                         target.reshape(-1))
+                loss.backward()
+                del out, logits, loss
+                bar.advance()
         self.scores = _taylor_from_gradients(tensors)
 
     def __call__(self, node, index: int, values: np.ndarray) -> np.ndarray:
@@ -434,23 +436,3 @@ def _input_specs(model: onnx.ModelProto) -> dict[str, _Spec]:
 def _logits_output(model: onnx.ModelProto) -> int:
     names = [o.name for o in model.graph.output]
     return names.index("logits") if "logits" in names else 0
-
-
-def _bar(total: int, enabled: bool):
-    import sys
-
-    if not enabled or not sys.stderr.isatty():
-        return lambda step: None
-    from rich.progress import Progress
-
-    progress = Progress(transient=True)
-    progress.start()
-    task = progress.add_task("taylor: gradients", total=total)
-
-    def advance(step):
-        if step is None:
-            progress.stop()
-        else:
-            progress.update(task, advance=step)
-
-    return advance

@@ -64,8 +64,8 @@ def register_missing_converters() -> None:
         if len(node.input_values) > 1 and node.input_values[1]:
             try:
                 axes = [int(a) for a in get_const_value(node.input_values[1], graph).reshape(-1).tolist()]
-            except KeyError:
-                raise NotImplementedError(f"{node.operation_type}-18 with non-constant axes") from None
+            except KeyError as exc:
+                raise NotImplementedError(f"{node.operation_type}-18 with non-constant axes") from exc
         mapping = OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values)
         if not axes and noop:
             return OperationConverterResult(torch_module=_Identity(), onnx_mapping=mapping)
@@ -75,6 +75,14 @@ def register_missing_converters() -> None:
     for op_type in _REDUCTIONS_18:
         if (op_type, 18) not in known:
             registry.add_converter(operation_type=op_type, version=18)(reduce_18)
+
+    _register_flatten(torch, registry, known, OnnxMapping, OperationConverterResult)
+    _register_batch_norm(torch, registry, OnnxMapping, OperationConverterResult)
+    _REGISTERED = True
+
+
+def _register_flatten(torch, registry, known, OnnxMapping, OperationConverterResult) -> None:
+    """ONNX Flatten for every version, axis 0 included (replaces onnx2torch's, which breaks on it)."""
 
     class _Flatten(torch.nn.Module):
         """ONNX Flatten: [prod(shape[:axis]), prod(shape[axis:])], axis 0 included (onnx2torch breaks on it)."""
@@ -99,8 +107,6 @@ def register_missing_converters() -> None:
         registry._CONVERTER_REGISTRY[key] = flatten
     if ("Flatten", 21) not in known:
         registry.add_converter(operation_type="Flatten", version=21)(flatten)
-    _register_batch_norm(torch, registry, OnnxMapping, OperationConverterResult)
-    _REGISTERED = True
 
 
 def _register_batch_norm(torch, registry, OnnxMapping, OperationConverterResult) -> None:
