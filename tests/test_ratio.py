@@ -207,5 +207,11 @@ def test_cli_units_and_prune_reduced(cli, tmp_path):
     _onnx.save(graphs.build_residual(), str(src))
     code, out, err = cli("units", src, "--search-space", "reduced", "--json")
     assert code == 0, err
+    units = json.loads(out)["units"]
+    channel_keeping = {u["id"] for u in units if u["prunable"]}
+    assert channel_keeping and all(not u["changes_channels"] for u in units if u["prunable"])
     code, out, err = cli("prune", src, tmp_path / "out.onnx", "--ratio", "0.2", "--search-space", "reduced", "--json")
-    assert code == 0, err and json.loads(out)["pruned_units"]
+    assert code == 0, err
+    pruned = json.loads(out)["pruned_units"]
+    assert pruned, "prune --ratio 0.2 must prune at least one unit"
+    assert set(pruned) <= channel_keeping

@@ -399,7 +399,6 @@ def test_kv_cache_io_of_pruned_first_attention(hf):
 
 
 def test_greedy_generate_after_first_attention_pruned(hf):
-    generate = pytest.importorskip("onnxdepth.eval.generate")
     pruned, _ = _prune(hf.tgp, ["layer0.attention"])
     assert len(generate.greedy_generate(pruned, np.array([PROMPT], np.int64), NEW_TOKENS)) == NEW_TOKENS
 
@@ -432,8 +431,7 @@ def test_greedy_generation_with_pruned_attention(hf, torch_llama):
 
 
 def test_greedy_generate_helper_agrees(hf):
-    """onnxdepth.eval.generate.greedy_generate (when present) matches the loop written here."""
-    generate = pytest.importorskip("onnxdepth.eval.generate")
+    """onnxdepth.eval.generate.greedy_generate matches the loop written here."""
     for model in (hf.tgp, _prune(hf.tgp, ["layer1.attention"])[0]):
         tokens = generate.greedy_generate(model, np.array([PROMPT], np.int64), NEW_TOKENS)
         assert tokens.tolist() == _greedy_with_cache(model)
