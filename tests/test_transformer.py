@@ -24,6 +24,8 @@ import onnxruntime as ort  # noqa: E402
 
 from onnxdepth.api import PLAN_METADATA_KEY, prune_model  # noqa: E402
 from onnxdepth.errors import VerificationError  # noqa: E402
+# Our own module: it must import (a broken one fails here), never skip.
+from onnxdepth.eval import generate  # noqa: E402
 from onnxdepth.export.hf import export_hf  # noqa: E402
 from onnxdepth.params import count_params_proto  # noqa: E402
 from onnxdepth.prune.session import PruneSession  # noqa: E402
