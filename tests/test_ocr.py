@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+import helpers
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from onnxdepth.errors import InvalidArgumentError, ModelLoadError, UnsupportedModelError
+from onnxdepth.errors import InvalidArgumentError, UnsupportedModelError
 from onnxdepth.eval.ocr import (
     character_list,
     ctc_greedy_decode,
@@ -33,30 +34,20 @@ REC_MIN_CHAR_ACCURACY = 0.9
 DET_MIN_F1 = 0.8
 
 
-def _packaged(name: str):
-    from onnxdepth.models_zoo import packaged_model
-
-    try:
-        return packaged_model(name)
-    except ModelLoadError as exc:
-        pytest.skip(str(exc))
-
-
 @pytest.fixture(scope="module")
 def rec_model():
-    return _packaged("ppocr-rec")
+    return helpers.packaged_model_or_skip("ppocr-rec")
 
 
 @pytest.fixture(scope="module")
 def det_model():
-    return _packaged("ppocr-det")
+    return helpers.packaged_model_or_skip("ppocr-det")
 
 
 # ------------------------------------------------------------------------------------------ renderers
 
 def test_fonts_found():
-    # matplotlib (a dependency of the detection photos too) ships the DejaVu fonts the renderers use
-    pytest.importorskip("matplotlib")
+    # matplotlib (a core dependency, not an extra: no skip) ships the DejaVu fonts the renderers use
     assert font_paths() and all(p.suffix == ".ttf" and p.is_file() for p in font_paths())
 
 
