@@ -148,6 +148,7 @@ def test_cli_embedding_json(cli, bert_exports, tmp_path):
 def _one_error_line(code, out, err, *needles):
     assert code == 1 and out == ""
     assert err.startswith("onnxdepth: error:") and err.count("\n") == 1 and "Traceback" not in err
+    assert needles, "name at least one text the message must hold"
     for needle in needles:
         assert needle in err
 

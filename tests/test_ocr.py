@@ -53,6 +53,7 @@ def test_fonts_found():
 
 def test_render_lines_deterministic():
     a, b, c = render_lines(6, seed=3), render_lines(6, seed=3), render_lines(6, seed=4)
+    assert len(a) == len(b) == len(c) == 6
     assert [t for _, t in a] == [t for _, t in b]
     assert all(np.array_equal(x, y) for (x, _), (y, _) in zip(a, b))
     assert [t for _, t in a] != [t for _, t in c]
@@ -66,6 +67,7 @@ def test_render_lines_deterministic():
 
 def test_render_pages_deterministic_and_separate():
     a, b = render_pages(3, seed=1, size=320), render_pages(3, seed=1, size=320)
+    assert len(a) == len(b) == 3
     for (img_a, boxes_a), (img_b, boxes_b) in zip(a, b):
         assert np.array_equal(img_a, img_b) and np.array_equal(boxes_a, boxes_b)
         assert img_a.shape == (320, 320, 3) and boxes_a.shape[1] == 4 and len(boxes_a) >= 1
@@ -244,6 +246,7 @@ def _classifier(tmp_path):
 def _one_error_line(code, out, err, *needles):
     assert code == 1 and out == ""
     assert err.startswith("onnxdepth: error:") and err.count("\n") == 1 and "Traceback" not in err
+    assert needles, "name at least one text the message must hold"
     for needle in needles:
         assert needle in err
 

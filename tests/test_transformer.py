@@ -223,6 +223,7 @@ def test_llama_units(hf, task):
 def test_llama_layers_by_structure(hf):
     """Each layer's units are the right projections (optimum names them after the HF modules)."""
     session = PruneSession(hf.tg)
+    assert len(session.layers) == LAYERS
     for i, layer in enumerate(session.layers):
         assert layer.index == i
         attn = layer.attention
@@ -267,14 +268,16 @@ def test_prune_each_llama_unit(hf, task, granularity, unit_id):
 @pytest.mark.parametrize("granularity", ["fine", "sublayer", "block"])
 def test_plan_params_match_removal(hf, granularity):
     """The params a unit reports (and its plan's params_removed) are what pruning it removes."""
-    mismatches = []
+    mismatches, checked = [], []
     for unit in PruneSession(hf.tg, granularity=granularity).units():
         if not unit.prunable:
             continue
+        checked.append(unit.id)
         pruned, session = _prune(hf.tg, [unit.id], granularity)
         actual = session.params_before - session.params()
         if unit.params != actual:
             mismatches.append((unit.id, unit.params, actual))
+    assert checked == UNIT_IDS[granularity]  # every layer unit was checked (the head is not prunable)
     assert mismatches == []
 
 
