@@ -238,7 +238,7 @@ def test_batching_does_not_change_scores(tiny, fine_scores):
 def test_angular_distance_basics():
     a = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [2.0, 2.0]])
     b = np.array([[3.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 1.0]])
-    # Not exactly 0 / 1: the 1e-12 in the cosine's denominator (see the xfail below).
+    # Not exactly 0 / 1: the 1e-12 in the cosine's denominator (see the next test).
     assert np.allclose(angular_distance(a, b), [0.0, 0.5, 1.0, 0.0], atol=1e-6)
     assert angular_distance(a[None], b[None]).shape == (1, 4)
 
