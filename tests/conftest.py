@@ -1,4 +1,5 @@
-"""Shared pytest setup: make ``tests/`` importable (``import graphs``, ``import helpers``) and common fixtures."""
+"""Shared pytest setup: make ``tests/`` importable (``import graphs``, ``import helpers``), common fixtures, and
+the ONNXDEPTH_REQUIRE_EXTRAS guard (``require_extras.py``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ if str(TESTS_DIR) not in sys.path:
 
 import graphs  # noqa: E402
 import helpers  # noqa: E402
+# ONNXDEPTH_REQUIRE_EXTRAS=1 (.ci/run): a skip for a missing optional package fails; see require_extras.py.
+from require_extras import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402, F401
+
+pytest_plugins = ["pytester"]  # tests/test_require_extras.py runs pytest on throwaway test files
 
 
 @pytest.fixture

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 import onnx
+import pytest
 from onnx import helper, numpy_helper
 
 import graphs
@@ -19,8 +22,47 @@ ALL_BUILDERS: dict[str, Callable[[], onnx.ModelProto]] = {
 
 LAYER_OPS = graphs.LAYER_OPS
 
+# Unit counts of every test model, read off its builder in graphs.py and checked against PruneSession by
+# tests/test_units.py::test_exclusion_counts; the other files derive their case counts from this table.
+# family: (head, spatial, unprovable coupling, prunable, prunable and channel-preserving)
+EXPECTED_COUNTS = {
+    "mlp": (1, 0, 0, 3, 1),
+    "cnn_channels": (1, 1, 0, 3, 1),
+    "residual": (1, 0, 0, 7, 4),
+    # The two concat branches start at one fork and meet again: a block (diamond), not a head branch.
+    "concat": (1, 0, 0, 4, 0),
+    "c2f_split": (1, 0, 0, 4, 2),
+    "depthwise": (1, 0, 0, 3, 1),
+    "sppf": (1, 0, 0, 2, 0),
+    "upsample_concat": (1, 1, 0, 3, 1),
+    "batchnorm": (1, 0, 0, 3, 1),
+    "bias": (1, 0, 0, 3, 1),
+    "grouped": (1, 0, 1, 1, 1),
+    "silu_gelu": (1, 0, 0, 2, 1),
+    "identity_layer": (1, 0, 0, 2, 1),
+    "identity_matmul": (1, 0, 0, 2, 2),
+}
+
 # Ops that may belong to a layer's own "activation / norm / bias" tail (see block_end).
 _TAIL_OPS = {"Relu", "LeakyRelu", "Sigmoid", "Mul", "Add", "Erf", "Div", "BatchNormalization", "Tanh"}
+
+
+# The package (import name) that ships each model of onnxdepth.models_zoo.PACKAGED: the 'models' extra.
+_PACKAGED_BY = {"nudenet-yolov8n": "nudenet", "ppocr-det": "rapidocr_onnxruntime", "ppocr-rec": "rapidocr_onnxruntime"}
+
+
+def packaged_model_or_skip(name: str) -> Path:
+    """models_zoo.packaged_model(NAME), skipping only when the package that ships it is not installed.
+
+    Any other failure (the package is there but its file is missing, an unknown name) is ours and
+    fails. The reason reads like pytest.importorskip's, so ONNXDEPTH_REQUIRE_EXTRAS=1 fails it too.
+    """
+    from onnxdepth.models_zoo import packaged_model
+
+    package = _PACKAGED_BY[name]
+    if importlib.util.find_spec(package) is None:  # found without importing it (nudenet imports cv2)
+        pytest.skip(f"could not import {package!r}: not installed (pip install 'onnxdepth[models]')")
+    return packaged_model(name)
 
 
 def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:

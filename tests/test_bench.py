@@ -55,6 +55,7 @@ def test_bench_dataset_batches_and_totals(two_models, tmp_path):
     np.savez(data, x=np.random.default_rng(0).random((5, 3, 16, 16), dtype=np.float32))
     # The test graph has a fixed batch of 1: 5 rows make 5 batches.
     rows = bench_models([str(p) for p in two_models], runs=3, warmup=0, data=str(data))
+    assert len(rows) == len(two_models)
     assert all(r.batches == 5 for r in rows)
     # The total of a pass is the sum of its batches, so it exceeds the median batch.
     assert all(r.total_ms > r.median_ms for r in rows)

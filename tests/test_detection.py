@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import helpers
 import numpy as np
 import pytest
 
-from onnxdepth.errors import InvalidArgumentError, ModelLoadError, UnsupportedModelError
+from onnxdepth.errors import InvalidArgumentError, UnsupportedModelError
 from onnxdepth.eval.detection import (
     average_precision,
     box_iou,
@@ -158,15 +159,9 @@ def test_letterbox():
         letterbox("/nonexistent/image.jpg", 64)
 
 
-def _images_or_skip(count: int, size: int = 320) -> list[np.ndarray]:
-    try:
-        return reference_images(count, size)
-    except ModelLoadError as exc:
-        pytest.skip(str(exc))
-
-
 def test_reference_images_deterministic():
-    images = _images_or_skip(6, 64)
+    # matplotlib (a core dependency) ships grace_hopper.jpg, so the photos are always there: no skip
+    images = reference_images(6, 64)
     assert len(images) == 6
     assert all(a.shape == (3, 64, 64) and a.dtype == np.float32 for a in images)
     assert all(0.0 <= a.min() and a.max() <= 1.0 for a in images)
@@ -179,13 +174,8 @@ def test_reference_images_deterministic():
 # ---------------------------------------------------------------------------------- real YOLOv8n model
 
 def test_fidelity_map_nudenet_against_itself():
-    from onnxdepth.models_zoo import nudenet_yolov8n
-
-    try:
-        path = nudenet_yolov8n()
-    except ModelLoadError as exc:
-        pytest.skip(str(exc))
-    images = _images_or_skip(4)
+    path = helpers.packaged_model_or_skip("nudenet-yolov8n")
+    images = reference_images(4)
     result = fidelity_map(path, path, images, threads=1)
     assert result["task"] == "detection" and result["images"] == 4
     assert result["reference_boxes"] > 0

@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import shutil
 
+import helpers
 import numpy as np
 import pytest
 
 from onnxdepth.errors import InvalidArgumentError
 from onnxdepth.eval.detection import _photo_paths, decode_ultralytics, letterbox
 from onnxdepth.eval.detection_labels import labelled_map, load_yolo_labels
-from onnxdepth.models_zoo import nudenet_yolov8n
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +22,7 @@ def labelled(tmp_path_factory):
     import onnxruntime as ort
     from PIL import Image
 
-    try:
-        model = nudenet_yolov8n()
-    except Exception as exc:  # pragma: no cover - the models extra is installed in CI
-        pytest.skip(f"nudenet not installed: {exc}")
+    model = helpers.packaged_model_or_skip("nudenet-yolov8n")  # skips only without the nudenet package
     root = tmp_path_factory.mktemp("labelled")
     images = root / "images"
     images.mkdir()

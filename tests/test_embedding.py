@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 
@@ -147,6 +148,7 @@ def test_cli_embedding_json(cli, bert_exports, tmp_path):
 def _one_error_line(code, out, err, *needles):
     assert code == 1 and out == ""
     assert err.startswith("onnxdepth: error:") and err.count("\n") == 1 and "Traceback" not in err
+    assert needles, "name at least one text the message must hold"
     for needle in needles:
         assert needle in err
 
@@ -165,12 +167,7 @@ def test_cli_embedding_errors(cli, bert_exports, tmp_path):
 
 def test_cli_embedding_non_encoder(cli, bert_exports):
     """An image model (the packaged PP-OCRv4 recognizer) cannot be fed tokens: one line, exit 1."""
-    from onnxdepth.models_zoo import packaged_model
-
     model, _ = bert_exports
-    try:
-        rec = packaged_model("ppocr-rec")
-    except ModelLoadError as exc:
-        pytest.skip(str(exc))
+    rec = helpers.packaged_model_or_skip("ppocr-rec")
     _one_error_line(*cli("eval", rec, "--task", "embedding", "--reference", rec, "--tokenizer", model.parent),
                     "not an encoder input")

@@ -175,6 +175,7 @@ def test_sublayer_scores_equal_whole_model(tiny, fine_scores):
     local = angular_scores(tiny.model, session, tiny.tokens, progress=False)
     assert list(local) == UNIT_IDS["sublayer"]
     whole = _whole_model_scores(tiny.model, "sublayer", tiny.tokens)
+    assert set(whole) == set(local)
     for unit_id, value in whole.items():
         assert local[unit_id] == pytest.approx(value, abs=1e-6), unit_id
     # An attention unit is the same Prune(f) at both granularities.
@@ -189,6 +190,7 @@ def test_block_scores_equal_whole_model_and_layer_io_distance(tiny):
     whole = _whole_model_scores(tiny.model, "block", tiny.tokens)
     boundaries = layer_boundaries(session)
     reference = _run_with(tiny.model, [n for pair in boundaries for n in pair], tiny.tokens)
+    assert len(boundaries) == LAYERS
     for i, (start, end) in enumerate(boundaries):
         unit_id = f"layer{i}.block"
         assert block[unit_id] == pytest.approx(whole[unit_id], abs=1e-6), unit_id
@@ -233,6 +235,7 @@ def test_scores_in_unit_interval_and_deterministic(tiny, granularity):
 
 def test_batching_does_not_change_scores(tiny, fine_scores):
     other = angular_scores(tiny.model, PruneSession(tiny.model), tiny.tokens, batch_size=3, progress=False)
+    assert list(other) == list(fine_scores) == UNIT_IDS["fine"]
     for unit_id, value in fine_scores.items():
         assert other[unit_id] == pytest.approx(value, abs=1e-6), unit_id
 
@@ -240,7 +243,7 @@ def test_batching_does_not_change_scores(tiny, fine_scores):
 def test_angular_distance_basics():
     a = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [2.0, 2.0]])
     b = np.array([[3.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 1.0]])
-    # Not exactly 0 / 1: the 1e-12 in the cosine's denominator (see the xfail below).
+    # Not exactly 0 / 1: the 1e-12 in the cosine's denominator (see the next test).
     assert np.allclose(angular_distance(a, b), [0.0, 0.5, 1.0, 0.0], atol=1e-6)
     assert angular_distance(a[None], b[None]).shape == (1, 4)
 

@@ -206,6 +206,7 @@ def test_matches_transformers(export, data, tokenizer, shots, monkeypatch):
     letter_tokens = len(mc.encode_pair(AutoTokenizer.from_pretrained(str(tok_dir)), "Answer:", " A")[1])
     assert letter_tokens == (1 if tokenizer == "merged" else 2)
     ref = _torch_reference(hf_dir, tok_dir, load_questions(data), _dev_pool(data), shots)
+    assert len(res["items"]) == len(ref) == 5  # zip below must compare every question
     for got, want in zip(res["items"], ref):
         for style in ("letter", "cloze"):
             np.testing.assert_allclose(got[f"{style}_ll"], want[f"{style}_ll"], atol=1e-4, rtol=0)

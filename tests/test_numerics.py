@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 
 import numpy as np
@@ -78,7 +79,17 @@ def _same_width_cases():
     return cases
 
 
-@pytest.mark.parametrize("name, unit_id", _same_width_cases())
+SAME_WIDTH_CASES = _same_width_cases()
+
+
+def test_same_width_cases_cover_every_channel_keeping_unit():
+    """An empty case list would only skip the test below: pin it to the 'prunable and channel-preserving'
+    column of helpers.EXPECTED_COUNTS, model by model."""
+    per_model = collections.Counter(c.values[0] for c in SAME_WIDTH_CASES)
+    assert per_model == {name: counts[4] for name, counts in helpers.EXPECTED_COUNTS.items() if counts[4]}
+
+
+@pytest.mark.parametrize("name, unit_id", SAME_WIDTH_CASES)
 def test_same_width_unit_equals_model_without_the_layer(name, unit_id):
     """Pruning a layer that keeps the width equals deleting that layer and its own bias/norm/activation."""
     model = helpers.ALL_BUILDERS[name]()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+import helpers
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from onnxdepth.errors import InvalidArgumentError, ModelLoadError, UnsupportedModelError
+from onnxdepth.errors import InvalidArgumentError, UnsupportedModelError
 from onnxdepth.eval.ocr import (
     character_list,
     ctc_greedy_decode,
@@ -33,35 +34,26 @@ REC_MIN_CHAR_ACCURACY = 0.9
 DET_MIN_F1 = 0.8
 
 
-def _packaged(name: str):
-    from onnxdepth.models_zoo import packaged_model
-
-    try:
-        return packaged_model(name)
-    except ModelLoadError as exc:
-        pytest.skip(str(exc))
-
-
 @pytest.fixture(scope="module")
 def rec_model():
-    return _packaged("ppocr-rec")
+    return helpers.packaged_model_or_skip("ppocr-rec")
 
 
 @pytest.fixture(scope="module")
 def det_model():
-    return _packaged("ppocr-det")
+    return helpers.packaged_model_or_skip("ppocr-det")
 
 
 # ------------------------------------------------------------------------------------------ renderers
 
 def test_fonts_found():
-    # matplotlib (a dependency of the detection photos too) ships the DejaVu fonts the renderers use
-    pytest.importorskip("matplotlib")
+    # matplotlib (a core dependency, not an extra: no skip) ships the DejaVu fonts the renderers use
     assert font_paths() and all(p.suffix == ".ttf" and p.is_file() for p in font_paths())
 
 
 def test_render_lines_deterministic():
     a, b, c = render_lines(6, seed=3), render_lines(6, seed=3), render_lines(6, seed=4)
+    assert len(a) == len(b) == len(c) == 6
     assert [t for _, t in a] == [t for _, t in b]
     assert all(np.array_equal(x, y) for (x, _), (y, _) in zip(a, b))
     assert [t for _, t in a] != [t for _, t in c]
@@ -75,6 +67,7 @@ def test_render_lines_deterministic():
 
 def test_render_pages_deterministic_and_separate():
     a, b = render_pages(3, seed=1, size=320), render_pages(3, seed=1, size=320)
+    assert len(a) == len(b) == 3
     for (img_a, boxes_a), (img_b, boxes_b) in zip(a, b):
         assert np.array_equal(img_a, img_b) and np.array_equal(boxes_a, boxes_b)
         assert img_a.shape == (320, 320, 3) and boxes_a.shape[1] == 4 and len(boxes_a) >= 1
@@ -253,6 +246,7 @@ def _classifier(tmp_path):
 def _one_error_line(code, out, err, *needles):
     assert code == 1 and out == ""
     assert err.startswith("onnxdepth: error:") and err.count("\n") == 1 and "Traceback" not in err
+    assert needles, "name at least one text the message must hold"
     for needle in needles:
         assert needle in err
 

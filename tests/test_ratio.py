@@ -196,7 +196,8 @@ def test_reduced_search_space_prunes_only_channel_keeping_units():
     assert {uid for uid, u in reduced.items() if u.prunable} == {uid for uid, u in full.items()
                                                                   if u.prunable and not u.changes_channels}
     result = api.prune_model(model, PruneConfig(0.2, search_space="reduced"))
-    assert result.plan["search_space"] == "reduced" and not set(result.pruned_units) & changing
+    assert result.plan["search_space"] == "reduced" and result.pruned_units and result.plan["steps"]
+    assert not set(result.pruned_units) & changing
     assert all(step["removed_channels"] == 0 for step in result.plan["steps"])
     with pytest.raises(InvalidArgumentError, match="--search-space"):
         PruneSession(model, search_space="tiny")
@@ -209,5 +210,11 @@ def test_cli_units_and_prune_reduced(cli, tmp_path):
     _onnx.save(graphs.build_residual(), str(src))
     code, out, err = cli("units", src, "--search-space", "reduced", "--json")
     assert code == 0, err
+    units = json.loads(out)["units"]
+    channel_keeping = {u["id"] for u in units if u["prunable"]}
+    assert channel_keeping and all(not u["changes_channels"] for u in units if u["prunable"])
     code, out, err = cli("prune", src, tmp_path / "out.onnx", "--ratio", "0.2", "--search-space", "reduced", "--json")
-    assert code == 0, err and json.loads(out)["pruned_units"]
+    assert code == 0, err
+    pruned = json.loads(out)["pruned_units"]
+    assert pruned, "prune --ratio 0.2 must prune at least one unit"
+    assert set(pruned) <= channel_keeping

@@ -124,7 +124,7 @@ def test_report_of_sweeps_bench_and_plan_json(sweep_dir, bench_json, pruned_llam
     assert f"Pruned model: {plan_json.name}" in page and '<table class="grid">' in page
     markdown = (tmp_path / "all.md").read_text()
     images = re.findall(r"\]\(([^)]+\.png)\)", markdown)
-    assert len(images) == len(set(images)) == page.count("<img ")
+    assert images and len(images) == len(set(images)) == page.count("<img ")
     for name in images:
         assert name.startswith("all-") and (tmp_path / name).read_bytes().startswith(PNG_MAGIC)
 

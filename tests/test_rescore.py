@@ -70,6 +70,7 @@ def test_whole_layer_move_is_the_identity(tiny):  # noqa: F811
     moves = _by_node({m: v for m, v in layer_moves(session, grouped=True).items() if m.endswith(".block")})
     angular = score_moves(tiny.model, boundaries, moves, tokens)
     cache = cache_layers(tiny.model, boundaries, tokens)
+    assert len(boundaries) == LAYERS
     for l, (start, end) in enumerate(boundaries):
         expected = _mean_distance(cache.hidden[start], cache.hidden[end])
         assert angular[f"layer{l}.block"].score == pytest.approx(expected, abs=2e-6)

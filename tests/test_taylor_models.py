@@ -18,6 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx2torch")
 
+import helpers  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from onnxdepth.config import Calibration, PruneConfig  # noqa: E402
@@ -56,12 +57,7 @@ def _ort(model: onnx.ModelProto, feeds: dict) -> np.ndarray:
 
 
 def _packaged(name: str) -> onnx.ModelProto:
-    from onnxdepth.models_zoo import packaged_model
-
-    try:
-        return onnx.load(str(packaged_model(name)))
-    except ModelLoadError as exc:
-        pytest.skip(str(exc))
+    return onnx.load(str(helpers.packaged_model_or_skip(name)))
 
 
 @pytest.fixture(scope="module")
@@ -161,12 +157,7 @@ def test_ocr_and_sentence_calibration(tmp_path):
 
 
 def test_cli_taylor_bad_calibration_is_one_line(cli, tmp_path):
-    from onnxdepth.models_zoo import packaged_model
-
-    try:
-        src = packaged_model("ppocr-rec")
-    except ModelLoadError as exc:
-        pytest.skip(str(exc))
+    src = helpers.packaged_model_or_skip("ppocr-rec")
     np.savez(tmp_path / "pages.npz", images=np.zeros((1, 3, 64, 64), np.float32))
     for calib, needle in [(tmp_path / "missing", "no such file"), (tmp_path / "pages.npz", "expected [N, 3, 48, W]")]:
         code, out, err = cli("prune", src, tmp_path / "out.onnx", "--ratio", "0.05", "--importance", "taylor",
@@ -277,7 +268,9 @@ def test_encoder_taylor_equals_autograd_by_hand(bert):
     session.importance = scores
     session._invalidate()
     plans = {p.unit_id: p for p in session.prunable_plans()}
-    for unit_id, expected in _hand_taylor(hf_dir, feeds).items():
+    by_hand = _hand_taylor(hf_dir, feeds)
+    assert sorted(by_hand) == ["layer0.attention", "layer1.attention"]  # save_tiny_bert: 2 layers
+    for unit_id, expected in by_hand.items():
         assert expected > 0 and plans[unit_id].score == pytest.approx(expected, rel=1e-3), unit_id
 
 

@@ -25,6 +25,8 @@ import onnxruntime as ort  # noqa: E402
 from onnxdepth.config import PruneConfig  # noqa: E402
 from onnxdepth.api import PLAN_METADATA_KEY, prune_model  # noqa: E402
 from onnxdepth.errors import VerificationError  # noqa: E402
+# Our own module: it must import (a broken one fails here), never skip.
+from onnxdepth.eval import generate  # noqa: E402
 from onnxdepth.export.hf import export_hf  # noqa: E402
 from onnxdepth.params import count_params_proto  # noqa: E402
 from onnxdepth.prune.session import PruneSession  # noqa: E402
@@ -222,6 +224,7 @@ def test_llama_units(hf, task):
 def test_llama_layers_by_structure(hf):
     """Each layer's units are the right projections (optimum names them after the HF modules)."""
     session = PruneSession(hf.tg)
+    assert len(session.layers) == LAYERS
     for i, layer in enumerate(session.layers):
         assert layer.index == i
         attn = layer.attention
@@ -266,14 +269,16 @@ def test_prune_each_llama_unit(hf, task, granularity, unit_id):
 @pytest.mark.parametrize("granularity", ["fine", "sublayer", "block"])
 def test_plan_params_match_removal(hf, granularity):
     """The params a unit reports (and its plan's params_removed) are what pruning it removes."""
-    mismatches = []
+    mismatches, checked = [], []
     for unit in PruneSession(hf.tg, granularity=granularity).units():
         if not unit.prunable:
             continue
+        checked.append(unit.id)
         pruned, session = _prune(hf.tg, [unit.id], granularity)
         actual = session.params_before - session.params()
         if unit.params != actual:
             mismatches.append((unit.id, unit.params, actual))
+    assert checked == UNIT_IDS[granularity]  # every layer unit was checked (the head is not prunable)
     assert mismatches == []
 
 
@@ -400,7 +405,6 @@ def test_kv_cache_io_of_pruned_first_attention(hf):
 
 
 def test_greedy_generate_after_first_attention_pruned(hf):
-    generate = pytest.importorskip("onnxdepth.eval.generate")
     pruned, _ = _prune(hf.tgp, ["layer0.attention"])
     assert len(generate.greedy_generate(pruned, np.array([PROMPT], np.int64), NEW_TOKENS)) == NEW_TOKENS
 
@@ -433,8 +437,7 @@ def test_greedy_generation_with_pruned_attention(hf, torch_llama):
 
 
 def test_greedy_generate_helper_agrees(hf):
-    """onnxdepth.eval.generate.greedy_generate (when present) matches the loop written here."""
-    generate = pytest.importorskip("onnxdepth.eval.generate")
+    """onnxdepth.eval.generate.greedy_generate matches the loop written here."""
     for model in (hf.tgp, _prune(hf.tgp, ["layer1.attention"])[0]):
         tokens = generate.greedy_generate(model, np.array([PROMPT], np.int64), NEW_TOKENS)
         assert tokens.tolist() == _greedy_with_cache(model)

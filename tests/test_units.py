@@ -19,24 +19,7 @@ COUPLING = "unprovable coupling"
 
 ALL = sorted(helpers.ALL_BUILDERS)
 
-# family: (head, spatial, unprovable coupling, prunable, prunable and channel-preserving)
-EXPECTED_COUNTS = {
-    "mlp": (1, 0, 0, 3, 1),
-    "cnn_channels": (1, 1, 0, 3, 1),
-    "residual": (1, 0, 0, 7, 4),
-    # The two concat branches start at one fork and meet again: a block (diamond), not a head branch.
-    "concat": (1, 0, 0, 4, 0),
-    "c2f_split": (1, 0, 0, 4, 2),
-    "depthwise": (1, 0, 0, 3, 1),
-    "sppf": (1, 0, 0, 2, 0),
-    "upsample_concat": (1, 1, 0, 3, 1),
-    "batchnorm": (1, 0, 0, 3, 1),
-    "bias": (1, 0, 0, 3, 1),
-    "grouped": (1, 0, 1, 1, 1),
-    "silu_gelu": (1, 0, 0, 2, 1),
-    "identity_layer": (1, 0, 0, 2, 1),
-    "identity_matmul": (1, 0, 0, 2, 2),
-}
+EXPECTED_COUNTS = helpers.EXPECTED_COUNTS
 
 
 def _units(name, **kwargs):
