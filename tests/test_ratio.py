@@ -1,4 +1,4 @@
-"""api.prune_model(model, ratio): Algorithm 9 until the reduction is reached, verified, plan in metadata."""
+"""api.prune_model(model, PruneConfig(ratio)): Algorithm 9 until the reduction is reached, verified, plan in metadata."""
 
 from __future__ import annotations
 
