@@ -78,8 +78,8 @@ def _text_ids(calib: str, model_path: Path) -> np.ndarray:
                 continue
             try:
                 texts.append(json.loads(line)["text"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise InvalidArgumentError(f"--calib {calib}: line {line_no} is not JSON with a 'text' field") from None
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise InvalidArgumentError(f"--calib {calib}: line {line_no} is not JSON with a 'text' field") from exc
         text = "\n\n".join(texts)
     elif path.suffix in (".txt", ""):
         text = path.read_text()
@@ -179,7 +179,7 @@ def calibration_images(calib: str | None, size: int, *, count: int = 24, seed: i
             try:
                 images.append(letterbox(file, size)[0])
             except Exception as exc:
-                raise InvalidArgumentError(f"--calib {file}: not a readable image ({type(exc).__name__})") from None
+                raise InvalidArgumentError(f"--calib {file}: not a readable image ({type(exc).__name__})") from exc
         return np.stack(images).astype(np.float32)
     if path.suffix == ".npz":
         data = np.load(path)
@@ -208,7 +208,7 @@ def _read_bgr(file: Path) -> np.ndarray:
         with Image.open(file) as image:
             rgb = np.asarray(image.convert("RGB"))
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for unreadable files
-        raise InvalidArgumentError(f"--calib {file}: not a readable image ({type(exc).__name__})") from None
+        raise InvalidArgumentError(f"--calib {file}: not a readable image ({type(exc).__name__})") from exc
     return np.ascontiguousarray(rgb[:, :, ::-1])  # channel axis last: RGB -> BGR
 
 
@@ -294,8 +294,8 @@ def calibration_sentences(calib: str | None, count: int = 32) -> list[str]:
         if path.suffix == ".jsonl" and line.strip():
             try:
                 line = json.loads(line)["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise InvalidArgumentError(f"--calib {calib}: line {line_no} is not JSON with a 'text' field") from None
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise InvalidArgumentError(f"--calib {calib}: line {line_no} is not JSON with a 'text' field") from exc
         line = line.strip()
         if line and not _HEADING.match(line):
             sentences.append(line)

@@ -27,8 +27,8 @@ def _input_shapes(values: list[str] | None) -> dict | None:
         name, _, dims = value.rpartition(":")
         try:
             shapes[name] = tuple(int(d) for d in dims.lower().split("x"))
-        except ValueError:
-            raise InvalidArgumentError(f"--input-shape {value!r}: expected NAME:DxDxD") from None
+        except ValueError as exc:
+            raise InvalidArgumentError(f"--input-shape {value!r}: expected NAME:DxDxD") from exc
         if not name or any(d <= 0 for d in shapes[name]):
             raise InvalidArgumentError(f"--input-shape {value!r}: expected NAME:DxDxD with positive dims")
     return shapes

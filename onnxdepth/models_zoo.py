@@ -114,8 +114,8 @@ def packaged_model(name: str) -> Path:
     """Path of the packaged model NAME (a key of PACKAGED)."""
     try:
         locate = PACKAGED[name]
-    except KeyError:
-        raise InvalidArgumentError(f"unknown packaged model {name!r}; known: {', '.join(PACKAGED)}") from None
+    except KeyError as exc:
+        raise InvalidArgumentError(f"unknown packaged model {name!r}; known: {', '.join(PACKAGED)}") from exc
     return locate()
 
 

@@ -33,15 +33,15 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and friends
-        raise ModelLoadError(f"{path}: not a valid ONNX file ({type(exc).__name__})") from None
+        raise ModelLoadError(f"{path}: not a valid ONNX file ({type(exc).__name__})") from exc
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError(f"{path}: not a valid ONNX file (empty or truncated graph)")
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
     except FileNotFoundError as exc:
-        raise ModelLoadError(f"{path}: external data file missing: {exc.filename}") from None
+        raise ModelLoadError(f"{path}: external data file missing: {exc.filename}") from exc
     except Exception as exc:
-        raise ModelLoadError(f"{path}: cannot read external data ({exc})") from None
+        raise ModelLoadError(f"{path}: cannot read external data ({exc})") from exc
     for init in model.graph.initializer:
         # A truncated raw_data field parses but has the wrong byte count; catch it here, not in ORT.
         if init.HasField("raw_data") and init.data_type in _ITEMSIZE:
@@ -84,7 +84,7 @@ def check_output_path(out: str | os.PathLike, src: str | os.PathLike | None = No
         with tempfile.NamedTemporaryFile(prefix=f".{out.name}.", suffix=".probe", dir=parent):
             pass
     except OSError as exc:
-        raise OutputWriteError(f"{out}: directory {parent} is not writable ({exc.strerror or exc})") from None
+        raise OutputWriteError(f"{out}: directory {parent} is not writable ({exc.strerror or exc})") from exc
     return out
 
 
@@ -120,7 +120,7 @@ def save_model_atomic(model: onnx.ModelProto, out: str | os.PathLike) -> Path:
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the user's usual mode
         os.replace(tmp, out)
     except OSError as exc:
-        raise OutputWriteError(f"{out}: cannot write ({exc.strerror or exc})") from None
+        raise OutputWriteError(f"{out}: cannot write ({exc.strerror or exc})") from exc
     finally:
         for leftover in (tmp, tmp_data):
             if leftover is not None and leftover.exists():
