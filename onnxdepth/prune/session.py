@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Callable
-
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -22,17 +20,13 @@ from ..graph.consts import const_value, set_const_input
 from ..graph.lift import Lifted, NodeClass, lift, transform_weight_index
 from ..graph.shapes import concrete_input_shapes, infer_static_shapes
 from ..graph.transformer import TransformerLayer, find_layers
-from ..importance import magnitude
+from ..param_importance import ParamImportance, magnitude
 from ..params import count_params
 from .search import find_coupled_ops
 
 __all__ = ["Unit", "UnitPlan", "PruneSession", "ParamImportance"]
 
 logger = logging.getLogger(__name__)
-
-# Per-parameter importance: maps a constant's values to a same-shape array of non-negative scores.
-ParamImportance = Callable[[gs.Node, int, np.ndarray], np.ndarray]
-
 
 @dataclass
 class Unit:
