@@ -17,6 +17,7 @@ from ..errors import InvalidArgumentError, UnsupportedModelError
 from ..graph.channels import (UNARY_PASSTHROUGH, AnalysisError, ChannelAnalysis, Site, analyze_channels,
                               input_channel_axes)
 from ..graph.consts import const_value, set_const_input
+from ..graph.head import find_head, spatial_change
 from ..graph.lift import Lifted, NodeClass, lift, transform_weight_index
 from ..graph.shapes import concrete_input_shapes, infer_static_shapes
 from ..graph.transformer import TransformerLayer, find_layers
@@ -204,72 +205,11 @@ class PruneSession:
         raise InvalidArgumentError(f"no unit named {unit_id!r}")
 
     # -- exclusions ----------------------------------------------------------------------------------
-    def _next_transforms(self, tensor: gs.Tensor) -> tuple[set[int], bool]:
-        ops, reaches_output = _reach(tensor, forward=True, outputs={id(t) for t in self.graph.outputs})
-        return ops, reaches_output
-
     def _find_head(self) -> set[str]:
-        """Transforms that form the graph head.
-
-        H0: a transform whose output reaches a graph output with no transform in between (detection
-        head, classifier). A head *branch* extends H0 backwards through chains of transforms that feed
-        only the next one, when every such chain starts at a fork of the trunk (a tensor that also feeds
-        other transforms) and chains meet only each other, as the YOLOv8 Detect head's parallel cv2/cv3
-        conv stacks do (into the DFL conv). A chain that runs back to the graph input (a plain MLP) or
-        merges with the trunk (a ResNet's last block before its classifier) is not a head branch.
-        """
-        transforms = {id(n): n for n in self.graph.nodes if transform_weight_index(n) is not None}
-        # KV-cache outputs (present = Concat(past input, new)) carry state, not the model's prediction.
-        outputs = {id(t) for t in self.graph.outputs if not _is_cache_output(t)}
-        head: set[str] = set()
-        branches: list[tuple[frozenset, list[gs.Node]]] = []  # (fork transforms, chain incl. its H0)
-        for node in transforms.values():
-            _, reaches = _reach(node.outputs[0], forward=True, outputs=outputs, stop_at_merge=True)
-            if not reaches:
-                continue
-            head.add(node.name)
-            frontier = [(node, [node])]
-            while frontier:
-                cur, chain = frontier.pop()
-                prev, reaches_input = _reach(cur.inputs[0], forward=False, outputs=outputs)
-                links = []
-                for pid in prev:
-                    p = transforms[pid]
-                    nxt, p_reaches = _reach(p.outputs[0], forward=True, outputs=outputs)
-                    links.append(p if nxt == {id(cur)} and not p_reaches else None)
-                if links and all(link is not None for link in links) and not reaches_input:
-                    frontier.extend((p, chain + [p]) for p in links)
-                elif len(chain) > 1 and links and all(link is None for link in links) and not reaches_input:
-                    branches.append((frozenset(prev), chain))  # the chain starts at a fork of the trunk
-        # Two chains from the same fork that meet again form a block (a diamond), not parallel branches.
-        for k, (fork, chain) in enumerate(branches):
-            members = {id(n) for n in chain}
-            if any(other_fork == fork and members & {id(n) for n in other}
-                   for j, (other_fork, other) in enumerate(branches) if j != k):
-                continue
-            head.update(n.name for n in chain)
-        return head
+        return find_head(self.graph)
 
     def _spatial_change(self, node: gs.Node) -> bool:
-        if node.op not in ("Conv", "ConvTranspose"):
-            return False
-        in_shape = self.shapes.get(node.inputs[0].name)
-        out_shape = self.shapes.get(node.outputs[0].name)
-        if in_shape and out_shape and None not in in_shape[2:] and None not in out_shape[2:]:
-            return tuple(in_shape[2:]) != tuple(out_shape[2:])
-        weight = const_value(node.inputs[1])
-        kernel = weight.shape[2:]
-        n = len(kernel)
-        strides = node.attrs.get("strides", [1] * n)
-        dilations = node.attrs.get("dilations", [1] * n)
-        pads = node.attrs.get("pads", [0] * 2 * n)
-        auto_pad = node.attrs.get("auto_pad", "NOTSET")
-        if any(s != 1 for s in strides):
-            return True
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            return False
-        # Output size = in + pad_begin + pad_end - dilation * (k - 1) for stride 1.
-        return any(pads[i] + pads[i + n] != dilations[i] * (kernel[i] - 1) for i in range(n))
+        return spatial_change(node, self.shapes)
 
     # -- units ---------------------------------------------------------------------------------------
     def structural_ids(self) -> list[str]:
@@ -850,86 +790,3 @@ class PruneSession:
         del model.graph.value_info[:]
         return model
 
-
-def _descendants(tensor: gs.Tensor) -> set[int]:
-    """Ids of every tensor computed from TENSOR through non-transform nodes."""
-    seen, stack = set(), [tensor]
-    while stack:
-        t = stack.pop()
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        for node in t.outputs:
-            if transform_weight_index(node) is None and node.op not in ("Shape", "Size"):
-                stack.extend(node.outputs)
-    return seen
-
-
-def _is_cache_output(tensor: gs.Tensor) -> bool:
-    """A graph output that appends to a graph input (a KV cache's present = Concat(past, new))."""
-    if not tensor.inputs or tensor.inputs[0].op != "Concat":
-        return False
-    return any(not i.inputs and not isinstance(i, gs.Constant) for i in tensor.inputs[0].inputs)
-
-
-def _shape_derived(tensor: gs.Tensor, limit: int = 200) -> bool:
-    """True if TENSOR is computed from constants and tensor shapes only (e.g. a dynamic export's anchor
-    grid built with Shape/Range), not from any data."""
-    stack, seen = [tensor], set()
-    while stack:
-        t = stack.pop()
-        if id(t) in seen or isinstance(t, gs.Constant):
-            continue
-        seen.add(id(t))
-        if len(seen) > limit or not t.inputs:
-            return False  # too far to prove, or a graph input: data
-        producer = t.inputs[0]
-        if producer.op in ("Shape", "Size", "Constant"):
-            continue
-        if transform_weight_index(producer) is not None:
-            return False
-        stack.extend(producer.inputs)
-    return True
-
-
-def _reach(tensor: gs.Tensor, *, forward: bool, outputs: set, stop_at_merge: bool = False
-           ) -> tuple[set[int], bool]:
-    """Transforms reached from TENSOR through non-transform nodes, and whether a graph end was reached.
-
-    Forward, the end is a graph output; backward, a graph input (a tensor with no producer). With
-    STOP_AT_MERGE, a forward walk does not cross an Add/Sub whose other operand is not computed from
-    TENSOR: a residual connection (a BERT layer's output projection is not the graph head even though
-    only Adds and norms follow it), unlike a detection head's box decoding, whose operands share a source.
-    """
-    found: set[int] = set()
-    end = False
-    own = _descendants(tensor) if stop_at_merge else set()
-    stack, seen = [tensor], set()
-    while stack:
-        t = stack.pop()
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        if isinstance(t, gs.Constant):
-            continue
-        if forward:
-            if id(t) in outputs:
-                end = True
-            nodes = t.outputs
-        else:
-            if not t.inputs:
-                end = True
-            nodes = t.inputs
-        for node in nodes:
-            if node.op in ("Shape", "Size"):
-                continue  # carries the tensor's shape, not its data
-            if transform_weight_index(node) is not None and (not forward or node.inputs[0] is t):
-                found.add(id(node))
-            elif stop_at_merge and node.op in ("Add", "Sub") and any(
-                    id(i) not in own and const_value(i) is None and not _shape_derived(i) for i in node.inputs):
-                continue  # a residual merge with data from elsewhere
-            elif forward:
-                stack.extend(node.outputs)
-            else:
-                stack.extend(i for i in node.inputs if not isinstance(i, gs.Constant))
-    return found, end
