@@ -4,18 +4,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
-import onnx_graphsurgeon as gs
-
 from ..errors import InvalidArgumentError
+from ..param_importance import magnitude
 
 __all__ = ["METRICS", "get_metric", "magnitude"]
-
-
-def magnitude(node: gs.Node, index: int, values: np.ndarray) -> np.ndarray:
-    """Data-free weight magnitude |w| (L1), in the place of Taylor's (dE/dw * w)^2."""
-    return np.abs(values.astype(np.float64))
-
 
 METRICS: dict[str, Callable] = {"magnitude": magnitude}
 # Unit-level metrics measured on calibration data (they score whole units, not parameters).

@@ -1,10 +1,14 @@
-"""Bounded graph searches (Algorithms 3-4) and FindAct / FindNorm (Algorithms 1-2) over lifted ops."""
+"""Bounded graph searches (Algorithms 3-4) and FindAct / FindNorm (Algorithms 1-2) over lifted ops.
+
+Both searches walk tensors with the shared `walk` (graph/walk.py) and collect the lifted ops they meet.
+"""
 
 from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
 from ..graph.lift import Lifted, Lifting, NodeClass
+from ..graph.walk import walk
 
 __all__ = ["forward_bounded", "backward_bounded", "find_coupled_ops"]
 
@@ -17,16 +21,9 @@ def forward_bounded(start: gs.Tensor, lifting: Lifting, graph_outputs: set) -> t
     Returns the ops and whether a graph output was reached without crossing a boundary.
     """
     seen: dict[int, Lifted] = {}
-    reached_output = False
-    stack = [start]
-    visited_tensors: set[int] = set()
-    while stack:
-        tensor = stack.pop()
-        if id(tensor) in visited_tensors:
-            continue
-        visited_tensors.add(id(tensor))
-        if id(tensor) in graph_outputs:
-            reached_output = True
+
+    def next_tensors(tensor: gs.Tensor) -> list[gs.Tensor]:
+        following: list[gs.Tensor] = []
         for consumer in tensor.outputs:
             if consumer.op in ("Shape", "Size"):
                 continue  # carries the tensor's shape, not its data
@@ -35,28 +32,34 @@ def forward_bounded(start: gs.Tensor, lifting: Lifting, graph_outputs: set) -> t
                 continue
             seen[id(op)] = op
             if op.cls not in _BOUNDARY:
-                stack.extend(op.head.outputs if op.output is None else [op.output])
+                following.extend(op.head.outputs if op.output is None else [op.output])
+        return following
+
+    reached_output = False
+    for tensor in walk([start], next_tensors):
+        reached_output = reached_output or id(tensor) in graph_outputs
     return list(seen.values()), reached_output
 
 
 def backward_bounded(op: Lifted, lifting: Lifting) -> list[Lifted]:
     """Lifted ops reached backward from OP's inputs, stopping at (and including) T/M nodes."""
     seen: dict[int, Lifted] = {}
-    inputs = [op.input] if op.input is not None else list(op.nodes[0].inputs)
-    stack = [t for t in inputs if t is not None]
-    visited: set[int] = set()
-    while stack:
-        tensor = stack.pop()
-        if id(tensor) in visited or not tensor.inputs:
-            continue
-        visited.add(id(tensor))
+
+    def next_tensors(tensor: gs.Tensor) -> list[gs.Tensor]:
+        if not tensor.inputs:
+            return []  # a graph input or a constant: nothing produced it
         producer = lifting.of_node.get(id(tensor.inputs[0]))
         if producer is None or id(producer) in seen:
-            continue
+            return []
         seen[id(producer)] = producer
-        if producer.cls not in _BOUNDARY:
-            src = [producer.input] if producer.input is not None else producer.nodes[0].inputs
-            stack.extend(t for t in src if t is not None and not isinstance(t, gs.Constant))
+        if producer.cls in _BOUNDARY:
+            return []
+        src = [producer.input] if producer.input is not None else producer.nodes[0].inputs
+        return [t for t in src if t is not None and not isinstance(t, gs.Constant)]
+
+    inputs = [op.input] if op.input is not None else list(op.nodes[0].inputs)
+    for _ in walk([t for t in inputs if t is not None], next_tensors):
+        pass  # NEXT_TENSORS records the ops as the walk reaches them
     return list(seen.values())
 
 
