@@ -117,8 +117,8 @@ def _layer(layers: list[TransformerLayer], unit_id: str) -> tuple[TransformerLay
     prefix, _, kind = unit_id.partition(".")
     try:
         return layers[int(prefix.removeprefix("layer"))], kind
-    except (ValueError, IndexError):
-        raise InvalidArgumentError(f"no unit named {unit_id!r}") from None
+    except (ValueError, IndexError) as exc:
+        raise InvalidArgumentError(f"no unit named {unit_id!r}") from exc
 
 
 def _width(analysis: ChannelAnalysis, tensor: gs.Tensor) -> int:

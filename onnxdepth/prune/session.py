@@ -16,6 +16,7 @@ import re
 import onnx
 import onnx_graphsurgeon as gs
 
+from ..config import GRANULARITIES, SEARCH_SPACES
 from ..errors import InvalidArgumentError, UnsupportedModelError
 from ..graph.channels import AnalysisError, ChannelAnalysis, analyze_channels, input_channel_axes
 from ..graph.head import find_head
@@ -35,9 +36,6 @@ __all__ = ["Unit", "UnitPlan", "StructuralPlan", "Plan", "PruneSession", "ParamI
 
 logger = logging.getLogger(__name__)
 
-GRANULARITIES = ("fine", "sublayer", "block")
-#: Unit search spaces: every unit, or (CNN baseline) only those that keep the channel count.
-SEARCH_SPACES = ("full", "reduced")
 
 # Contrib ops that onnxruntime.transformers' optimizer fuses transformer blocks into.
 FUSED_OPS = {"Attention", "MultiHeadAttention", "GroupQueryAttention", "SimplifiedLayerNormalization",
@@ -65,7 +63,7 @@ class PruneSession:
         try:
             self.exclude = re.compile(exclude) if exclude else None
         except re.error as exc:
-            raise InvalidArgumentError(f"--exclude: invalid regular expression ({exc})") from None
+            raise InvalidArgumentError(f"--exclude: invalid regular expression ({exc})") from exc
         self.importance = importance
         self.identity_nodes: set[int] = set()
         self.pruned: list[str] = []
@@ -137,7 +135,7 @@ class PruneSession:
             try:
                 self._analysis = analyze_channels(self.graph, self.shapes, self.input_axes)
             except AnalysisError as exc:
-                raise UnsupportedModelError(f"inconsistent channel sizes: {exc}") from None
+                raise UnsupportedModelError(f"inconsistent channel sizes: {exc}") from exc
         return self._analysis
 
     def params(self) -> int:

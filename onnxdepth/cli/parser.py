@@ -1,0 +1,203 @@
+"""The argument parser of `onnxdepth`: one subparser per command, choices read from the option constants."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import __version__
+from ..config import BLOCK_CHOICES, COMPENSATIONS, GRANULARITIES, ORDERINGS, RANKINGS, SEARCH_SPACES
+from .commands import (_cmd_bench, _cmd_demo, _cmd_eval, _cmd_export, _cmd_prune, _cmd_report, _cmd_score, _cmd_sweep, _cmd_units)
+
+__all__ = ["build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..eval import tasks
+    from ..eval.multiple_choice import SCORINGS
+    from ..eval.ocr import OCR_KINDS
+    from ..export.hf import TASKS as HF_TASKS
+    from ..runtime import DEVICES
+
+    parser = argparse.ArgumentParser(prog="onnxdepth", description="Fine-grained depth pruning of ONNX models.")
+    parser.add_argument("--version", action="version", version=f"onnxdepth {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--exclude", metavar="REGEX", help="exclude units whose id (node name) matches REGEX")
+        p.add_argument("--granularity", default="fine", choices=GRANULARITIES,
+                       help="transformers: attention + MLP sub-layers (fine, Algorithm 8), attention + MLP "
+                            "(sublayer), whole layers (block)")
+        p.add_argument("--search-space", default="full", choices=SEARCH_SPACES,
+                       help="CNNs: every unit (full) or only units that keep the channel count (reduced, the "
+                            "thesis's baseline)")
+        p.add_argument("--input-shape", action="append", metavar="NAME:DxD",
+                       help="concrete shape for a dynamic graph input (repeatable)")
+
+    def calibration(p):
+        p.add_argument("--calib", help="calibration data: text models .txt, .jsonl (text field) or .npz "
+                                       "(input_ids), default text sampled from the model itself (seeded); image "
+                                       "models a folder of images or .npz (images), default packaged photos")
+        p.add_argument("--calib-sequences", type=int, default=32, help="calibration sequences (default 32)")
+        p.add_argument("--calib-length", type=int, default=128, help="tokens per sequence (default 128)")
+
+    p = sub.add_parser("units", help="list pruning units and why some are excluded")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true")
+    common(p)
+    p.set_defaults(func=_cmd_units)
+
+    p = sub.add_parser("prune", help="remove RATIO of the parameters by deleting whole layers")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--ratio", type=float, default=None, help="target parameter reduction in [0, 1)")
+    p.add_argument("--plan", help="replay a saved plan (OUT.plan.json) exactly instead of selecting units")
+    p.add_argument("--importance", default="magnitude",
+                   help="magnitude, angular, cross_entropy or taylor (default: magnitude)")
+    p.add_argument("--ordering", default="ascending", choices=ORDERINGS,
+                   help="visit units by ascending score (the method), descending or random (ablations)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --ordering random and sampled calibration")
+    p.add_argument("--scores", help="reuse a score table from `onnxdepth score` (CSV unit,score)")
+    p.add_argument("--rescore-every", type=int, default=None, metavar="N",
+                   help="re-estimate angular or cross_entropy importance on the model pruned so far after every "
+                        "N pruned units (fine granularity; cross_entropy makes it a greedy search)")
+    p.add_argument("--shortlist", type=int, default=None, metavar="K",
+                   help="with --rescore-every: after the first round, re-score only the K best moves of the "
+                        "previous round (a lazy greedy search; default: re-score all)")
+    p.add_argument("--ranking", default="split", choices=RANKINGS,
+                   help="transformers: separate attention/MLP rankings (Algorithm 8's 2:1, default); one "
+                        "global ranking by importance per parameter removed; or grouped: single units, whole "
+                        "MLPs and whole layers on one ranking by the damage each adds per parameter removed "
+                        "(angular or cross_entropy, fine granularity)")
+    p.add_argument("--compensate", default="none", choices=COMPENSATIONS,
+                   help="reconstruction after pruning: lstsq refits the surviving writer before each removed run of "
+                        "attention blocks / MLPs / layers by least squares on the calibration data and folds the "
+                        "fit into its weights (no new parameters); auto: lstsq where the model has a pre-norm "
+                        "residual stream; none (default)")
+    p.add_argument("--block-choice", default="gromov", choices=BLOCK_CHOICES,
+                   help="--granularity block with angular importance: Gromov et al.'s most similar contiguous "
+                        "run of layers (default) or a plain ranking of single layers")
+    calibration(p)
+    p.add_argument("--json", action="store_true")
+    common(p)
+    p.set_defaults(func=_cmd_prune)
+
+    p = sub.add_parser("eval", help="evaluate a model through ONNX Runtime")
+    p.add_argument("model")
+    p.add_argument("--task", required=True, choices=tasks.task_names())
+    p.add_argument("--text", help="perplexity: a text file (WikiText-2 format); embedding: lines to embed "
+                                  "(the first --samples non-empty ones; default: built-in sentences)")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: beside the model)")
+    p.add_argument("--ctx", type=int, default=512, help="window length in tokens")
+    p.add_argument("--stride", type=int, default=None, help="sliding windows (default: non-overlapping)")
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--reference", help="detection: the unpruned model, whose detections are the ground truth; "
+                                       "embedding: the unpruned model, whose embeddings are compared with")
+    p.add_argument("--images", type=int, default=24, help="detection: images from the packaged photos")
+    p.add_argument("--imgsz", type=int, default=320, help="detection: letterbox size")
+    p.add_argument("--image-dir", help="detection: a folder of images to score against labels")
+    p.add_argument("--labels", help="detection: YOLO txt folder (default: the image folder) or a COCO .json")
+    p.add_argument("--samples", type=int, default=None,
+                   help="ocr: rendered lines (rec, default 200) or pages (det, default 50); embedding: lines "
+                        "(default 200)")
+    p.add_argument("--seed", type=int, default=0, help="ocr: seed of the rendered text")
+    p.add_argument("--ocr-kind", choices=OCR_KINDS, default=None,
+                   help="ocr: recognizer or detector (default: from the output shape)")
+    p.add_argument("--data", help="multiple-choice: an MMLU CSV file or a folder of them (no header)")
+    p.add_argument("--dev", help="multiple-choice: few-shot examples folder (default: 'dev' beside the data folder)")
+    p.add_argument("--shots", type=int, default=0, help="multiple-choice: few-shot examples per question")
+    p.add_argument("--scoring", default="both", choices=SCORINGS,
+                   help="multiple-choice: answer letters (MMLU), answer texts (cloze, length-normalised) or both")
+    p.add_argument("--limit", type=int, default=None, help="multiple-choice: first N questions only")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("bench", help="ONNX Runtime latency of models side by side (interleaved runs)")
+    p.add_argument("models", nargs="+")
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu", choices=DEVICES,
+                   help="cuda: CUDA execution provider (onnxruntime-gpu) with IO binding")
+    p.add_argument("--input-shape", action="append", metavar="NAME:DxD",
+                   help="concrete shape for a dynamic graph input (repeatable)")
+    p.add_argument("--data", help="a dataset .npz (arrays named like the inputs, or input_ids, or images) "
+                                  "instead of random inputs")
+    p.add_argument("--batch-size", type=int, default=1, help="--data: rows per batch (default 1)")
+    p.add_argument("--batches", type=int, default=1, help="random inputs: batches per timed pass (default 1)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--html", help="also write an HTML table here")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("sweep", help="prune at many ratios and granularities; evaluate, time and report every point")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="sweep directory: points.jsonl/csv, plots, report, models/ (rerun to resume)")
+    p.add_argument("--ratios", default="0:0.48:0.06",
+                   help="START:STOP:STEP (STOP included) or a comma list (default 0:0.48:0.06)")
+    p.add_argument("--granularity", default="fine",
+                   help="transformers: comma list of fine, sublayer, block (one method each); ignored for CNNs")
+    p.add_argument("--search-space", default=None, metavar="SPACES",
+                   help="CNNs: comma list of full, reduced (one method each; default full)")
+    p.add_argument("--eval", required=True, metavar="TASKS",
+                   help=f"comma list of tasks ({', '.join(tasks.task_names())}) or none (latency only)")
+    p.add_argument("--importance", default="magnitude", help="importance metric (default: magnitude)")
+    p.add_argument("--exclude", metavar="REGEX", help="exclude units whose id (node name) matches REGEX")
+    p.add_argument("--input-shape", action="append", metavar="NAME:DxD",
+                   help="concrete shape for a dynamic graph input (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampled calibration")
+    calibration(p)
+    p.add_argument("--text", help="perplexity: a text file (WikiText-2 format)")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: beside the unpruned model)")
+    p.add_argument("--ctx", type=int, default=None, help="perplexity: window length in tokens (default 512)")
+    p.add_argument("--stride", type=int, default=None, help="perplexity: sliding windows")
+    p.add_argument("--max-tokens", type=int, default=None, help="perplexity: first N tokens only")
+    p.add_argument("--data", help="multiple-choice and other data-driven tasks: data file or folder")
+    p.add_argument("--limit", type=int, default=None, help="first N examples only")
+    p.add_argument("--images", type=int, default=None, help="detection: images from the packaged photos (24)")
+    p.add_argument("--imgsz", type=int, default=None, help="detection: letterbox size (320)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="any other evaluator option, e.g. shots=5 (repeatable)")
+    p.add_argument("--bench-runs", type=int, default=10, help="latency runs per point, interleaved (default 10)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for evaluation and latency")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("report", help="one self-contained HTML report (+ Markdown) of sweeps, bench JSON and "
+                                      "pruned models")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="sweep directories, bench .json files (bench --json), pruned .onnx models or plan .json")
+    p.add_argument("-o", "--output", default="report.html", help="HTML file; OUTPUT.md and the PNGs go beside it")
+    p.add_argument("--title", default="onnxdepth report")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("demo", help="main job: build SmolLM2 ONNX from the packaged weights, prune it, compare")
+    p.add_argument("--ratio", type=float, default=0.1)
+    p.add_argument("--granularity", default="fine", choices=GRANULARITIES)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("score", help="importance of every unit, as a CSV score table (lowest first)")
+    p.add_argument("model")
+    p.add_argument("--importance", default="magnitude", help="magnitude, angular, cross_entropy or taylor")
+    p.add_argument("-o", "--output", help="write the CSV here (default: stdout)")
+    p.add_argument("--seed", type=int, default=0)
+    common(p)
+    calibration(p)
+    p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser("export", help="export a framework model to ONNX")
+    p.add_argument("source", choices=["ultralytics", "hf"], help="exporter")
+    p.add_argument("src", help="ultralytics: bundled yaml (yolov5s.yaml) or .pt; hf: model directory or .gguf")
+    p.add_argument("out", help="ultralytics: output .onnx; hf: output directory (model.onnx + tokenizer/config)")
+    p.add_argument("--imgsz", type=int, default=640, help="ultralytics: image size")
+    p.add_argument("--task", default="text-generation",
+                   choices=HF_TASKS,
+                   help="hf: export task")
+    p.add_argument("--overwrite", action="store_true", help="hf: replace an existing model.onnx in OUT")
+    p.add_argument("--opset", type=int, default=None)
+    p.set_defaults(func=_cmd_export)
+    return parser
+
+
