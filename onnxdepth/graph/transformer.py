@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 
 from .consts import const_value
 from .lift import NodeClass, Lifting, transform_weight_index
+from .walk import walk
 
 __all__ = ["AttentionBlock", "TransformerLayer", "find_attention_blocks", "find_layers"]
 
@@ -57,28 +58,31 @@ def _walk(start: gs.Tensor, *, forward: bool, stop) -> list[gs.Node]:
 
     Shape/Size nodes are not followed: they carry a tensor's shape, not its data.
     """
-    found, seen, stack = [], set(), [start]
-    while stack:
-        tensor = stack.pop()
-        if id(tensor) in seen or isinstance(tensor, gs.Constant):
-            continue
-        seen.add(id(tensor))
-        nodes = tensor.outputs if forward else tensor.inputs
-        for node in nodes:
+    found: list[gs.Node] = []
+
+    def onward(tensor: gs.Tensor) -> list[gs.Tensor]:
+        if isinstance(tensor, gs.Constant):
+            return []
+        nxt = []
+        for node in tensor.outputs if forward else tensor.inputs:
             if node.op in _SHAPE_OPS:
                 continue
             if stop(node):
                 if all(n is not node for n in found):
                     found.append(node)
-            elif forward:
-                stack.extend(node.outputs)
             else:
-                stack.extend(node.inputs)
+                nxt.extend(node.outputs if forward else node.inputs)
+        return nxt
+
+    for _ in walk([start], onward):
+        pass
     return found
 
 
 def _nearest(start: gs.Tensor, *, forward: bool, stop) -> gs.Node | None:
-    """The first node where STOP holds in breadth-first order from START (Shape/Size not followed)."""
+    """The first node where STOP holds in breadth-first order from START (Shape/Size not followed).
+
+    Breadth-first on purpose (the nearest match, level by level), so not the depth-first `graph.walk`."""
     frontier, seen = [start], set()
     while frontier:
         nxt = []

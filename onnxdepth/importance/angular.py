@@ -132,8 +132,6 @@ def cache_layers(model: onnx.ModelProto, boundaries: list[tuple[str, str]], toke
 def angular_scores(model: onnx.ModelProto, session, tokens: np.ndarray, *, batch_size: int = 8,
                    threads: int | None = None, progress: bool = True) -> dict[str, float]:
     """Angular importance of every unit of SESSION (its granularity), block-locally."""
-    from ..prune.session import PruneSession
-
     if not session.layers:
         raise UnsupportedModelError("angular importance needs a transformer (no attention block found)")
     started = time.perf_counter()
@@ -150,12 +148,7 @@ def angular_scores(model: onnx.ModelProto, session, tokens: np.ndarray, *, batch
                 scores[prefix + "block"] = _mean_distance(cache.hidden[start], cache.hidden[end])
                 bar.advance(note=prefix + "block")
                 continue
-            sub = extract_submodel(model, [start], [end])
-            base = PruneSession(sub, granularity=session.granularity, input_shapes=_sub_shapes(sub, cache, start),
-                                detect_head=False)
-            if len(base.layers) != 1:
-                raise UnsupportedModelError(f"layer {index}: the cut-out layer has {len(base.layers)} attention "
-                                            "blocks")
+            sub, base = cut_out_layer(model, session, cache, index)
             for kind in kinds:
                 local = base.fork()
                 local.apply(local.plan(f"layer0.{kind}"))
@@ -163,6 +156,19 @@ def angular_scores(model: onnx.ModelProto, session, tokens: np.ndarray, *, batch
                 bar.advance(note=prefix + kind)
     logger.info("angular scores for %d units in %.1f s", len(scores), time.perf_counter() - started)
     return scores
+
+
+def cut_out_layer(model: onnx.ModelProto, session, cache: LayerCache, index: int):
+    """(sub-model, session) of MODEL's layer INDEX alone, between its cached boundaries (block-local scoring)."""
+    from ..prune.session import PruneSession
+
+    start, end = cache.boundaries[index]
+    sub = extract_submodel(model, [start], [end])
+    base = PruneSession(sub, granularity=session.granularity, input_shapes=_sub_shapes(sub, cache, start),
+                        detect_head=False)
+    if len(base.layers) != 1:
+        raise UnsupportedModelError(f"layer {index}: the cut-out layer has {len(base.layers)} attention blocks")
+    return sub, base
 
 
 def _sub_shapes(sub: onnx.ModelProto, cache: LayerCache, start: str) -> dict:

@@ -27,7 +27,7 @@ from onnx import TensorProto, helper
 from ..errors import UnsupportedModelError
 from ..graph.extract import extract_submodel
 from ..runtime import progress as progress_bar
-from .angular import (LayerCache, _session, _sub_shapes, cache_layers, layer_boundaries, pruned_layer_outputs,
+from .angular import (LayerCache, _session, cache_layers, cut_out_layer, layer_boundaries, pruned_layer_outputs,
                       shared_initializers)
 
 __all__ = ["cross_entropy_scores", "log_softmax", "cross_entropy", "with_cross_entropy", "reference_distribution",
@@ -161,8 +161,6 @@ class _Chain:
 def cross_entropy_scores(model: onnx.ModelProto, session, tokens: np.ndarray, *, batch_size: int = 8,
                          threads: int | None = None, progress: bool = True) -> dict[str, float]:
     """Cross-entropy importance of every unit of SESSION (its granularity)."""
-    from ..prune.session import PruneSession
-
     if not session.layers:
         raise UnsupportedModelError("cross-entropy importance needs a transformer (no attention block found)")
     logits = _logits_name(model)
@@ -186,12 +184,7 @@ def cross_entropy_scores(model: onnx.ModelProto, session, tokens: np.ndarray, *,
                 scores[prefix + "block"] = _mean_ce(chain, reference, outputs, index)
                 bar.advance(note=prefix + "block")
                 continue
-            sub = extract_submodel(model, [start], [end])
-            base = PruneSession(sub, granularity=session.granularity, input_shapes=_sub_shapes(sub, cache, start),
-                                detect_head=False)
-            if len(base.layers) != 1:
-                raise UnsupportedModelError(f"layer {index}: the cut-out layer has {len(base.layers)} attention "
-                                            "blocks")
+            sub, base = cut_out_layer(model, session, cache, index)
             for kind in kinds:
                 local = base.fork()
                 local.apply(local.plan(f"layer0.{kind}"))
