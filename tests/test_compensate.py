@@ -165,3 +165,20 @@ def test_lstsq_is_refused_where_it_does_not_apply_yet():
     # auto leaves a model without a residual stream as it is.
     assert api.prune_model(graphs.build_residual(), PruneConfig(0.2, compensate="auto")).plan["compensation"] == \
         {"method": "none", "fits": []}
+
+
+def test_a_fold_writer_before_any_pruning_is_fitted_from_the_unpruned_pass(llama, monkeypatch):
+    """The shortcut (no pruned-model run when nothing before the fold writer changed) fits the same map."""
+    from onnxdepth.compensate import residual
+
+    config = PruneConfig(0.2, granularity="block", importance="angular", calibration=llama.calibration,
+                         compensate="lstsq")
+    fast = api.prune_model(llama.model, config)
+    assert any(f["folded"] for f in fast.plan["compensation"]["fits"])
+    monkeypatch.setattr(residual, "_untouched_before", lambda fold, pruned: False)
+    slow = api.prune_model(llama.model, config)
+    assert slow.pruned_units == fast.pruned_units
+    fast_weights = {t.name: numpy_helper.to_array(t) for t in fast.model.graph.initializer}
+    slow_weights = {t.name: numpy_helper.to_array(t) for t in slow.model.graph.initializer}
+    assert fast_weights.keys() == slow_weights.keys()
+    assert all(np.allclose(fast_weights[k], slow_weights[k], rtol=1e-4, atol=1e-5) for k in fast_weights)

@@ -66,6 +66,20 @@ def _held_out_errors(run: Run, held: dict, target: list[np.ndarray], transform: 
     return before / max(total, 1e-30), after / max(total, 1e-30)
 
 
+def _untouched_before(fold: Writer, pruned: list[str]) -> bool:
+    """True if no unit pruned so far changes what FOLD computes: all are in later layers (or, for an
+    attention writer, in its own layer's MLP). Units outside the layers count as changes."""
+    layer = int(fold.unit.split(".")[0].removeprefix("layer"))
+    for unit in pruned:
+        prefix, _, kind = unit.partition(".")
+        if not prefix.startswith("layer") or not prefix[5:].isdigit():
+            return False
+        other = int(prefix[5:])
+        if other < layer or (other == layer and (fold.unit.endswith(".mlp") or kind == "attention")):
+            return False
+    return True
+
+
 def fit_removed_runs(model: onnx.ModelProto, session, writers: list[Writer], tokens: np.ndarray,
                      held_out: np.ndarray) -> list[dict]:
     """Fit and fold one map per run of removed writers of SESSION (pruned from MODEL), in stream order.
@@ -76,8 +90,13 @@ def fit_removed_runs(model: onnx.ModelProto, session, writers: list[Writer], tok
     runs = removed_runs(session, writers)
     if not runs:
         return []
-    targets = run_outputs(model, [run.target for run in runs], np.concatenate([tokens, held_out]))
+    # A fold writer nothing was pruned before computes what it did in the unpruned model: its inputs come
+    # from the same pass as the targets, and the pruned model need not run for it.
+    clean = [run for run in runs if run.fold is not None and _untouched_before(run.fold, session.pruned)]
+    names = sorted({run.target for run in runs} | {n for run in clean for n in (run.fold.output, run.fold.stream_in)})
+    unpruned = run_outputs(model, names, np.concatenate([tokens, held_out]))
     split = -(-len(tokens) // BATCH_SEQUENCES)  # batches of calibration windows come first
+    targets = {name: unpruned[name] for name in names}
     records = []
     for run in runs:
         record = {"removed": [w.unit for w in run.removed], "target": run.target,
@@ -87,10 +106,13 @@ def fit_removed_runs(model: onnx.ModelProto, session, writers: list[Writer], tok
             record["reason"] = "no surviving writer before the run"
             continue
         names = [run.fold.output, run.fold.stream_in]
-        pruned = session.to_model(model, keep=set(names))
-        calib = run_outputs(pruned, names, tokens)
+        if run in clean:
+            calib = {name: unpruned[name][:split] for name in names}
+            held = {name: unpruned[name][split:] for name in names}
+        else:
+            pruned = session.to_model(model, keep=set(names))
+            calib, held = run_outputs(pruned, names, tokens), run_outputs(pruned, names, held_out)
         transform = _fit(run, calib, targets[run.target][:split]).solve()
-        held = run_outputs(pruned, names, held_out)
         before, after = _held_out_errors(run, held, targets[run.target][split:], transform)
         record["held_out_error"] = {"before": round(before, 6), "after": round(after, 6)}
         if after >= before:
