@@ -91,12 +91,12 @@ def fit_removed_runs(model: onnx.ModelProto, session, writers: list[Writer], tok
     if not runs:
         return []
     # A fold writer nothing was pruned before computes what it did in the unpruned model: its inputs come
-    # from the same pass as the targets, and the pruned model need not run for it.
+    # from the same pass as the targets (the unpruned streams after each run), and the pruned model need not
+    # run for it.
     clean = [run for run in runs if run.fold is not None and _untouched_before(run.fold, session.pruned)]
     names = sorted({run.target for run in runs} | {n for run in clean for n in (run.fold.output, run.fold.stream_in)})
     unpruned = run_outputs(model, names, np.concatenate([tokens, held_out]))
     split = -(-len(tokens) // BATCH_SEQUENCES)  # batches of calibration windows come first
-    targets = {name: unpruned[name] for name in names}
     records = []
     for run in runs:
         record = {"removed": [w.unit for w in run.removed], "target": run.target,
@@ -112,8 +112,8 @@ def fit_removed_runs(model: onnx.ModelProto, session, writers: list[Writer], tok
         else:
             pruned = session.to_model(model, keep=set(names))
             calib, held = run_outputs(pruned, names, tokens), run_outputs(pruned, names, held_out)
-        transform = _fit(run, calib, targets[run.target][:split]).solve()
-        before, after = _held_out_errors(run, held, targets[run.target][split:], transform)
+        transform = _fit(run, calib, unpruned[run.target][:split]).solve()
+        before, after = _held_out_errors(run, held, unpruned[run.target][split:], transform)
         record["held_out_error"] = {"before": round(before, 6), "after": round(after, 6)}
         if after >= before:
             record["reason"] = "the fit does not lower the held-out error"
