@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import onnx
 
 from . import __version__
-from .config import Calibration, PruneConfig
+from .config import AUTO, Calibration, PruneConfig
 from .errors import InvalidArgumentError
 from .fileio import write_json_atomic
 from .graph.io import check_output_path, load_model, save_model_atomic
@@ -59,11 +59,21 @@ class PruneResult:
 
 
 # -- stage 1: units ----------------------------------------------------------------------------------------
-def new_session(model: onnx.ModelProto, config: PruneConfig) -> PruneSession:
-    """The editable copy of MODEL with its units, as CONFIG's granularity, search space and exclusions see it."""
-    return PruneSession(model, exclude=config.exclude, input_shapes=config.input_shapes,
-                        importance=get_metric(config.importance), granularity=config.granularity,
-                        search_space=config.search_space)
+def new_session(model: onnx.ModelProto, config: PruneConfig, *,
+                checkpoints: bool = False) -> tuple[PruneSession, PruneConfig]:
+    """The editable copy of MODEL with its units, as CONFIG's granularity, search space and exclusions see it,
+    and CONFIG with its `auto` options resolved for MODEL (`onnxdepth.defaults`; CHECKPOINTS: smaller ratios
+    are materialised on the way)."""
+    from .defaults import resolve_defaults
+
+    session = PruneSession(model, exclude=config.exclude, input_shapes=config.input_shapes,
+                           importance=get_metric("magnitude" if config.importance == AUTO else config.importance),
+                           granularity="fine" if config.granularity == AUTO else config.granularity,
+                           search_space=config.search_space)
+    resolved = resolve_defaults(config, session, checkpoints=checkpoints)
+    if resolved is not config:
+        session.set_options(importance=get_metric(resolved.importance), granularity=resolved.granularity)
+    return session, resolved
 
 
 def list_units(model: onnx.ModelProto, *, exclude: str | None = None, input_shapes: dict | None = None,
@@ -160,7 +170,7 @@ def compensation_stage(model: onnx.ModelProto, session: PruneSession, calibratio
 
 def score_model(model: onnx.ModelProto, config: PruneConfig) -> ScoreTable:
     """`onnxdepth score`: every prunable unit's importance under CONFIG, on the unpruned model."""
-    session = new_session(model, config)
+    session, config = new_session(model, config)
     if config.importance in UNIT_METRICS:
         return score_units(model, session, config.importance, config.calibration)
     if config.importance == "taylor":
@@ -184,7 +194,8 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, *, scores: ScoreTab
     at each checkpoint is materialised, verified and handed to ON_CHECKPOINT(ratio, result) on the way, in
     one run (sweeps pay for the scoring once).
     """
-    session = new_session(model, config)
+    pending = sorted(r for r in checkpoints if 0.0 < r < config.ratio)
+    session, config = new_session(model, config, checkpoints=bool(pending and on_checkpoint is not None))
     if config.ratio == 0.0:
         # Nothing to remove: the model is returned as it is, so outputs are bit-identical.
         out = onnx.ModelProto()
@@ -193,7 +204,6 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, *, scores: ScoreTab
         return _finish(result, _plan_record(session, result, config, None), model, session, config.verify)
     strategy = strategy_for(config, bool(session.layers))
     strategy.check(config, session, scores)
-    pending = sorted(r for r in checkpoints if 0.0 < r < config.ratio)
     if pending and not strategy.prefix_stable:
         raise InvalidArgumentError("checkpoints: Gromov's contiguous choice depends on the ratio (a smaller ratio is "
                                    "not a prefix); prune each ratio on its own")

@@ -14,9 +14,11 @@ import numpy as np
 
 from .errors import InvalidArgumentError
 
-__all__ = ["BLOCK_CHOICES", "COMPENSATIONS", "Calibration", "GRANULARITIES", "ORDERINGS", "PruneConfig", "RANKINGS",
+__all__ = ["AUTO", "BLOCK_CHOICES", "COMPENSATIONS", "Calibration", "GRANULARITIES", "ORDERINGS", "PruneConfig", "RANKINGS",
            "SEARCH_SPACES"]
 
+#: An option left to `onnxdepth.defaults` (resolved per model before anything runs; plans record the value).
+AUTO = "auto"
 #: Transformer unit granularities: attention + MLP transforms, attention + MLP sub-layers, whole layers.
 GRANULARITIES = ("fine", "sublayer", "block")
 #: Unit search spaces: every unit, or (CNN baseline) only those that keep the channel count.
@@ -29,7 +31,7 @@ RANKINGS = ("split", "global", "grouped")
 #: Block granularity: Gromov et al.'s contiguous run of the most similar layers, or a plain ranking.
 BLOCK_CHOICES = ("gromov", "ranking")
 #: Reconstruction after pruning (`onnxdepth.compensate`): none, least-squares refits folded into the
-#: surviving weights, or (auto) lstsq where the model has a residual stream it applies to.
+#: surviving weights, or (auto) lstsq where it applies and calibration data is given (`onnxdepth.defaults`).
 COMPENSATIONS = ("none", "lstsq", "auto")
 
 
@@ -114,14 +116,14 @@ class PruneConfig:
     """Every option of one prune. Validated on construction; `to_json()` is what the plan records."""
 
     ratio: float
-    importance: str = "magnitude"
-    granularity: str = "fine"
+    importance: str = AUTO
+    granularity: str = AUTO
     ordering: str = "ascending"
     ranking: str = "split"
     rescore_every: int | None = None
     shortlist: int | None = None
     block_choice: str = "gromov"
-    compensate: str = "none"
+    compensate: str = AUTO
     search_space: str = "full"
     exclude: str | None = None
     input_shapes: dict | None = None
@@ -134,8 +136,9 @@ class PruneConfig:
             raise InvalidArgumentError(f"--ratio {self.ratio:g}: must be in [0, 1)")
         from .importance import get_metric
 
-        get_metric(self.importance)  # an unknown metric is refused here, with the list of known ones
-        _one_of("--granularity", self.granularity, GRANULARITIES)
+        if self.importance != AUTO:
+            get_metric(self.importance)  # an unknown metric is refused here, with the list of known ones
+        _one_of("--granularity", self.granularity, (*GRANULARITIES, AUTO))
         _one_of("--ordering", self.ordering, ORDERINGS)
         _one_of("--ranking", self.ranking, RANKINGS)
         _one_of("--block-choice", self.block_choice, BLOCK_CHOICES)

@@ -122,7 +122,13 @@ class GromovRun(Strategy):
         n = 1
         while n < len(per_layer) and sum(sorted(per_layer)[:n]) < ratio * session.params_before:
             n += 1
-        return prune_one_shot(session, ratio, gromov_order(table, n), on_step=job.on_step)
+        import os
+
+        from .select import split_runs_order
+
+        max_runs = int(os.environ.get("ONNXDEPTH_MAX_RUNS", "1"))  # prototype toggle
+        order = gromov_order(table, n) if max_runs == 1 else split_runs_order(table, n, max_runs)
+        return prune_one_shot(session, ratio, order, on_step=job.on_step)
 
 
 class Ranked(Strategy):

@@ -110,7 +110,8 @@ def test_writers_of_a_llama_are_two_per_layer_in_stream_order(llama):
 
 @pytest.mark.parametrize("granularity", ["block", "sublayer"])
 def test_lstsq_folds_a_fit_that_brings_the_logits_closer(llama, granularity):
-    config = PruneConfig(0.2, granularity=granularity, importance="angular", calibration=llama.calibration)
+    config = PruneConfig(0.2, granularity=granularity, importance="angular", calibration=llama.calibration,
+                         compensate="none")
     plain = api.prune_model(llama.model, config)
     fitted = api.prune_model(llama.model, PruneConfig(0.2, granularity=granularity, importance="angular",
                                                       calibration=llama.calibration, compensate="lstsq"))
@@ -150,7 +151,7 @@ def test_a_fit_that_does_not_help_on_held_out_windows_is_not_folded(llama, monke
     from onnxdepth.compensate import residual
 
     # A map that maps everything to zero removes the fold writer's contribution: worse, never folded.
-    monkeypatch.setattr(residual.NormalEquations, "solve", lambda self: np.zeros_like(self.cross))
+    monkeypatch.setattr(residual.NormalEquations, "solve", lambda self, **kw: np.zeros_like(self.cross))
     config = PruneConfig(0.2, granularity="block", importance="angular", calibration=llama.calibration,
                          compensate="lstsq")
     result = api.prune_model(llama.model, config)
@@ -165,6 +166,22 @@ def test_lstsq_is_refused_where_it_does_not_apply_yet():
     # auto leaves a model without a residual stream as it is.
     assert api.prune_model(graphs.build_residual(), PruneConfig(0.2, compensate="auto")).plan["compensation"] == \
         {"method": "none", "fits": []}
+
+
+def test_the_default_with_calibration_is_the_compensated_block_mode(llama):
+    """`auto` (every default): with calibration data given, whole layers, angular, lstsq; without, the
+    data-free defaults. The plan records what was resolved."""
+    fitted = api.prune_model(llama.model, PruneConfig(0.2, calibration=llama.calibration))
+    assert (fitted.plan["importance"], fitted.plan["granularity"], fitted.plan["compensate"]) == \
+        ("angular", "block", "lstsq")
+    assert fitted.plan["selection"] == "gromov" and fitted.plan["compensation"]["method"] == "lstsq"
+    assert any(f["folded"] for f in fitted.plan["compensation"]["fits"])
+    plain = api.prune_model(llama.model, PruneConfig(0.2))
+    assert (plain.plan["importance"], plain.plan["granularity"], plain.plan["compensate"]) == \
+        ("magnitude", "fine", "none")
+    # An explicit importance keeps today's fine granularity; the fit still applies with calibration.
+    explicit = api.prune_model(llama.model, PruneConfig(0.2, importance="angular", calibration=llama.calibration))
+    assert (explicit.plan["granularity"], explicit.plan["compensate"]) == ("fine", "lstsq")
 
 
 def test_a_fold_writer_before_any_pruning_is_fitted_from_the_unpruned_pass(llama, monkeypatch):

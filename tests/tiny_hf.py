@@ -61,3 +61,52 @@ def decoder_feed(input_ids: np.ndarray, past: int = 0) -> dict[str, np.ndarray]:
     seq = input_ids.shape[1]
     return {"input_ids": input_ids, "attention_mask": np.ones((1, past + seq), dtype=np.int64),
             "position_ids": np.arange(past, past + seq, dtype=np.int64)[None]}
+
+
+#: Facts a tiny Llama learns by heart (train_fact_llama): question -> one-word answer.
+CAPITALS = {"Germany": "Berlin", "France": "Paris", "Italy": "Rome", "Spain": "Madrid", "Japan": "Tokyo",
+            "Egypt": "Cairo", "Peru": "Lima", "Kenya": "Nairobi", "Norway": "Oslo", "Chile": "Santiago"}
+
+
+def fact_lines() -> list[str]:
+    """The training text: each capital as a question and answer, and as a statement."""
+    lines = []
+    for country, city in CAPITALS.items():
+        lines.append(f"Q: What is the capital of {country} ? A: {city} .")
+        lines.append(f"The capital of {country} is {city} .")
+    return lines
+
+
+def save_fact_llama(path: Path, *, layers: int = 10, hidden: int = 64, steps: int = 300, seed: int = 0) -> Path:
+    """A tiny LlamaForCausalLM trained (seconds on a CPU) until it answers `fact_lines()`, saved with a
+    word-level tokenizer (tokenizer.json) so that optimum and ORTModelForCausalLM load it offline."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+    lines = fact_lines()
+    words = sorted({w for line in lines for w in line.split()})
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", *words])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(llama_config(vocab=len(vocab), hidden=hidden, layers=layers, heads=4, kv_heads=2,
+                                          inter=2 * hidden, bos_token_id=1, eos_token_id=2, pad_token_id=2))
+    rows = [[1, *tokenizer(line)["input_ids"], 2] for line in lines]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [2] * (width - len(r)) for r in rows])  # right-padded with </s>
+    labels = ids.clone()
+    for row, r in zip(labels, rows):
+        row[len(r):] = -100  # no loss on padding
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=ids, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

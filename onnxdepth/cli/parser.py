@@ -18,16 +18,20 @@ def build_parser() -> argparse.ArgumentParser:
     from ..export.hf import TASKS as HF_TASKS
     from ..runtime import DEVICES
 
+    # What `auto` (the prune default) resolves to (onnxdepth.defaults).
+    AUTO_HELP = ("; auto (default): with --calib on a pre-norm transformer, whole layers by the damage left "
+                 "after a least-squares fit, with the fit (block, angular, lstsq); otherwise magnitude, fine, none")
     parser = argparse.ArgumentParser(prog="onnxdepth", description="Fine-grained depth pruning of ONNX models.")
     parser.add_argument("--version", action="version", version=f"onnxdepth {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p):
+    def common(p, auto: bool = False):
         p.add_argument("--exclude", metavar="REGEX", help="exclude units whose id (node name) matches REGEX")
-        p.add_argument("--granularity", default="fine", choices=GRANULARITIES,
+        p.add_argument("--granularity", default="auto" if auto else "fine",
+                       choices=(*GRANULARITIES, "auto") if auto else GRANULARITIES,
                        help="transformers: attention + MLP sub-layers (fine, Algorithm 8), attention + MLP "
-                            "(sublayer), whole layers (block)")
+                            "(sublayer), whole layers (block)" + (AUTO_HELP if auto else ""))
         p.add_argument("--search-space", default="full", choices=SEARCH_SPACES,
                        help="CNNs: every unit (full) or only units that keep the channel count (reduced, the "
                             "thesis's baseline)")
@@ -52,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output")
     p.add_argument("--ratio", type=float, default=None, help="target parameter reduction in [0, 1)")
     p.add_argument("--plan", help="replay a saved plan (OUT.plan.json) exactly instead of selecting units")
-    p.add_argument("--importance", default="magnitude",
-                   help="magnitude, angular, cross_entropy or taylor (default: magnitude)")
+    p.add_argument("--importance", default="auto",
+                   help="magnitude, angular, cross_entropy or taylor" + AUTO_HELP)
     p.add_argument("--ordering", default="ascending", choices=ORDERINGS,
                    help="visit units by ascending score (the method), descending or random (ablations)")
     p.add_argument("--seed", type=int, default=0, help="seed for --ordering random and sampled calibration")
@@ -69,17 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "global ranking by importance per parameter removed; or grouped: single units, whole "
                         "MLPs and whole layers on one ranking by the damage each adds per parameter removed "
                         "(angular or cross_entropy, fine granularity)")
-    p.add_argument("--compensate", default="none", choices=COMPENSATIONS,
+    p.add_argument("--compensate", default="auto", choices=COMPENSATIONS,
                    help="reconstruction after pruning: lstsq refits the surviving writer before each removed run of "
                         "attention blocks / MLPs / layers by least squares on the calibration data and folds the "
-                        "fit into its weights (no new parameters); auto: lstsq where the model has a pre-norm "
-                        "residual stream; none (default)")
+                        "fit into its weights (no new parameters); none" + AUTO_HELP)
     p.add_argument("--block-choice", default="gromov", choices=BLOCK_CHOICES,
                    help="--granularity block with angular importance: Gromov et al.'s most similar contiguous "
                         "run of layers (default) or a plain ranking of single layers")
     calibration(p)
     p.add_argument("--json", action="store_true")
-    common(p)
+    common(p, auto=True)
     p.set_defaults(func=_cmd_prune)
 
     p = sub.add_parser("eval", help="evaluate a model through ONNX Runtime")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["NormalEquations", "ridge_solve", "squared_error"]
+__all__ = ["NormalEquations", "relative_weights", "ridge_solve", "squared_error"]
 
 #: Ridge strength, relative to the mean diagonal of X^T X (scale-free across layers and models).
 RIDGE = 1e-3
@@ -22,26 +22,40 @@ class NormalEquations:
         self.cross: np.ndarray | None = None  # X^T Y, [d_in, d_out]
         self.rows = 0
 
-    def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        """One batch: X [..., d_in] and Y [..., d_out]; leading axes are flattened into rows (tokens)."""
+    def add(self, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> None:
+        """One batch: X [..., d_in] and Y [..., d_out]; leading axes are flattened into rows (tokens).
+        WEIGHTS [rows] (optional): each row's weight in the squared error."""
         x = x.reshape(-1, x.shape[-1]).astype(np.float64)
         y = y.reshape(-1, y.shape[-1]).astype(np.float64)
-        gram, cross = x.T @ x, x.T @ y
+        xw = x if weights is None else x * weights.reshape(-1, 1)  # rows scaled by their weight
+        gram, cross = xw.T @ x, xw.T @ y
         self.gram = gram if self.gram is None else self.gram + gram
         self.cross = cross if self.cross is None else self.cross + cross
         self.rows += len(x)
 
-    def solve(self, ridge: float = RIDGE) -> np.ndarray:
-        """T [d_in, d_out] minimising |X T - Y|^2 + lam |T|^2 (see ridge_solve)."""
+    def solve(self, ridge: float = RIDGE, prior: np.ndarray | None = None) -> np.ndarray:
+        """T [d_in, d_out] minimising |X T - Y|^2 + lam |T - PRIOR|^2 (see ridge_solve)."""
         if self.gram is None:
             raise ValueError("no batches added")
-        return ridge_solve(self.gram, self.cross, ridge)
+        return ridge_solve(self.gram, self.cross, ridge, prior)
 
 
-def ridge_solve(gram: np.ndarray, cross: np.ndarray, ridge: float = RIDGE) -> np.ndarray:
-    """T = (X^T X + lam I)^-1 X^T Y from GRAM = X^T X and CROSS = X^T Y, lam = RIDGE x mean(diag(X^T X))."""
+def ridge_solve(gram: np.ndarray, cross: np.ndarray, ridge: float = RIDGE, prior: np.ndarray | None = None) -> np.ndarray:
+    """T = (X^T X + lam I)^-1 (X^T Y + lam PRIOR) from GRAM = X^T X and CROSS = X^T Y, lam = RIDGE x
+    mean(diag(X^T X)): the ridge pulls T towards PRIOR (0 when None; the identity for a map folded onto a
+    writer's output, whose no-fit value it is)."""
     lam = ridge * float(np.trace(gram)) / len(gram)
-    return np.linalg.solve(gram + lam * np.eye(len(gram)), cross)
+    rhs = cross if prior is None else cross + lam * prior
+    return np.linalg.solve(gram + lam * np.eye(len(gram)), rhs)
+
+
+def relative_weights(stream: np.ndarray) -> np.ndarray:
+    """Row weights 1 / |row|^2 of STREAM [..., d] (flattened to rows): the fit then minimises each token's
+    error relative to its own norm, which is what a norm-reading consumer sees. A plain L2 fit is ruled by
+    the few tokens with massive activations (attention sinks, 100x the median norm)."""
+    rows = stream.reshape(-1, stream.shape[-1]).astype(np.float64)
+    norms = np.einsum("ij,ij->i", rows, rows)  # |row|^2 per token
+    return 1.0 / np.maximum(norms, 1e-12 * max(float(norms.max()), 1e-30))
 
 
 def squared_error(prediction: np.ndarray, target: np.ndarray) -> float:

@@ -17,7 +17,12 @@ import onnx
 
 from ..graph.extract import extract_submodel, with_extra_outputs
 from .fold import fold_output_map
-from .lstsq import NormalEquations, squared_error
+import os
+
+from .lstsq import NormalEquations, relative_weights, squared_error
+
+_WEIGHTED = os.environ.get("ONNXDEPTH_FIT_WEIGHT", "relative") == "relative"  # prototype toggle
+_PRIOR = os.environ.get("ONNXDEPTH_FIT_PRIOR", "zero") == "identity"  # prototype toggle
 from .stream import Run, Writer, removed_runs
 
 __all__ = ["fit_removed_runs", "run_outputs"]
@@ -51,7 +56,7 @@ def _fit(run: Run, pruned: dict, target: list[np.ndarray]) -> NormalEquations:
     fold = run.fold
     equations = NormalEquations()
     for x, s, y in zip(pruned[fold.output], pruned[fold.stream_in], target):
-        equations.add(x, y - s)
+        equations.add(x, y - s, relative_weights(y) if _WEIGHTED else None)
     return equations
 
 
@@ -112,7 +117,8 @@ def fit_removed_runs(model: onnx.ModelProto, session, writers: list[Writer], tok
         else:
             pruned = session.to_model(model, keep=set(names))
             calib, held = run_outputs(pruned, names, tokens), run_outputs(pruned, names, held_out)
-        transform = _fit(run, calib, unpruned[run.target][:split]).solve()
+        equations = _fit(run, calib, unpruned[run.target][:split])
+        transform = equations.solve(prior=np.eye(len(equations.gram)) if _PRIOR else None)
         before, after = _held_out_errors(run, held, unpruned[run.target][split:], transform)
         record["held_out_error"] = {"before": round(before, 6), "after": round(after, 6)}
         if after >= before:

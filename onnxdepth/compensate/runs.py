@@ -13,7 +13,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .lstsq import ridge_solve
+import os
+
+from .lstsq import relative_weights, ridge_solve
+
+_WEIGHTED = os.environ.get("ONNXDEPTH_FIT_WEIGHT", "relative") == "relative"  # prototype toggle
+_PRIOR = os.environ.get("ONNXDEPTH_FIT_PRIOR", "zero") == "identity"  # prototype toggle
 from .residual import run_outputs
 from .stream import Writer
 
@@ -54,7 +59,13 @@ def fitted_run_table(model: onnx.ModelProto, writers: list[Writer], tokens: np.n
                 x, s = calib[writer.output].astype(np.float64), calib[writer.stream_in].astype(np.float64)
                 x_h, s_h = held[writer.output].astype(np.float64), held[writer.stream_in].astype(np.float64)
                 gram = x.T @ x  # once per start; X^T Y per run below
-            transform = ridge_solve(gram, x.T @ (calib[streams[first + n]].astype(np.float64) - s))
+                eye = np.eye(len(gram)) if _PRIOR else None
+            target = calib[streams[first + n]].astype(np.float64)
+            if _WEIGHTED:
+                xw = x * relative_weights(target)[:, None]  # rows weighted by 1 / |target row|^2
+                transform = ridge_solve(xw.T @ x, xw.T @ (target - s), prior=eye)
+            else:
+                transform = ridge_solve(gram, x.T @ (target - s), prior=eye)
             prediction = s_h + x_h @ transform
             row.append(float(angular_distance(prediction, target_h).mean()))
         table.append(row)

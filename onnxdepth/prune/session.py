@@ -89,6 +89,18 @@ class PruneSession:
         self.granularity = granularity
         self.removed_graph_io: list[str] = []  # past/present names of pruned attention blocks (KV cache)
 
+    def set_options(self, *, importance: ParamImportance, granularity: str) -> None:
+        """Swap the per-parameter importance and the unit granularity of a session that has pruned nothing
+        (defaults are resolved once the model's layers are known)."""
+        if self.pruned:
+            raise InvalidArgumentError("set_options() is only for sessions that have not pruned anything")
+        if granularity not in GRANULARITIES:
+            raise InvalidArgumentError(f"--granularity {granularity}: expected one of {', '.join(GRANULARITIES)}")
+        if granularity != "fine" and not self.layers:
+            raise InvalidArgumentError(f"--granularity {granularity}: needs a transformer (no attention block found)")
+        self.importance, self.granularity = importance, granularity
+        self.invalidate()
+
     def fork(self) -> "PruneSession":
         """An independent copy of a session that has not pruned anything yet, without re-running shape
         inference or head detection (block-local scoring prunes one unit per copy)."""
