@@ -133,22 +133,42 @@ def importance_stage(model: onnx.ModelProto, session: PruneSession, config: Prun
 
 # -- stage: compensation --------------------------------------------------------------------------------------
 def stream_writers_for(session: PruneSession, compensate: str) -> list:
-    """The residual writers `--compensate` refits (taken before anything is pruned); [] for none, or for auto
-    on a model without a pre-norm residual stream."""
+    """The residual writers `--compensate` refits (taken before anything is pruned); [] for none, for a CNN
+    (its refits are chain refits of surviving Convs, `chain_refits`), or for auto on a model without a
+    pre-norm residual stream."""
     if compensate == "none":
+        return []
+    if chain_refits(session, compensate):
+        from .compensate.images import check_image_model
+
+        check_image_model(session)  # refused before selection, not after it
         return []
     from .compensate import stream_writers
 
     writers = stream_writers(session)
     if not writers and compensate == "lstsq":
         raise InvalidArgumentError("--compensate lstsq: not yet supported for this model (it needs a transformer "
-                                   "with a pre-norm residual stream; CNN and post-norm refits are not built yet)")
+                                   "with a pre-norm residual stream, or a CNN; post-norm refits are not built yet)")
     return writers
 
 
+def chain_refits(session: PruneSession, compensate: str) -> bool:
+    """True when `--compensate` refits SESSION's surviving Convs after pruning (`compensate.chain`): lstsq on a
+    model without attention layers (a CNN). auto leaves CNNs as they are."""
+    return compensate == "lstsq" and not session.layers
+
+
 def compensation_stage(model: onnx.ModelProto, session: PruneSession, calibration: Calibration,
-                       writers: list) -> dict:
-    """Refit what pruning left (`onnxdepth.compensate`); the plan's record of it."""
+                       writers: list, compensate: str = "none") -> dict:
+    """Refit what pruning left (`onnxdepth.compensate`); the plan's record of it. A CNN's chain refits run
+    once, after the whole selection."""
+    if chain_refits(session, compensate):
+        from .compensate.chain import SCOPE, fit_consumer_chains
+        from .compensate.images import image_inputs
+
+        images, held_out = image_inputs(model, session, calibration)
+        fits = fit_consumer_chains(model, session, images, held_out)
+        return {"method": "lstsq", "refits": f"conv chains ({SCOPE}, once after selection)", "fits": fits}
     if not writers:
         return {"method": "none", "fits": []}
     from .compensate import fit_removed_runs
@@ -199,13 +219,13 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, *, scores: ScoreTab
                                    "not a prefix); prune each ratio on its own")
     writers = stream_writers_for(session, config.compensate)
     if pending and on_checkpoint is not None:
-        if writers:
+        if writers or chain_refits(session, config.compensate):
             raise InvalidArgumentError("checkpoints with --compensate lstsq: not yet supported (a checkpoint would "
                                        "need its own refits); prune each ratio on its own")
         on_step = _checkpointing(model, session, config, strategy, pending, on_step, on_checkpoint)
     table = importance_stage(model, session, config, strategy, scores, writers)
     steps = strategy.select(Selection(model, session, config, table, on_step))
-    compensation = compensation_stage(model, session, config.calibration, writers)
+    compensation = compensation_stage(model, session, config.calibration, writers, config.compensate)
     result = PruneResult(session.to_model(model), session.params_before, session.params(),
                          [s.unit_id for s in steps], [s.describe() for s in steps])
     plan = {**_plan_record(session, result, config, strategy), "compensation": compensation}
@@ -277,7 +297,7 @@ def replay_plan(model: onnx.ModelProto, plan: dict, *, input_shapes: dict | None
     record = dict(plan)
     if compensated:
         # The same fits on the same calibration windows: the same weights.
-        record["compensation"] = compensation_stage(model, session, _plan_calibration(plan), writers)
+        record["compensation"] = compensation_stage(model, session, _plan_calibration(plan), writers, "lstsq")
     out = session.to_model(model)
     result = PruneResult(out, session.params_before, session.params(), unit_ids, list(plan["steps"]))
     return _finish(result, {**record, **result.summary(), "replayed": True}, model, session, verify)
