@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -154,8 +155,11 @@ def stream_writers_for(session: PruneSession, compensate: str) -> list:
 
 def chain_refits(session: PruneSession, compensate: str) -> bool:
     """True when `--compensate` refits SESSION's surviving Convs after pruning (`compensate.chain`): lstsq on a
-    model without attention layers (a CNN). auto leaves CNNs as they are."""
-    return compensate == "lstsq" and not session.layers
+    model without attention layers (a CNN) or with one image input (PP-OCR rec: its attention neck is not
+    refitted). auto leaves them as they are."""
+    from .compensate.images import is_image_model
+
+    return compensate == "lstsq" and (not session.layers or is_image_model(session))
 
 
 def compensation_stage(model: onnx.ModelProto, session: PruneSession, calibration: Calibration,
@@ -163,12 +167,14 @@ def compensation_stage(model: onnx.ModelProto, session: PruneSession, calibratio
     """Refit what pruning left (`onnxdepth.compensate`); the plan's record of it. A CNN's chain refits run
     once, after the whole selection."""
     if chain_refits(session, compensate):
-        from .compensate.chain import SCOPE, fit_consumer_chains
+        from .compensate import chain
         from .compensate.images import image_inputs
 
+        started = time.perf_counter()
         images, held_out = image_inputs(model, session, calibration)
-        fits = fit_consumer_chains(model, session, images, held_out)
-        return {"method": "lstsq", "refits": f"conv chains ({SCOPE}, once after selection)", "fits": fits}
+        fits = chain.fit_consumer_chains(model, session, images, held_out)
+        return {"method": "lstsq", "refits": f"conv chains ({chain.SCOPE}, once after selection)",
+                "seconds": round(time.perf_counter() - started, 1), "fits": fits}
     if not writers:
         return {"method": "none", "fits": []}
     from .compensate import fit_removed_runs

@@ -199,14 +199,14 @@ def _refit(node: gs.Node, inputs: list[np.ndarray], samples: list[Sample], calib
 
 
 def fit_consumer_chains(model: onnx.ModelProto, session, calibration: list[np.ndarray], held_out: list[np.ndarray],
-                        *, scope: str = SCOPE, sequential: bool = True) -> list[dict]:
+                        *, scope: str | None = None, sequential: bool = True) -> list[dict]:
     """Refit SESSION's (pruned from MODEL) surviving Convs whose input pruning changed, in topological order.
 
     CALIBRATION / HELD_OUT: image inputs [1, 3, H, W] to fit on / check each fit on. Returns one record per
     Conv considered (`{"kind": "conv_chain", "node", "held_out_error": {"before", "after"}, "folded",
-    "reason"?}`), in the order they were fitted."""
+    "reason"?}`), in the order they were fitted. SCOPE: one of SCOPES (None: the module's SCOPE, read now)."""
     records, eligible = [], []
-    for node in refit_candidates(model, session, scope):
+    for node in refit_candidates(model, session, scope or SCOPE):
         reason = _unfit_reason(node)
         if reason is None:
             eligible.append(node)

@@ -13,11 +13,17 @@ import onnx
 from ..config import Calibration
 from ..errors import InvalidArgumentError
 
-__all__ = ["CHAIN_HELD_OUT", "CHAIN_IMAGES", "check_image_model", "image_inputs"]
+__all__ = ["CHAIN_HELD_OUT", "CHAIN_IMAGES", "check_image_model", "image_inputs", "is_image_model"]
 
 #: Calibration inputs the refits are fitted on, and inputs held out to check each fit.
 CHAIN_IMAGES = 24
 CHAIN_HELD_OUT = 8
+
+
+def is_image_model(session) -> bool:
+    """True if SESSION's model has one input [1, 3, H, W] (axis 1: its 3 colour channels)."""
+    shapes = list(session.input_shapes.values())
+    return len(shapes) == 1 and len(shapes[0]) == 4 and shapes[0][1] == 3
 
 
 def check_image_model(session) -> tuple[int, ...]:
