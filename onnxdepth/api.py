@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -143,22 +144,47 @@ def importance_stage(model: onnx.ModelProto, session: PruneSession, config: Prun
 
 # -- stage: compensation --------------------------------------------------------------------------------------
 def stream_writers_for(session: PruneSession, compensate: str) -> list:
-    """The residual writers `--compensate` refits (taken before anything is pruned); [] for none, or for auto
-    on a model without a pre-norm residual stream."""
+    """The residual writers `--compensate` refits (taken before anything is pruned); [] for none, for a CNN
+    (its refits are chain refits of surviving Convs, `chain_refits`), or for auto on a model without a
+    pre-norm residual stream."""
     if compensate == "none":
+        return []
+    if chain_refits(session, compensate):
+        from .compensate.images import check_image_model
+
+        check_image_model(session)  # refused before selection, not after it
         return []
     from .compensate import stream_writers
 
     writers = stream_writers(session)
     if not writers and compensate == "lstsq":
         raise InvalidArgumentError("--compensate lstsq: not yet supported for this model (it needs a transformer "
-                                   "with a pre-norm residual stream; CNN and post-norm refits are not built yet)")
+                                   "with a pre-norm residual stream, or a CNN; post-norm refits are not built yet)")
     return writers
 
 
+def chain_refits(session: PruneSession, compensate: str) -> bool:
+    """True when `--compensate` refits SESSION's surviving Convs after pruning (`compensate.chain`): lstsq on a
+    model without attention layers (a CNN) or with one image input (PP-OCR rec: its attention neck is not
+    refitted). auto leaves them as they are."""
+    from .compensate.images import is_image_model
+
+    return compensate == "lstsq" and (not session.layers or is_image_model(session))
+
+
 def compensation_stage(model: onnx.ModelProto, session: PruneSession, calibration: Calibration,
-                       writers: list) -> dict:
-    """Refit what pruning left (`onnxdepth.compensate`); the plan's record of it."""
+                       writers: list, compensate: str = "none") -> dict:
+    """Refit what pruning left (`onnxdepth.compensate`); the plan's record of it. A CNN's chain refits run
+    once, after the whole selection."""
+    if chain_refits(session, compensate):
+        from .compensate import chain
+        from .compensate.images import image_inputs
+
+        started = time.perf_counter()
+        images, held_out = image_inputs(model, session, calibration)
+        fits = chain.fit_consumer_chains(model, session, images, held_out)
+        return {"method": "lstsq", "refits": f"conv chains ({chain.SCOPE}, once after selection)",
+                "seconds": round(time.perf_counter() - started, 1), "fits": fits}
     if not writers:
         return {"method": "none", "fits": []}
     from .compensate import fit_removed_runs
@@ -209,13 +235,13 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, *, scores: ScoreTab
                                    "not a prefix); prune each ratio on its own")
     writers = stream_writers_for(session, config.compensate)
     if pending and on_checkpoint is not None:
-        if writers:
+        if writers or chain_refits(session, config.compensate):
             raise InvalidArgumentError("checkpoints with --compensate lstsq: not yet supported (a checkpoint would "
                                        "need its own refits); prune each ratio on its own")
         on_step = _checkpointing(model, session, config, strategy, pending, on_step, on_checkpoint)
     table = importance_stage(model, session, config, strategy, scores, writers)
     steps = strategy.select(Selection(model, session, config, table, on_step))
-    compensation = compensation_stage(model, session, config.calibration, writers)
+    compensation = compensation_stage(model, session, config.calibration, writers, config.compensate)
     result = PruneResult(session.to_model(model), session.params_before, session.params(),
                          [s.unit_id for s in steps], [s.describe() for s in steps])
     plan = {**_plan_record(session, result, config, strategy), "compensation": compensation}
@@ -287,7 +313,7 @@ def replay_plan(model: onnx.ModelProto, plan: dict, *, input_shapes: dict | None
     record = dict(plan)
     if compensated:
         # The same fits on the same calibration windows: the same weights.
-        record["compensation"] = compensation_stage(model, session, _plan_calibration(plan), writers)
+        record["compensation"] = compensation_stage(model, session, _plan_calibration(plan), writers, "lstsq")
     out = session.to_model(model)
     result = PruneResult(out, session.params_before, session.params(), unit_ids, list(plan["steps"]))
     return _finish(result, {**record, **result.summary(), "replayed": True}, model, session, verify)

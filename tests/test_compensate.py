@@ -162,7 +162,7 @@ def test_a_fit_that_does_not_help_on_held_out_windows_is_not_folded(llama, monke
 
 def test_lstsq_is_refused_where_it_does_not_apply_yet():
     with pytest.raises(InvalidArgumentError, match="--compensate lstsq: not yet supported"):
-        api.prune_model(graphs.build_residual(), PruneConfig(0.2, compensate="lstsq"))
+        api.prune_model(graphs.build_mlp(), PruneConfig(0.2, compensate="lstsq"))
     # auto leaves a model without a residual stream as it is.
     assert api.prune_model(graphs.build_residual(), PruneConfig(0.2, compensate="auto")).plan["compensation"] == \
         {"method": "none", "fits": []}

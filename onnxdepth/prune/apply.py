@@ -19,7 +19,7 @@ from ..graph.consts import const_value, set_const_input
 from .plan import Plan, StructuralPlan, UnitPlan
 
 __all__ = ["EditableSession", "PASSES", "apply_plan", "prune_transform", "prune_attention", "prune_composite",
-           "apply_masks", "resize_split", "replace_with_identity"]
+           "apply_masks", "record_output_channels", "resize_split", "replace_with_identity"]
 
 
 class EditableSession(Protocol):
@@ -29,6 +29,7 @@ class EditableSession(Protocol):
     opset: int
     identity_nodes: set[int]
     pruned: list[str]
+    output_channels: dict
     removed_graph_io: list[str]
 
     def plan(self, unit_id: str) -> Plan: ...
@@ -42,6 +43,7 @@ class EditableSession(Protocol):
 
 def prune_transform(session: EditableSession, plan: UnitPlan) -> None:
     """Prune(f) of one transform: slice reconciled widths, replace it and its coupled ops by identities."""
+    record_output_channels(session.output_channels, plan.masks)
     apply_masks(plan.masks, session.opset)
     graph, identities = session.graph, session.identity_nodes
     trigger_nodes = [plan.node, *plan.extra_nodes]
@@ -117,6 +119,18 @@ PASSES: dict[str, Callable] = {"transform": prune_transform, "attention": prune_
 def apply_plan(session: EditableSession, plan: Plan) -> None:
     """Run the pass that PLAN names on SESSION."""
     PASSES[plan.action](session, plan)
+
+
+def record_output_channels(origins: dict, masks: dict) -> None:
+    """Note which of its unpruned output channels each Conv keeps (compensation matches them to the unpruned
+    model's): ORIGINS[node name] = the unpruned index of every output channel left, composed over steps."""
+    for entry in masks.values():
+        node, keep = entry["node"], entry["axes"].get(0)
+        # Axis 0 of a Conv weight (input 1) is its output channels, in the order the output has them.
+        if node.op != "Conv" or entry["index"] != 1 or keep is None:
+            continue
+        before = origins.get(node.name, np.arange(len(keep)))
+        origins[node.name] = before[keep]
 
 
 def apply_masks(masks: dict, opset: int) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -67,6 +68,8 @@ class PruneSession:
         self.importance = importance
         self.identity_nodes: set[int] = set()
         self.pruned: list[str] = []
+        # Conv name -> the unpruned index of each output channel it keeps (only Convs whose outputs were cut).
+        self.output_channels: dict[str, np.ndarray] = {}
         self.params_before = count_params(self.graph)
         self._analysis: ChannelAnalysis | None = None
         self._lifting: Lifting | None = None
@@ -111,6 +114,7 @@ class PruneSession:
         clone.graph = self.graph.copy()
         clone.identity_nodes = set()
         clone.pruned = []
+        clone.output_channels = {}
         clone.removed_graph_io = []
         clone._analysis = None
         clone._lifting = None
