@@ -89,7 +89,8 @@ def save_fact_llama(path: Path, *, layers: int = 10, hidden: int = 64, steps: in
     vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", *words])}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                        model_input_names=["input_ids", "attention_mask"])
     torch.manual_seed(seed)
     model = LlamaForCausalLM(llama_config(vocab=len(vocab), hidden=hidden, layers=layers, heads=4, kv_heads=2,
                                           inter=2 * hidden, bos_token_id=1, eos_token_id=2, pad_token_id=2))
