@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["NormalEquations", "ridge_solve", "squared_error"]
+__all__ = ["NormalEquations", "ridge_solve", "ridge_solve_toward", "squared_error"]
 
 #: Ridge strength, relative to the mean diagonal of X^T X (scale-free across layers and models).
 RIDGE = 1e-3
@@ -42,6 +42,15 @@ def ridge_solve(gram: np.ndarray, cross: np.ndarray, ridge: float = RIDGE) -> np
     """T = (X^T X + lam I)^-1 X^T Y from GRAM = X^T X and CROSS = X^T Y, lam = RIDGE x mean(diag(X^T X))."""
     lam = ridge * float(np.trace(gram)) / len(gram)
     return np.linalg.solve(gram + lam * np.eye(len(gram)), cross)
+
+
+def ridge_solve_toward(gram: np.ndarray, cross: np.ndarray, prior: np.ndarray, ridge: float = RIDGE) -> np.ndarray:
+    """T minimising |X T - Y|^2 + lam |T - PRIOR|^2: (X^T X + lam I)^-1 (X^T Y + lam PRIOR), lam as in ridge_solve.
+
+    A refit of weights that already work (a surviving layer's own) shrinks towards them, not towards zero:
+    directions the calibration tokens do not excite keep their trained values."""
+    lam = ridge * float(np.trace(gram)) / len(gram)
+    return np.linalg.solve(gram + lam * np.eye(len(gram)), cross + lam * prior)
 
 
 def squared_error(prediction: np.ndarray, target: np.ndarray) -> float:
