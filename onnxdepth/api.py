@@ -116,7 +116,9 @@ def score_units(model: onnx.ModelProto, session: PruneSession, importance: str, 
 
     if session.granularity == "block":
         # Block scores and Gromov's contiguous runs both come from the layer-boundary cache alone.
-        if writers:
+        from .compensate import is_postnorm
+
+        if writers and not is_postnorm(writers):
             from .compensate.runs import fitted_run_table
 
             table = fitted_run_table(model, writers, tokens, calibration.held_out_tokens())
@@ -144,9 +146,10 @@ def importance_stage(model: onnx.ModelProto, session: PruneSession, config: Prun
 
 # -- stage: compensation --------------------------------------------------------------------------------------
 def stream_writers_for(session: PruneSession, compensate: str) -> list:
-    """The residual writers `--compensate` refits (taken before anything is pruned); [] for none, for a CNN
-    (its refits are chain refits of surviving Convs, `chain_refits`), or for auto on a model without a
-    pre-norm residual stream."""
+    """What `--compensate` refits (taken before anything is pruned): the residual writers of a pre-norm stream,
+    else the fit sites of a post-norm encoder (`compensate.postnorm_sites`); [] for none, for a CNN or image
+    model (its refits are chain refits of surviving Convs, `chain_refits`), or for auto on a model with
+    neither."""
     if compensate == "none":
         return []
     if chain_refits(session, compensate):
@@ -154,12 +157,12 @@ def stream_writers_for(session: PruneSession, compensate: str) -> list:
 
         check_image_model(session)  # refused before selection, not after it
         return []
-    from .compensate import stream_writers
+    from .compensate import postnorm_sites, stream_writers
 
-    writers = stream_writers(session)
+    writers = stream_writers(session) or postnorm_sites(session)
     if not writers and compensate == "lstsq":
         raise InvalidArgumentError("--compensate lstsq: not yet supported for this model (it needs a transformer "
-                                   "with a pre-norm residual stream, or a CNN; post-norm refits are not built yet)")
+                                   "with a pre-norm residual stream, a post-norm encoder or a CNN)")
     return writers
 
 
@@ -187,10 +190,14 @@ def compensation_stage(model: onnx.ModelProto, session: PruneSession, calibratio
                 "seconds": round(time.perf_counter() - started, 1), "fits": fits}
     if not writers:
         return {"method": "none", "fits": []}
-    from .compensate import fit_removed_runs
+    from .compensate import fit_postnorm, fit_removed_runs, is_postnorm
 
     tokens = calibration.tokens("--compensate lstsq")
-    fits = fit_removed_runs(model, session, writers, tokens, calibration.held_out_tokens("--compensate lstsq"))
+    held_out = calibration.held_out_tokens("--compensate lstsq")
+    if is_postnorm(writers):
+        return {"method": "lstsq", "layout": "post-norm",
+                "fits": fit_postnorm(model, session, writers, tokens, held_out)}
+    fits = fit_removed_runs(model, session, writers, tokens, held_out)
     return {"method": "lstsq", "fits": fits}
 
 
@@ -379,7 +386,8 @@ def cached_plan(src: str | os.PathLike, out: str | os.PathLike, config: PruneCon
     if not isinstance(plan, dict) or plan.get("search_space", "full") != config.search_space:
         return None
     wanted = {"ratio": config.ratio, "granularity": config.granularity, "importance": config.importance}
-    if all(plan.get(k) == v for k, v in wanted.items()) and plan.get("source") \
+    if all(plan.get(k) == v for k, v in wanted.items()) and plan.get("compensate", "none") == config.compensate \
+            and plan.get("source") \
             and Path(plan["source"]).resolve() == src.resolve():
         return plan
     return None

@@ -52,13 +52,16 @@ def resolve_model(arg: str | None) -> Path:
     return ensure_export("all-minilm-l6-v2", "feature-extraction", DEFAULT_MODEL_DIR, log=lambda m: print(m, flush=True))
 
 
-def pruned_model(src: Path, work_dir: Path, ratio: float, granularity: str, importance: str) -> tuple[Path, dict, str]:
+def pruned_model(src: Path, work_dir: Path, ratio: float, granularity: str, importance: str,
+                 compensate: str = "none") -> tuple[Path, dict, str]:
     """(path, plan, how) of SRC pruned to RATIO: reused from WORK_DIR when its plan matches, else pruned now."""
     name = src.parent.name if src.name == "model.onnx" else src.stem
-    out = work_dir / f"{name}-r{ratio:g}-{granularity}-{importance}.onnx"
+    suffix = "" if compensate == "none" else f"-{compensate}"
+    out = work_dir / f"{name}-r{ratio:g}-{granularity}-{importance}{suffix}.onnx"
     calib = str(DEFAULT_CALIB) if importance != "magnitude" and DEFAULT_CALIB.exists() else None
     t0 = time.perf_counter()
-    config = PruneConfig(ratio=ratio, granularity=granularity, importance=importance, calibration=Calibration(calib))
+    config = PruneConfig(ratio=ratio, granularity=granularity, importance=importance, calibration=Calibration(calib),
+                         compensate=compensate)
     out, plan, reused = prune_file_cached(src, out, config)
     return out, plan, "reused" if reused else f"pruned in {time.perf_counter() - t0:.1f} s"
 
@@ -84,6 +87,8 @@ def main() -> int:
     parser.add_argument("--ratio", type=float, default=0.2)
     parser.add_argument("--granularity", default="fine", choices=["fine", "sublayer", "block"])
     parser.add_argument("--importance", default="magnitude")
+    parser.add_argument("--compensate", default="none", choices=["none", "lstsq", "auto"],
+                        help="reconstruction after pruning (onnxdepth prune --compensate)")
     parser.add_argument("--work-dir", type=Path, default=Path("artifacts/minilm_similarity"))
     parser.add_argument("--text", type=Path, default=None,
                         help=f"text file (default: {DEFAULT_TEXT}, from the working directory or the repository)")
@@ -106,7 +111,8 @@ def main() -> int:
     try:
         src = resolve_model(args.model)
         t0 = time.perf_counter()
-        pruned, plan, how = pruned_model(src, args.work_dir, args.ratio, args.granularity, args.importance)
+        pruned, plan, how = pruned_model(src, args.work_dir, args.ratio, args.granularity, args.importance,
+                                         args.compensate)
         prune_seconds = time.perf_counter() - t0
     except OnnxDepthError as exc:
         print(f"error: {exc}", file=sys.stderr)

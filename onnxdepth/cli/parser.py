@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compensate", default="auto", choices=COMPENSATIONS,
                    help="reconstruction after pruning: lstsq refits the surviving writer before each removed run of "
                         "attention blocks / MLPs / layers by least squares on the calibration data and folds the "
-                        "fit into its weights (no new parameters); none" + AUTO_HELP)
+                        "fit into its weights (no new parameters); in a post-norm encoder (BERT) it refits every "
+                        "surviving projection and LayerNorm after the first pruned layer instead; in a CNN, the "
+                        "surviving Convs whose input changed; none" + AUTO_HELP)
     p.add_argument("--block-choice", default="gromov", choices=BLOCK_CHOICES,
                    help="--granularity block with angular importance: Gromov et al.'s most similar contiguous "
                         "run of layers (default) or a plain ranking of single layers")

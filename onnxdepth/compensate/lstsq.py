@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["NormalEquations", "relative_weights", "ridge_solve", "squared_error"]
+__all__ = ["NormalEquations", "relative_weights", "ridge_solve", "ridge_solve_toward", "squared_error"]
 
 #: Ridge strength, relative to the mean diagonal of X^T X (scale-free across layers and models).
 RIDGE = 1e-3
@@ -56,6 +56,14 @@ def relative_weights(stream: np.ndarray) -> np.ndarray:
     rows = stream.reshape(-1, stream.shape[-1]).astype(np.float64)
     norms = np.einsum("ij,ij->i", rows, rows)  # |row|^2 per token
     return 1.0 / np.maximum(norms, 1e-12 * max(float(norms.max()), 1e-30))
+
+
+def ridge_solve_toward(gram: np.ndarray, cross: np.ndarray, prior: np.ndarray, ridge: float = RIDGE) -> np.ndarray:
+    """T minimising |X T - Y|^2 + lam |T - PRIOR|^2: (X^T X + lam I)^-1 (X^T Y + lam PRIOR), lam as in ridge_solve.
+
+    A refit of weights that already work (a surviving layer's own) shrinks towards them, not towards zero:
+    directions the calibration tokens do not excite keep their trained values."""
+    return ridge_solve(gram, cross, ridge, prior)
 
 
 def squared_error(prediction: np.ndarray, target: np.ndarray) -> float:
