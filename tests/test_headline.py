@@ -52,7 +52,7 @@ def _answers(model_dir) -> dict[str, str]:
 
 def test_the_default_prune_at_0_2_still_answers(cli, fact_export, tmp_path):
     export, calib = fact_export
-    assert _answers(export.parent)["Germany"] == "Berlin"  # the unpruned model knows it
+    assert _answers(export.parent) == CAPITALS  # the unpruned model knows every capital
     out_dir = tmp_path / "pruned"
     out_dir.mkdir()
     for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -67,4 +67,4 @@ def test_the_default_prune_at_0_2_still_answers(cli, fact_export, tmp_path):
     assert plan["removed_graph_io"]  # whole layers went, with their cache inputs and outputs
     answers = _answers(out_dir)
     assert answers["Germany"] == "Berlin", answers
-    assert sum(answers[c] == city for c, city in CAPITALS.items()) >= 8, answers
+    assert sum(answers[c] == city for c, city in CAPITALS.items()) >= 9, answers

@@ -77,7 +77,7 @@ def fact_lines() -> list[str]:
     return lines
 
 
-def save_fact_llama(path: Path, *, layers: int = 10, hidden: int = 64, steps: int = 300, seed: int = 0) -> Path:
+def save_fact_llama(path: Path, *, layers: int = 10, hidden: int = 64, steps: int = 800, seed: int = 0) -> Path:
     """A tiny LlamaForCausalLM trained (seconds on a CPU) until it answers `fact_lines()`, saved with a
     word-level tokenizer (tokenizer.json) so that optimum and ORTModelForCausalLM load it offline."""
     import torch
