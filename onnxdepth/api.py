@@ -247,11 +247,12 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, *, scores: ScoreTab
                                        "need its own refits); prune each ratio on its own")
         on_step = _checkpointing(model, session, config, strategy, pending, on_step, on_checkpoint)
     table = importance_stage(model, session, config, strategy, scores, writers)
-    steps = strategy.select(Selection(model, session, config, table, on_step))
+    job = Selection(model, session, config, table, on_step)
+    steps = strategy.select(job)
     compensation = compensation_stage(model, session, config.calibration, writers, config.compensate)
     result = PruneResult(session.to_model(model), session.params_before, session.params(),
                          [s.unit_id for s in steps], [s.describe() for s in steps])
-    plan = {**_plan_record(session, result, config, strategy), "compensation": compensation}
+    plan = {**_plan_record(session, result, config, strategy), **job.notes, "compensation": compensation}
     return _finish(result, plan, model, session, config.verify)
 
 

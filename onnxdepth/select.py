@@ -122,39 +122,6 @@ def gromov_order(layer_distances: list[float], n_layers: int) -> list[str]:
     return [f"layer{best + k}.block" for k in range(n_layers)]
 
 
-def split_runs_order(layer_distances: list[list[float]], n_layers: int, max_runs: int) -> list[str]:
-    """Up to MAX_RUNS disjoint contiguous runs of N_LAYERS layers in all, the least total distance.
-
-    LAYER_DISTANCES as for gromov_order (for a compensated prune, each run's damage after its own fit).
-    Runs are separated by at least one kept layer (touching runs are one run). Dynamic programming over
-    (position, layers still to remove, runs left); ties go to the earliest, fewest runs.
-    """
-    layers = len(layer_distances)
-    best: dict[tuple[int, int, int], tuple[float, tuple]] = {}
-
-    def solve(pos: int, need: int, runs: int) -> tuple[float, tuple]:
-        # The cheapest way to remove NEED more layers from POS onwards with at most RUNS runs.
-        if need == 0:
-            return 0.0, ()
-        if pos >= layers or runs == 0 or layers - pos < need:
-            return float("inf"), ()
-        key = (pos, need, runs)
-        if key not in best:
-            options = [solve(pos + 1, need, runs)]  # keep layer POS
-            for n in range(1, need + 1):  # a run of n layers from POS, then a kept layer (or the end)
-                if pos + n > layers:
-                    break
-                rest_cost, rest = solve(pos + n + 1, need - n, runs - 1)
-                options.append((layer_distances[pos][n] + rest_cost, ((pos, n),) + rest))
-            best[key] = min(options, key=lambda o: (o[0], len(o[1])))
-        return best[key]
-
-    cost, runs = solve(0, n_layers, max_runs)
-    if runs == () or cost == float("inf"):
-        return gromov_order(layer_distances, n_layers)
-    return [f"layer{first + k}.block" for first, n in runs for k in range(n)]
-
-
 def prune_transformer(session: PruneSession, ratio: float, *, ordering: str = "ascending", seed: int = 0,
                       scores: dict[str, float] | None = None, ranking: str = "split",
                       on_step: Callable | None = None) -> list:

@@ -4,6 +4,8 @@ One strategy per method, chosen from the `PruneConfig` (first that applies, in `
 
 - `rescore`: `--rescore-every N`: moves re-scored on the model as it is pruned (`onnxdepth.rescore`);
 - `grouped`: `--ranking grouped`: single units, whole MLPs and whole layers scored once;
+- `fitted-run`: the same with `--compensate lstsq`: the contiguous run that predicts held-out text best
+  once its least-squares fit is folded in;
 - `gromov`: block granularity with angular importance: Gromov et al.'s most similar contiguous run;
 - `ranked`: transformers, scores fixed up front (Algorithm 8 at fine granularity, one ranking otherwise);
 - `iterative`: everything else (CNNs): Algorithm 9, the lowest unit re-planned and pruned one at a time.
@@ -11,7 +13,7 @@ One strategy per method, chosen from the `PruneConfig` (first that applies, in `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import onnx
@@ -33,6 +35,7 @@ class Selection:
     config: PruneConfig
     scores: ScoreTable | None
     on_step: Callable | None
+    notes: dict = field(default_factory=dict)  # what the strategy measured on the way, for the plan
 
 
 class Strategy:
@@ -118,17 +121,52 @@ class GromovRun(Strategy):
             raise InvalidArgumentError("--block-choice gromov needs the distances of runs of layers: use a score "
                                        "table written by `onnxdepth score --granularity block`, or --block-choice "
                                        "ranking")
+        return prune_one_shot(session, ratio, gromov_order(table, self.run_length(session, ratio)),
+                              on_step=job.on_step)
+
+    @staticmethod
+    def run_length(session: PruneSession, ratio: float) -> int:
+        """The fewest whole layers whose parameters reach RATIO."""
         per_layer = [session.plan(f"layer{l}.block").params_removed for l in range(len(session.layers))]
         n = 1
         while n < len(per_layer) and sum(sorted(per_layer)[:n]) < ratio * session.params_before:
             n += 1
-        import os
+        return n
 
-        from .select import split_runs_order
 
-        max_runs = int(os.environ.get("ONNXDEPTH_MAX_RUNS", "1"))  # prototype toggle
-        order = gromov_order(table, n) if max_runs == 1 else split_runs_order(table, n, max_runs)
-        return prune_one_shot(session, ratio, order, on_step=job.on_step)
+class FittedRun(GromovRun):
+    """Gromov's contiguous run with `--compensate lstsq` on a pre-norm stream: the run whose compensated model
+    predicts held-out calibration text best (`compensate.runs.choose_fitted_run`), not the most similar one.
+    A given score table, or a model without a pre-norm stream (post-norm encoders), takes Gromov's choice."""
+
+    name = "fitted-run"
+    scores_itself = True
+
+    def applies(self, config, transformer):
+        return super().applies(config, transformer) and config.compensate == "lstsq"
+
+    def select(self, job):
+        from .compensate import stream_writers
+        from .select import prune_one_shot
+
+        session, config = job.session, job.config
+        tokens = config.calibration.tokens("--compensate lstsq")
+        writers = stream_writers(session)
+        if job.scores is not None or not writers:
+            if job.scores is None:
+                from .importance.angular import run_distances
+
+                table = run_distances(job.model, session, tokens)
+                job.scores = ScoreTable.from_run_table({f"layer{l}.block": row[1] for l, row in enumerate(table)},
+                                                       table)
+            return super().select(job)
+        from .compensate.runs import choose_fitted_run
+
+        n = self.run_length(session, config.ratio)
+        first, records = choose_fitted_run(job.model, writers, tokens, config.calibration.held_out_tokens(), n)
+        job.notes["fitted_runs"] = records
+        return prune_one_shot(session, config.ratio, [f"layer{first + k}.block" for k in range(n)],
+                              on_step=job.on_step)
 
 
 class Ranked(Strategy):
@@ -168,7 +206,7 @@ class Iterative(Strategy):
 
 
 #: Checked in order: the first strategy that applies to a config is the one it runs.
-STRATEGIES: tuple[Strategy, ...] = (Rescoring(), Grouped(), GromovRun(), Ranked(), Iterative())
+STRATEGIES: tuple[Strategy, ...] = (Rescoring(), Grouped(), FittedRun(), GromovRun(), Ranked(), Iterative())
 
 
 def strategy_for(config: PruneConfig, transformer: bool) -> Strategy:

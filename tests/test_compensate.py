@@ -26,7 +26,7 @@ from tiny_hf import save_tiny_llama  # noqa: E402
 
 import graphs  # noqa: E402
 
-LAYERS, SEQ_LEN, N_SEQ, HELD_OUT = 4, 16, 24, 8
+LAYERS, SEQ_LEN, N_SEQ, HELD_OUT = 4, 16, 64, 8
 
 
 # -- least squares and folds ----------------------------------------------------------------------------
@@ -174,7 +174,8 @@ def test_the_default_with_calibration_is_the_compensated_block_mode(llama):
     fitted = api.prune_model(llama.model, PruneConfig(0.2, calibration=llama.calibration))
     assert (fitted.plan["importance"], fitted.plan["granularity"], fitted.plan["compensate"]) == \
         ("angular", "block", "lstsq")
-    assert fitted.plan["selection"] == "gromov" and fitted.plan["compensation"]["method"] == "lstsq"
+    assert fitted.plan["selection"] == "fitted-run" and fitted.plan["compensation"]["method"] == "lstsq"
+    assert len(fitted.plan["fitted_runs"]) >= 2  # candidate runs, each measured with its fit
     assert any(f["folded"] for f in fitted.plan["compensation"]["fits"])
     plain = api.prune_model(llama.model, PruneConfig(0.2))
     assert (plain.plan["importance"], plain.plan["granularity"], plain.plan["compensate"]) == \

@@ -17,12 +17,8 @@ import onnx
 
 from ..graph.extract import extract_submodel, with_extra_outputs
 from .fold import fold_output_map
-import os
+from .lstsq import NormalEquations, relative_weights
 
-from .lstsq import NormalEquations, relative_weights, squared_error
-
-_WEIGHTED = os.environ.get("ONNXDEPTH_FIT_WEIGHT", "relative") == "relative"  # prototype toggle
-_PRIOR = os.environ.get("ONNXDEPTH_FIT_PRIOR", "zero") == "identity"  # prototype toggle
 from .stream import Run, Writer, removed_runs
 
 __all__ = ["fit_removed_runs", "run_outputs"]
@@ -56,19 +52,27 @@ def _fit(run: Run, pruned: dict, target: list[np.ndarray]) -> NormalEquations:
     fold = run.fold
     equations = NormalEquations()
     for x, s, y in zip(pruned[fold.output], pruned[fold.stream_in], target):
-        equations.add(x, y - s, relative_weights(y) if _WEIGHTED else None)
+        equations.add(x, y - s, relative_weights(y))  # each token's error relative to its stream's norm
     return equations
 
 
 def _held_out_errors(run: Run, held: dict, target: list[np.ndarray], transform: np.ndarray) -> tuple[float, float]:
-    """Relative squared error of the stream after RUN on held-out windows, without and with the fit."""
+    """Mean per-token relative squared error |e|^2 / |y|^2 of the stream after RUN on held-out windows (the
+    fit's own objective), without and with the fit."""
     fold = run.fold
-    before = after = total = 0.0
+    before = after = rows = 0.0
     for x, s, y in zip(held[fold.output], held[fold.stream_in], target):
-        before += squared_error(s + x, y)
-        after += squared_error(s + x.astype(np.float64) @ transform, y)
-        total += squared_error(y, np.zeros_like(y))
-    return before / max(total, 1e-30), after / max(total, 1e-30)
+        weights = relative_weights(y)  # 1 / |y|^2 per token
+        before += _weighted_error(s + x, y, weights)
+        after += _weighted_error(s + x.astype(np.float64) @ transform, y, weights)
+        rows += len(weights)
+    return before / max(rows, 1), after / max(rows, 1)
+
+
+def _weighted_error(prediction: np.ndarray, target: np.ndarray, weights: np.ndarray) -> float:
+    """Sum over tokens of WEIGHTS x squared error (PREDICTION, TARGET [..., width] flattened to rows)."""
+    diff = (prediction.astype(np.float64) - target.astype(np.float64)).reshape(len(weights), -1)
+    return float(np.einsum("ij,ij,i->", diff, diff, weights))
 
 
 def _untouched_before(fold: Writer, pruned: list[str]) -> bool:
@@ -118,7 +122,7 @@ def fit_removed_runs(model: onnx.ModelProto, session, writers: list[Writer], tok
             pruned = session.to_model(model, keep=set(names))
             calib, held = run_outputs(pruned, names, tokens), run_outputs(pruned, names, held_out)
         equations = _fit(run, calib, unpruned[run.target][:split])
-        transform = equations.solve(prior=np.eye(len(equations.gram)) if _PRIOR else None)
+        transform = equations.solve(prior=np.eye(len(equations.gram)))  # ridge towards "no fit"
         before, after = _held_out_errors(run, held, unpruned[run.target][split:], transform)
         record["held_out_error"] = {"before": round(before, 6), "after": round(after, 6)}
         if after >= before:

@@ -1,28 +1,50 @@
 """Which run of whole layers to remove once it can be compensated: the damage left after the fit.
 
 Gromov et al. remove the contiguous layers whose input and output are most alike. With a least-squares
-fold after the run (`residual`), what counts is how far the *compensated* stream is from the unpruned
-one: for the run of layers l .. l + n - 1, the MLP writer of layer l - 1 is refitted so that
-s + x T ~ S[l + n], and the run's damage is the mean angular distance of s + x T to S[l + n] on held-out
-windows (S[k]: the stream entering layer k; x, s: that writer's output and the stream it adds to).
-All of it comes from one run of the unpruned model.
+fold after the run (`residual`), what counts is how far the *compensated* model is from the unpruned
+one. For the run of layers l .. l + n - 1, the MLP writer of layer l - 1 is refitted so that
+s + x T ~ S[l + n] (S[k]: the stream entering layer k; x, s: that writer's output and the stream it adds
+to). Two measures of what is left, both on held-out windows:
+
+- `fitted_run_table`: the mean angular distance of s + x T to S[l + n], for every run (block-local; all of
+  it from one run of the unpruned model);
+- `choose_fitted_run`: for the few best runs of the asked length by that table, the next-token negative
+  log-likelihood of the held-out text when the rest of the model reads s + x T (a run of the layers after
+  the run and the head): what the user measures, at the cost of one partial forward pass per candidate.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 
-import os
-
 from .lstsq import relative_weights, ridge_solve
-
-_WEIGHTED = os.environ.get("ONNXDEPTH_FIT_WEIGHT", "relative") == "relative"  # prototype toggle
-_PRIOR = os.environ.get("ONNXDEPTH_FIT_PRIOR", "zero") == "identity"  # prototype toggle
-from .residual import run_outputs
+from .residual import BATCH_SEQUENCES, run_outputs
 from .stream import Writer
 
-__all__ = ["fitted_run_table"]
+__all__ = ["StreamValues", "choose_fitted_run", "fitted_run_table", "stream_values"]
+
+logger = logging.getLogger(__name__)
+
+#: Runs whose held-out likelihood `choose_fitted_run` measures (the best by the angular table).
+CANDIDATES = 4
+
+
+@dataclass
+class StreamValues:
+    """The unpruned layer-boundary streams and each layer's MLP write, on calibration and held-out windows."""
+
+    streams: list[str]  # streams[k]: the stream entering layer k (k = layers: after the last layer)
+    mlp: list[Writer]  # mlp[k]: the MLP writer of layer k
+    calib: dict[str, np.ndarray]  # tensor name -> [tokens, width] (float32)
+    held: dict[str, np.ndarray]
+
+    @property
+    def layers(self) -> int:
+        return len(self.mlp)
 
 
 def _stacked(values: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
@@ -31,42 +53,98 @@ def _stacked(values: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
     return {name: np.concatenate([v.reshape(-1, v.shape[-1]) for v in batches]) for name, batches in values.items()}
 
 
-def fitted_run_table(model: onnx.ModelProto, writers: list[Writer], tokens: np.ndarray,
-                     held_out: np.ndarray) -> list[list[float]]:
-    """TABLE[l][n]: held-out angular damage of removing layers l .. l + n - 1 with the fold (TABLE[l][0] = 0).
-
-    Runs from layer 0 have no writer before them: their damage is the plain angular distance of the
-    stream before and after the run. WRITERS: two per layer (attention, MLP), in stream order.
-    """
-    from ..importance.angular import angular_distance
-
+def stream_values(model: onnx.ModelProto, writers: list[Writer], tokens: np.ndarray,
+                  held_out: np.ndarray) -> StreamValues:
+    """One run of MODEL on TOKENS and HELD_OUT for everything the run fits read. WRITERS: two per layer
+    (attention, MLP), in stream order."""
     layers = len(writers) // 2
-    # streams[k]: the stream entering layer k (k = layers: after the last layer).
     streams = [writers[2 * k].stream_in for k in range(layers)] + [writers[-1].stream_out]
     mlp = [writers[2 * k + 1] for k in range(layers)]
     names = sorted(set(streams) | {w.output for w in mlp} | {w.stream_in for w in mlp})
-    calib, held = _stacked(run_outputs(model, names, tokens)), _stacked(run_outputs(model, names, held_out))
+    return StreamValues(streams, mlp, _stacked(run_outputs(model, names, tokens)),
+                        _stacked(run_outputs(model, names, held_out)))
+
+
+def _fitted_stream(values: StreamValues, first: int, n: int) -> np.ndarray:
+    """The held-out stream after removing layers FIRST .. FIRST + N - 1 with the fold: s + x T, T fitted on
+    calibration windows (rows weighted by 1 / |target|^2, ridge towards the identity). A run from layer 0
+    has no writer before it: the stream just skips the run."""
+    if first == 0:
+        return values.held[values.streams[0]].astype(np.float64)
+    writer = values.mlp[first - 1]  # the MLP of the layer before the run carries the fold
+    x, s = values.calib[writer.output].astype(np.float64), values.calib[writer.stream_in].astype(np.float64)
+    target = values.calib[values.streams[first + n]].astype(np.float64)
+    xw = x * relative_weights(target)[:, None]  # rows weighted by 1 / |target row|^2
+    transform = ridge_solve(xw.T @ x, xw.T @ (target - s), prior=np.eye(x.shape[1]))
+    held_x, held_s = values.held[writer.output].astype(np.float64), values.held[writer.stream_in].astype(np.float64)
+    fitted, unfitted = held_s + held_x @ transform, held_s + held_x
+    # As `residual` will: a fit that does not lower the held-out per-token relative error is not folded.
+    held_target = values.held[values.streams[first + n]]
+    weights = relative_weights(held_target)
+    errors = [float(np.einsum("ij,ij,i->", p - held_target, p - held_target, weights)) for p in (fitted, unfitted)]
+    return fitted if errors[0] < errors[1] else unfitted
+
+
+def fitted_run_table(model: onnx.ModelProto, writers: list[Writer], tokens: np.ndarray, held_out: np.ndarray,
+                     values: StreamValues | None = None) -> list[list[float]]:
+    """TABLE[l][n]: held-out angular damage of removing layers l .. l + n - 1 with the fold (TABLE[l][0] = 0)."""
+    from ..importance.angular import angular_distance
+
+    values = values or stream_values(model, writers, tokens, held_out)
     table = []
-    for first in range(layers):
+    for first in range(values.layers):
         row = [0.0]
-        for n in range(1, layers - first + 1):
-            target_h = held[streams[first + n]]
-            if first == 0:
-                row.append(float(angular_distance(held[streams[0]], target_h).mean()))
-                continue
-            if n == 1:
-                writer = mlp[first - 1]  # the MLP of the layer before the run carries the fold
-                x, s = calib[writer.output].astype(np.float64), calib[writer.stream_in].astype(np.float64)
-                x_h, s_h = held[writer.output].astype(np.float64), held[writer.stream_in].astype(np.float64)
-                gram = x.T @ x  # once per start; X^T Y per run below
-                eye = np.eye(len(gram)) if _PRIOR else None
-            target = calib[streams[first + n]].astype(np.float64)
-            if _WEIGHTED:
-                xw = x * relative_weights(target)[:, None]  # rows weighted by 1 / |target row|^2
-                transform = ridge_solve(xw.T @ x, xw.T @ (target - s), prior=eye)
-            else:
-                transform = ridge_solve(gram, x.T @ (target - s), prior=eye)
-            prediction = s_h + x_h @ transform
-            row.append(float(angular_distance(prediction, target_h).mean()))
+        for n in range(1, values.layers - first + 1):
+            prediction = _fitted_stream(values, first, n)
+            row.append(float(angular_distance(prediction, values.held[values.streams[first + n]]).mean()))
         table.append(row)
     return table
+
+
+def _held_out_nll(model: onnx.ModelProto, stream: str, prediction: np.ndarray, held_out: np.ndarray) -> float:
+    """Mean next-token negative log-likelihood of HELD_OUT [rows, length] when the model from STREAM on reads
+    PREDICTION [rows * length, width] instead of its own stream."""
+    from ..graph.extract import extract_submodel
+    from ..importance.angular import model_feeds
+    from ..runtime import open_session
+
+    logits_name = next((o.name for o in model.graph.output if o.name == "logits"), model.graph.output[0].name)
+    session = open_session(extract_submodel(model, [stream], [logits_name]))
+    inputs = {i.name: i for i in session.get_inputs()}
+    rows, length = held_out.shape
+    hidden = prediction.astype(np.float32).reshape(rows, length, -1)  # back to [batch, sequence, width]
+    total, count = 0.0, 0
+    for start in range(0, rows, BATCH_SEQUENCES):
+        batch = held_out[start:start + BATCH_SEQUENCES]
+        feeds = {**model_feeds(inputs, batch), stream: hidden[start:start + BATCH_SEQUENCES]}
+        logits = session.run([logits_name], feeds)[0][:, :-1].astype(np.float64)  # position t predicts t + 1
+        targets = batch[:, 1:]
+        peak = logits.max(axis=-1, keepdims=True)
+        log_norm = np.log(np.exp(logits - peak).sum(axis=-1)) + peak[..., 0]  # log-sum-exp over the vocabulary
+        picked = np.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+        total += float((log_norm - picked).sum())
+        count += targets.size
+    return total / max(count, 1)
+
+
+def choose_fitted_run(model: onnx.ModelProto, writers: list[Writer], tokens: np.ndarray, held_out: np.ndarray,
+                      n_layers: int, candidates: int = CANDIDATES) -> tuple[int, list[dict]]:
+    """The first layer of the run of N_LAYERS layers whose compensated model predicts the held-out text best,
+    among the CANDIDATES best by the angular table; and every candidate's record (first, angular, nll)."""
+    from ..importance.angular import angular_distance
+
+    values = stream_values(model, writers, tokens, held_out)
+    starts = range(values.layers - n_layers + 1)
+    predictions = {first: _fitted_stream(values, first, n_layers) for first in starts}
+    angular = {first: float(angular_distance(p, values.held[values.streams[first + n_layers]]).mean())
+               for first, p in predictions.items()}
+    shortlist = sorted(starts, key=lambda first: (angular[first], first))[:candidates]
+    records = []
+    for first in shortlist:
+        nll = _held_out_nll(model, values.streams[first + n_layers], predictions[first], held_out)
+        records.append({"first": first, "last": first + n_layers - 1, "angular": round(angular[first], 6),
+                        "held_out_nll": round(nll, 6)})
+        logger.info("layers %d-%d with the fit: angular %.4f, held-out NLL %.4f", first, first + n_layers - 1,
+                    angular[first], nll)
+    best = min(records, key=lambda r: (r["held_out_nll"], r["first"]))
+    return best["first"], records
