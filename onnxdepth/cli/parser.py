@@ -177,8 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("demo", help="main job: build SmolLM2 ONNX from the packaged weights, prune it, compare")
-    p.add_argument("--ratio", type=float, default=0.1)
-    p.add_argument("--granularity", default="fine", choices=GRANULARITIES)
+    p.add_argument("--ratio", type=float, default=0.2)
+    p.add_argument("--granularity", default="block", choices=GRANULARITIES)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=_cmd_demo)
