@@ -21,6 +21,9 @@ import onnx
 
 from . import __version__
 from .config import AUTO, Calibration, PruneConfig
+
+#: The options `auto` can stand for (resolved per model by `onnxdepth.defaults`).
+AUTO_OPTIONS = ("importance", "granularity", "compensate")
 from .errors import InvalidArgumentError
 from .fileio import write_json_atomic
 from .graph.io import check_output_path, load_model, save_model_atomic
@@ -386,9 +389,11 @@ def cached_plan(src: str | os.PathLike, out: str | os.PathLike, config: PruneCon
         return None
     if not isinstance(plan, dict) or plan.get("search_space", "full") != config.search_space:
         return None
-    wanted = {"ratio": config.ratio, "granularity": config.granularity, "importance": config.importance}
-    if all(plan.get(k) == v for k, v in wanted.items()) and plan.get("compensate", "none") == config.compensate \
-            and plan.get("source") \
-            and Path(plan["source"]).resolve() == src.resolve():
+    # Options left to `auto` are compared as they were asked (the plan's `requested`), the rest as recorded.
+    asked = {**{k: plan.get(k) for k in AUTO_OPTIONS}, **plan.get("requested", {})}
+    wanted = {"ratio": config.ratio, **{k: getattr(config, k) for k in AUTO_OPTIONS}}
+    recorded = {"ratio": plan.get("ratio"), **asked}
+    recorded.setdefault("compensate", "none")
+    if recorded == wanted and plan.get("source") and Path(plan["source"]).resolve() == src.resolve():
         return plan
     return None

@@ -130,6 +130,8 @@ class PruneConfig:
     seed: int = 0
     calibration: Calibration = field(default_factory=Calibration)
     verify: bool = True
+    #: The options as asked, before `onnxdepth.defaults` resolved `auto` (set by it; the plan's `requested`).
+    requested: dict | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -155,7 +157,10 @@ class PruneConfig:
         return bool(self.rescore_every) or self.ranking == "grouped"
 
     def to_json(self) -> dict:
-        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("calibration", "verify")}
+        record = {f.name: getattr(self, f.name) for f in fields(self)
+                  if f.name not in ("calibration", "verify", "requested")}
+        if self.requested is not None:
+            record["requested"] = dict(self.requested)
         record["calibration"] = self.calibration.to_json()
         if self.input_shapes is not None:
             record["input_shapes"] = {name: list(dims) for name, dims in self.input_shapes.items()}

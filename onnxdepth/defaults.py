@@ -59,4 +59,6 @@ def resolve_defaults(config: PruneConfig, session, *, checkpoints: bool = False)
     compensate = config.compensate
     if compensate == AUTO:
         compensate = "lstsq" if (best_mode and _has_held_out(config) or chains) and not checkpoints else "none"
-    return dataclasses.replace(config, importance=importance, granularity=granularity, compensate=compensate)
+    requested = {"importance": config.importance, "granularity": config.granularity, "compensate": config.compensate}
+    return dataclasses.replace(config, importance=importance, granularity=granularity, compensate=compensate,
+                               requested=requested)

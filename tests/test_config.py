@@ -55,6 +55,8 @@ def test_plan_records_every_option_and_the_strategy():
     assert plan["calibration"] == {"source": "calib.npz", "sequences": 4, "length": 16, "seed": 3,
                                    "model_path": None, "held_out_sequences": 8}
     assert plan["input_shapes"] == {"x": [2, 16]} and "verify" not in plan
+    # What was asked, before `auto` was resolved (prune_file_cached compares these).
+    assert plan["requested"] == {"importance": "auto", "granularity": "auto", "compensate": "auto"}
     # The metadata copy in the model is the same record.
     stored = next(p.value for p in result.model.metadata_props if p.key == api.PLAN_METADATA_KEY)
     assert json.loads(stored) == plan
