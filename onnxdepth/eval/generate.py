@@ -66,14 +66,15 @@ def greedy_generate(model, input_ids: np.ndarray, max_new_tokens: int, *, eos_to
     return np.array(generated, dtype=np.int64)
 
 
-def sample_sequences(model, start_token: int, n: int, length: int, *, seed: int = 0, temperature: float = 1.0,
+def sample_sequences(model, start_token, n: int, length: int, *, seed: int = 0, temperature: float = 1.0,
                      top_k: int = 50, threads: int | None = None) -> np.ndarray:
-    """N sequences of LENGTH tokens sampled (top-k, seeded) from a causal LM, batched, starting at START_TOKEN."""
+    """N sequences of LENGTH tokens sampled (top-k, seeded) from a causal LM, batched, starting at START_TOKEN
+    (one token id, or a prefix of ids that every sequence starts with)."""
     session = open_session(model, threads=threads)
     inputs = {i.name: i for i in session.get_inputs()}
     past_names = [name for name in inputs if _PAST.fullmatch(name)]
     rng = np.random.default_rng(seed)
-    seqs = np.full((n, 1), start_token, dtype=np.int64)
+    seqs = np.tile(np.asarray(start_token, dtype=np.int64).reshape(1, -1), (n, 1))  # [n, prefix length]
     cache = {name: np.zeros((n, int(inputs[name].shape[1]), 0, int(inputs[name].shape[3])), dtype=np.float32)
              for name in past_names}
     seen = 0
