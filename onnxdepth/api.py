@@ -206,9 +206,17 @@ def compensation_stage(model: onnx.ModelProto, session: PruneSession, calibratio
 
 def score_model(model: onnx.ModelProto, config: PruneConfig) -> ScoreTable:
     """`onnxdepth score`: every prunable unit's importance under CONFIG, on the unpruned model."""
+    asked_fit = config.compensate == "lstsq"  # asked for, not resolved from auto (that stays one damage)
     session, config = new_session(model, config)
+    if asked_fit and (session.granularity != "block" or config.importance != "angular"):
+        raise InvalidArgumentError("score --compensate lstsq: not yet supported here (the damage after the fit is "
+                                   "measured for --granularity block --importance angular on a pre-norm "
+                                   "transformer)")
     if config.importance in UNIT_METRICS:
-        return score_units(model, session, config.importance, config.calibration)
+        table = score_units(model, session, config.importance, config.calibration)
+        if asked_fit:
+            table.after_fit = _damage_after_fit(model, session, config)
+        return table
     if config.importance == "taylor":
         from .importance.taylor_calibration import attach_lm_taylor, taylor_refresh
 
@@ -217,6 +225,23 @@ def score_model(model: onnx.ModelProto, config: PruneConfig) -> ScoreTable:
         else:
             taylor_refresh(model, session, config.calibration)(session)
     return ScoreTable({p.unit_id: p.score for p in session.prunable_plans()})
+
+
+def _damage_after_fit(model: onnx.ModelProto, session: PruneSession, config: PruneConfig) -> dict[str, float]:
+    """`score --compensate lstsq`: every block and run row's held-out angular damage once its least-squares
+    fit is folded (`compensate.runs.fitted_run_table`), beside the plain damage."""
+    from .compensate import stream_writers
+
+    writers = stream_writers(session)
+    if not writers:
+        raise InvalidArgumentError("score --compensate lstsq: not yet supported for this model (the damage after "
+                                   "the fit is measured on a pre-norm transformer)")
+    from .compensate.runs import fitted_run_table
+
+    calibration = config.calibration
+    table = fitted_run_table(model, writers, calibration.tokens("--compensate lstsq"),
+                             calibration.held_out_tokens("--compensate lstsq"))
+    return ScoreTable.from_run_table({f"layer{l}.block": row[1] for l, row in enumerate(table)}, table).rows()
 
 
 # -- the pipeline -------------------------------------------------------------------------------------------

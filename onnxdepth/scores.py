@@ -2,7 +2,8 @@
 
 `onnxdepth score -o scores.csv` writes a `ScoreTable` as CSV (`unit,score`, lowest first) and
 `prune --scores` reads it back. Runs of layers (Gromov et al.'s selection) are rows `layers{l}-{m}`:
-the angular distance between the input of layer l and the output of layer m.
+the angular distance between the input of layer l and the output of layer m. A table scored with
+`--compensate lstsq` also carries each row's damage left after its least-squares fit (column `after_fit`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class ScoreTable:
 
     units: dict[str, float]
     runs: dict[tuple[int, int], float] = field(default_factory=dict)
+    after_fit: dict[str, float] = field(default_factory=dict)  # row name (see rows()) -> damage after its fit
 
     @classmethod
     def from_run_table(cls, units: dict[str, float], table: list[list[float]]) -> "ScoreTable":
@@ -53,24 +55,33 @@ class ScoreTable:
     def to_csv(self) -> str:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["unit", "score"])
+        writer.writerow(["unit", "score", "after_fit"] if self.after_fit else ["unit", "score"])
         for unit, score in sorted(self.rows().items(), key=lambda item: item[1]):
-            writer.writerow([unit, f"{score:.8g}"])
+            fitted = [f"{self.after_fit[unit]:.8g}" if unit in self.after_fit else ""] if self.after_fit else []
+            writer.writerow([unit, f"{score:.8g}", *fitted])
         return buffer.getvalue()
 
     @classmethod
     def read_csv(cls, path: str) -> "ScoreTable":
-        """A table written by `onnxdepth score`: CSV with a header `unit,score`."""
+        """A table written by `onnxdepth score`: CSV with a header `unit,score` (an `after_fit` column is read
+        back too; `prune --scores` ranks by `score`)."""
         if not Path(path).exists():
             raise InvalidArgumentError(f"--scores {path}: no such file")
         units: dict[str, float] = {}
         runs: dict[tuple[int, int], float] = {}
+        after_fit: dict[str, float] = {}
         with open(path, newline="") as handle:
             for row in csv.DictReader(handle):
                 try:
                     name, value = row["unit"], float(row["score"])
                 except (KeyError, TypeError, ValueError) as exc:
                     raise InvalidArgumentError(f"--scores {path}: expected CSV columns unit,score") from exc
+                fitted = (row.get("after_fit") or "").strip()
+                if fitted:
+                    try:
+                        after_fit[name] = float(fitted)
+                    except ValueError as exc:
+                        raise InvalidArgumentError(f"--scores {path}: after_fit of {name} is not a number") from exc
                 run = _RUN_ROW.fullmatch(name)
                 if run:
                     runs[(int(run.group(1)), int(run.group(2)))] = value
@@ -78,7 +89,7 @@ class ScoreTable:
                     units[name] = value
         if not units and not runs:
             raise InvalidArgumentError(f"--scores {path}: empty score table")
-        return cls(units, runs)
+        return cls(units, runs, after_fit)
 
     def __len__(self) -> int:
         return len(self.units) + len(self.runs)

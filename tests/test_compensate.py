@@ -200,3 +200,22 @@ def test_a_fold_writer_before_any_pruning_is_fitted_from_the_unpruned_pass(llama
     slow_weights = {t.name: numpy_helper.to_array(t) for t in slow.model.graph.initializer}
     assert fast_weights.keys() == slow_weights.keys()
     assert all(np.allclose(fast_weights[k], slow_weights[k], rtol=1e-4, atol=1e-5) for k in fast_weights)
+
+
+def test_score_prints_both_damages_and_prune_reads_the_table_back(llama, cli, tmp_path):
+    """`score --compensate lstsq`: each block / run row has its plain angular damage and the one left after
+    its fit (never larger on the rows a fit helps); the CSV reads back, and prune --scores uses the plain one."""
+    from onnxdepth.scores import ScoreTable
+
+    out = tmp_path / "scores.csv"
+    code, _, err = cli("score", llama.path, "--importance", "angular", "--granularity", "block", "--compensate",
+                       "lstsq", "--calib", llama.calibration.source, "--calib-sequences", N_SEQ, "--calib-length",
+                       SEQ_LEN, "-o", out)
+    assert code == 0, err
+    header, *rows = out.read_text().splitlines()
+    assert header == "unit,score,after_fit"
+    table = ScoreTable.read_csv(str(out))
+    assert set(table.after_fit) == set(table.rows())  # every block and run has both damages
+    assert any(table.after_fit[name] < value for name, value in table.rows().items())
+    code, _, err = cli("score", llama.path, "--importance", "magnitude", "--compensate", "lstsq")
+    assert code == 1 and "not yet supported" in err and "Traceback" not in err

@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--importance", default="magnitude", help="magnitude, angular, cross_entropy or taylor")
     p.add_argument("-o", "--output", help="write the CSV here (default: stdout)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compensate", default="none", choices=("none", "lstsq"),
+                   help="lstsq: also each row's damage left after its least-squares fit (column after_fit; block "
+                        "granularity, angular importance)")
     common(p)
     calibration(p)
     p.set_defaults(func=_cmd_score)
