@@ -219,3 +219,16 @@ def test_score_prints_both_damages_and_prune_reads_the_table_back(llama, cli, tm
     assert any(table.after_fit[name] < value for name, value in table.rows().items())
     code, _, err = cli("score", llama.path, "--importance", "magnitude", "--compensate", "lstsq")
     assert code == 1 and "not yet supported" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("windows", ["held", "all"])
+def test_choose_fitted_run_measures_candidates_by_likelihood(llama, monkeypatch, windows):
+    """Every shortlisted run gets a finite NLL on the chosen windows; the pick is the lowest of them."""
+    from onnxdepth.compensate import runs
+
+    monkeypatch.setattr(runs, "NLL_WINDOWS", windows)
+    writers = stream_writers(PruneSession(llama.model))
+    first, records = runs.choose_fitted_run(llama.model, writers, llama.calibration.tokens(),
+                                            llama.calibration.held_out_tokens(), 2, candidates=3)
+    assert len(records) == 3 and all(np.isfinite(r["nll"]) and r["nll"] > 0 for r in records)
+    assert first == min(records, key=lambda r: r["nll"])["first"] and 0 <= first <= LAYERS - 2

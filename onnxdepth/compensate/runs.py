@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 #: Runs whose held-out likelihood `choose_fitted_run` measures (the best by the angular table).
 CANDIDATES = 4
+#: Windows the candidates' next-token NLL is measured on: "held" (held-out only) or "all".
+NLL_WINDOWS = "held"
 
 
 @dataclass
@@ -65,24 +67,35 @@ def stream_values(model: onnx.ModelProto, writers: list[Writer], tokens: np.ndar
                         _stacked(run_outputs(model, names, held_out)))
 
 
-def _fitted_stream(values: StreamValues, first: int, n: int) -> np.ndarray:
-    """The held-out stream after removing layers FIRST .. FIRST + N - 1 with the fold: s + x T, T fitted on
-    calibration windows (rows weighted by 1 / |target|^2, ridge towards the identity). A run from layer 0
-    has no writer before it: the stream just skips the run."""
+def _fitted_transform(values: StreamValues, first: int, n: int) -> np.ndarray | None:
+    """T of the fold for removing layers FIRST .. FIRST + N - 1, fitted on calibration windows (rows weighted by
+    1 / |target|^2, ridge towards the identity); None where no fit is folded: a run from layer 0 (no writer
+    before it) or a fit that, as `residual` checks, does not lower the held-out per-token relative error."""
     if first == 0:
-        return values.held[values.streams[0]].astype(np.float64)
+        return None
     writer = values.mlp[first - 1]  # the MLP of the layer before the run carries the fold
     x, s = values.calib[writer.output].astype(np.float64), values.calib[writer.stream_in].astype(np.float64)
     target = values.calib[values.streams[first + n]].astype(np.float64)
     xw = x * relative_weights(target)[:, None]  # rows weighted by 1 / |target row|^2
     transform = ridge_solve(xw.T @ x, xw.T @ (target - s), prior=np.eye(x.shape[1]))
     held_x, held_s = values.held[writer.output].astype(np.float64), values.held[writer.stream_in].astype(np.float64)
-    fitted, unfitted = held_s + held_x @ transform, held_s + held_x
-    # As `residual` will: a fit that does not lower the held-out per-token relative error is not folded.
     held_target = values.held[values.streams[first + n]]
     weights = relative_weights(held_target)
-    errors = [float(np.einsum("ij,ij,i->", p - held_target, p - held_target, weights)) for p in (fitted, unfitted)]
-    return fitted if errors[0] < errors[1] else unfitted
+    errors = [float(np.einsum("ij,ij,i->", p - held_target, p - held_target, weights))
+              for p in (held_s + held_x @ transform, held_s + held_x)]
+    return transform if errors[0] < errors[1] else None
+
+
+def _fitted_stream(values: StreamValues, first: int, n: int, transform: np.ndarray | None,
+                   split: str = "held") -> np.ndarray:
+    """The stream after removing layers FIRST .. FIRST + N - 1 on the SPLIT windows ("held" or "calib"): s + x T
+    with the fold, s + x without it, the stream before the run when it starts at layer 0."""
+    rows = values.held if split == "held" else values.calib
+    if first == 0:
+        return rows[values.streams[0]].astype(np.float64)
+    writer = values.mlp[first - 1]
+    x, s = rows[writer.output].astype(np.float64), rows[writer.stream_in].astype(np.float64)
+    return s + (x if transform is None else x @ transform)
 
 
 def fitted_run_table(model: onnx.ModelProto, writers: list[Writer], tokens: np.ndarray, held_out: np.ndarray,
@@ -95,7 +108,7 @@ def fitted_run_table(model: onnx.ModelProto, writers: list[Writer], tokens: np.n
     for first in range(values.layers):
         row = [0.0]
         for n in range(1, values.layers - first + 1):
-            prediction = _fitted_stream(values, first, n)
+            prediction = _fitted_stream(values, first, n, _fitted_transform(values, first, n))
             row.append(float(angular_distance(prediction, values.held[values.streams[first + n]]).mean()))
         table.append(row)
     return table
@@ -135,16 +148,23 @@ def choose_fitted_run(model: onnx.ModelProto, writers: list[Writer], tokens: np.
 
     values = stream_values(model, writers, tokens, held_out)
     starts = range(values.layers - n_layers + 1)
-    predictions = {first: _fitted_stream(values, first, n_layers) for first in starts}
-    angular = {first: float(angular_distance(p, values.held[values.streams[first + n_layers]]).mean())
-               for first, p in predictions.items()}
+    transforms = {first: _fitted_transform(values, first, n_layers) for first in starts}
+    angular = {first: float(angular_distance(_fitted_stream(values, first, n_layers, t),
+                                             values.held[values.streams[first + n_layers]]).mean())
+               for first, t in transforms.items()}
     shortlist = sorted(starts, key=lambda first: (angular[first], first))[:candidates]
+    # The likelihood is measured on NLL_WINDOWS: the held-out windows alone, or all windows (the fit saw the
+    # calibration streams but never the text's next tokens; 5x the tokens make the choice less noisy).
+    windows = np.concatenate([tokens, held_out]) if NLL_WINDOWS == "all" else held_out
     records = []
     for first in shortlist:
-        nll = _held_out_nll(model, values.streams[first + n_layers], predictions[first], held_out)
+        stream = _fitted_stream(values, first, n_layers, transforms[first])
+        if NLL_WINDOWS == "all":
+            stream = np.concatenate([_fitted_stream(values, first, n_layers, transforms[first], "calib"), stream])
+        nll = _held_out_nll(model, values.streams[first + n_layers], stream, windows)
         records.append({"first": first, "last": first + n_layers - 1, "angular": round(angular[first], 6),
-                        "held_out_nll": round(nll, 6)})
-        logger.info("layers %d-%d with the fit: angular %.4f, held-out NLL %.4f", first, first + n_layers - 1,
+                        "nll": round(nll, 6), "folded": transforms[first] is not None})
+        logger.info("layers %d-%d with the fit: angular %.4f, NLL %.4f", first, first + n_layers - 1,
                     angular[first], nll)
-    best = min(records, key=lambda r: (r["held_out_nll"], r["first"]))
+    best = min(records, key=lambda r: (r["nll"], r["first"]))
     return best["first"], records
