@@ -127,7 +127,7 @@ def score_units(model: onnx.ModelProto, session: PruneSession, importance: str, 
             table = fitted_run_table(model, writers, tokens, calibration.held_out_tokens())
         else:
             table = run_distances(model, session, tokens)
-        return ScoreTable.from_run_table({f"layer{l}.block": row[1] for l, row in enumerate(table)}, table)
+        return ScoreTable.from_layer_runs(table)
     return ScoreTable(angular_scores(model, session, tokens))
 
 
@@ -241,7 +241,7 @@ def _damage_after_fit(model: onnx.ModelProto, session: PruneSession, config: Pru
     calibration = config.calibration
     table = fitted_run_table(model, writers, calibration.tokens("--compensate lstsq"),
                              calibration.held_out_tokens("--compensate lstsq"))
-    return ScoreTable.from_run_table({f"layer{l}.block": row[1] for l, row in enumerate(table)}, table).rows()
+    return ScoreTable.from_layer_runs(table).rows()
 
 
 # -- the pipeline -------------------------------------------------------------------------------------------

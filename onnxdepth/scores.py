@@ -35,6 +35,11 @@ class ScoreTable:
         runs = {(l, l + n - 1): float(row[n]) for l, row in enumerate(table) for n in range(1, len(row))}
         return cls(dict(units), runs)
 
+    @classmethod
+    def from_layer_runs(cls, table: list[list[float]]) -> "ScoreTable":
+        """Whole-layer scores from a run table alone: `layer{l}.block` is the run of one layer, TABLE[l][1]."""
+        return cls.from_run_table({f"layer{l}.block": row[1] for l, row in enumerate(table)}, table)
+
     def run_table(self, n_layers: int) -> list[list[float]] | None:
         """The runs as TABLE[l][n] (see from_run_table) for a model of N_LAYERS layers; None if any is missing."""
         table = []

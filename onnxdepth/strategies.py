@@ -156,9 +156,7 @@ class FittedRun(GromovRun):
             if job.scores is None:
                 from .importance.angular import run_distances
 
-                table = run_distances(job.model, session, tokens)
-                job.scores = ScoreTable.from_run_table({f"layer{l}.block": row[1] for l, row in enumerate(table)},
-                                                       table)
+                job.scores = ScoreTable.from_layer_runs(run_distances(job.model, session, tokens))
             return super().select(job)
         from .compensate.runs import choose_fitted_run
 

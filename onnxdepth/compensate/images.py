@@ -41,27 +41,14 @@ def check_image_model(session) -> tuple[int, ...]:
 def image_inputs(model: onnx.ModelProto, session, calibration: Calibration, *, count: int = CHAIN_IMAGES,
                  held_out: int = CHAIN_HELD_OUT) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(calibration, held-out) inputs of MODEL's one image input, each [1, 3, H, W] float32."""
-    from ..calibration import calibration_images, calibration_ocr_lines, calibration_ocr_pages
-    from ..importance.taylor_calibration import _graph_inputs, _taylor_image_kind
+    from ..importance.taylor_calibration import _taylor_image_kind, model_image_inputs
 
-    shape = check_image_model(session)
+    check_image_model(session)
     total, kind = count + held_out, _taylor_image_kind(model, session)
-    if kind == "rec":
-        dims = next(iter(_graph_inputs(model).values())).type.tensor_type.shape.dim
-        # Axes 2 and 3 of the declared input: a fixed height / width is used as the OCR evaluation uses it.
-        height = dims[2].dim_value if dims[2].HasField("dim_value") and dims[2].dim_value > 0 else 48
-        width = dims[3].dim_value if dims[3].HasField("dim_value") and dims[3].dim_value > 0 else None
-        inputs = calibration_ocr_lines(calibration.source, count=total, seed=calibration.seed, height=height,
-                                       width=width)
-    elif kind == "det":
-        inputs = calibration_ocr_pages(calibration.source, count=total, seed=calibration.seed)
-    else:
-        if shape[2] != shape[3]:
-            raise InvalidArgumentError("--compensate lstsq: needs an image model with a square [1, 3, S, S] input "
-                                       "(give --input-shape)")
-        # Axis 0 of the stacked images: one [1, 3, S, S] input per image.
-        inputs = [image[None] for image in calibration_images(calibration.source, shape[2], count=total,
-                                                                        seed=calibration.seed)]
+    inputs = model_image_inputs(model, session, calibration.source, kind=kind, count=total, seed=calibration.seed,
+                                photo_seed=calibration.seed, flag="--compensate lstsq")
+    if kind not in ("rec", "det"):
+        inputs = [image[None] for image in inputs]  # axis 0: one [1, 3, S, S] input per stacked photo
     inputs = [np.asarray(x, dtype=np.float32) for x in inputs]
     if len(inputs) < 2:
         raise InvalidArgumentError("--compensate lstsq: needs at least 2 calibration images (one to fit, one to "

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["NormalEquations", "relative_weights", "ridge_solve", "ridge_solve_toward", "squared_error"]
+__all__ = ["NormalEquations", "relative_weights", "ridge_solve", "ridge_solve_toward", "squared_error",
+           "weighted_squared_error"]
 
 #: Ridge strength, relative to the mean diagonal of X^T X (scale-free across layers and models).
 RIDGE = 1e-3
@@ -64,6 +65,12 @@ def ridge_solve_toward(gram: np.ndarray, cross: np.ndarray, prior: np.ndarray, r
     A refit of weights that already work (a surviving layer's own) shrinks towards them, not towards zero:
     directions the calibration tokens do not excite keep their trained values."""
     return ridge_solve(gram, cross, ridge, prior)
+
+
+def weighted_squared_error(prediction: np.ndarray, target: np.ndarray, weights: np.ndarray) -> float:
+    """Sum over rows of WEIGHTS x squared error (PREDICTION, TARGET [..., width] flattened to rows), in float64."""
+    diff = (prediction.astype(np.float64) - target.astype(np.float64)).reshape(len(weights), -1)
+    return float(np.einsum("ij,ij,i->", diff, diff, weights))
 
 
 def squared_error(prediction: np.ndarray, target: np.ndarray) -> float:

@@ -17,7 +17,7 @@ import onnx
 
 from ..graph.extract import extract_submodel, with_extra_outputs
 from .fold import fold_output_map
-from .lstsq import NormalEquations, relative_weights
+from .lstsq import NormalEquations, relative_weights, weighted_squared_error
 
 from .stream import Run, Writer, removed_runs
 
@@ -63,16 +63,10 @@ def _held_out_errors(run: Run, held: dict, target: list[np.ndarray], transform: 
     before = after = rows = 0.0
     for x, s, y in zip(held[fold.output], held[fold.stream_in], target):
         weights = relative_weights(y)  # 1 / |y|^2 per token
-        before += _weighted_error(s + x, y, weights)
-        after += _weighted_error(s + x.astype(np.float64) @ transform, y, weights)
+        before += weighted_squared_error(s + x, y, weights)
+        after += weighted_squared_error(s + x.astype(np.float64) @ transform, y, weights)
         rows += len(weights)
     return before / max(rows, 1), after / max(rows, 1)
-
-
-def _weighted_error(prediction: np.ndarray, target: np.ndarray, weights: np.ndarray) -> float:
-    """Sum over tokens of WEIGHTS x squared error (PREDICTION, TARGET [..., width] flattened to rows)."""
-    diff = (prediction.astype(np.float64) - target.astype(np.float64)).reshape(len(weights), -1)
-    return float(np.einsum("ij,ij,i->", diff, diff, weights))
 
 
 def _untouched_before(fold: Writer, pruned: list[str]) -> bool:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from .lstsq import relative_weights, ridge_solve
+from .lstsq import relative_weights, ridge_solve, weighted_squared_error
 from .residual import BATCH_SEQUENCES, run_outputs
 from .stream import Writer
 
@@ -81,8 +81,7 @@ def _fitted_transform(values: StreamValues, first: int, n: int) -> np.ndarray | 
     held_x, held_s = values.held[writer.output].astype(np.float64), values.held[writer.stream_in].astype(np.float64)
     held_target = values.held[values.streams[first + n]]
     weights = relative_weights(held_target)
-    errors = [float(np.einsum("ij,ij,i->", p - held_target, p - held_target, weights))
-              for p in (held_s + held_x @ transform, held_s + held_x)]
+    errors = [weighted_squared_error(p, held_target, weights) for p in (held_s + held_x @ transform, held_s + held_x)]
     return transform if errors[0] < errors[1] else None
 
 
@@ -117,6 +116,7 @@ def fitted_run_table(model: onnx.ModelProto, writers: list[Writer], tokens: np.n
 def _held_out_nll(model: onnx.ModelProto, stream: str, prediction: np.ndarray, held_out: np.ndarray) -> float:
     """Mean next-token negative log-likelihood of HELD_OUT [rows, length] when the model from STREAM on reads
     PREDICTION [rows * length, width] instead of its own stream."""
+    from ..eval.perplexity import _nll_sum
     from ..graph.extract import extract_submodel
     from ..importance.angular import model_feeds
     from ..runtime import open_session
@@ -130,12 +130,9 @@ def _held_out_nll(model: onnx.ModelProto, stream: str, prediction: np.ndarray, h
     for start in range(0, rows, BATCH_SEQUENCES):
         batch = held_out[start:start + BATCH_SEQUENCES]
         feeds = {**model_feeds(inputs, batch), stream: hidden[start:start + BATCH_SEQUENCES]}
-        logits = session.run([logits_name], feeds)[0][:, :-1].astype(np.float64)  # position t predicts t + 1
+        logits = session.run([logits_name], feeds)[0][:, :-1]  # position t predicts token t + 1
         targets = batch[:, 1:]
-        peak = logits.max(axis=-1, keepdims=True)
-        log_norm = np.log(np.exp(logits - peak).sum(axis=-1)) + peak[..., 0]  # log-sum-exp over the vocabulary
-        picked = np.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-        total += float((log_norm - picked).sum())
+        total += _nll_sum(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         count += targets.size
     return total / max(count, 1)
 

@@ -24,7 +24,7 @@ from ..runtime import open_session
 from ..runtime import progress as progress_bar
 
 __all__ = ["LayerCache", "layer_boundaries", "cache_layers", "angular_distance", "angular_scores",
-           "model_feeds", "pruned_layer_outputs", "MoveScore", "score_moves"]
+           "model_feeds", "pruned_layer_outputs", "pruned_layer_variants", "MoveScore", "score_moves"]
 
 logger = logging.getLogger(__name__)
 
@@ -148,10 +148,7 @@ def angular_scores(model: onnx.ModelProto, session, tokens: np.ndarray, *, batch
                 scores[prefix + "block"] = _mean_distance(cache.hidden[start], cache.hidden[end])
                 bar.advance(note=prefix + "block")
                 continue
-            sub, base = cut_out_layer(model, session, cache, index)
-            for kind in kinds:
-                local = base.fork()
-                local.apply(local.plan(f"layer0.{kind}"))
+            for kind, local, sub in pruned_layer_variants(model, session, cache, index, kinds):
                 scores[prefix + kind] = _pruned_layer_distance(local, sub, cache, start, end, threads)
                 bar.advance(note=prefix + kind)
     logger.info("angular scores for %d units in %.1f s", len(scores), time.perf_counter() - started)
@@ -169,6 +166,16 @@ def cut_out_layer(model: onnx.ModelProto, session, cache: LayerCache, index: int
     if len(base.layers) != 1:
         raise UnsupportedModelError(f"layer {index}: the cut-out layer has {len(base.layers)} attention blocks")
     return sub, base
+
+
+def pruned_layer_variants(model: onnx.ModelProto, session, cache: LayerCache, index: int, kinds: list[str]):
+    """For each of KINDS (unit kinds of layer INDEX): (kind, a cut-out copy of the layer with that unit pruned,
+    the cut-out sub-model), the layer cut out once for all of them."""
+    sub, base = cut_out_layer(model, session, cache, index)
+    for kind in kinds:
+        local = base.fork()
+        local.apply(local.plan(f"layer0.{kind}"))
+        yield kind, local, sub
 
 
 def _sub_shapes(sub: onnx.ModelProto, cache: LayerCache, start: str) -> dict:

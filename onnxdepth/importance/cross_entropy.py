@@ -27,8 +27,8 @@ from onnx import TensorProto, helper
 from ..errors import UnsupportedModelError
 from ..graph.extract import extract_submodel
 from ..runtime import progress as progress_bar
-from .angular import (LayerCache, _session, cache_layers, cut_out_layer, layer_boundaries, pruned_layer_outputs,
-                      shared_initializers)
+from .angular import (LayerCache, _session, cache_layers, layer_boundaries, pruned_layer_outputs,
+                      pruned_layer_variants, shared_initializers)
 
 __all__ = ["cross_entropy_scores", "log_softmax", "cross_entropy", "with_cross_entropy", "reference_distribution",
            "chained_measure"]
@@ -184,10 +184,7 @@ def cross_entropy_scores(model: onnx.ModelProto, session, tokens: np.ndarray, *,
                 scores[prefix + "block"] = _mean_ce(chain, reference, outputs, index)
                 bar.advance(note=prefix + "block")
                 continue
-            sub, base = cut_out_layer(model, session, cache, index)
-            for kind in kinds:
-                local = base.fork()
-                local.apply(local.plan(f"layer0.{kind}"))
+            for kind, local, sub in pruned_layer_variants(model, session, cache, index, kinds):
                 outputs = pruned_layer_outputs(local, sub, cache, start, end, threads)
                 scores[prefix + kind] = _mean_ce(chain, reference, outputs, index)
                 bar.advance(note=prefix + kind)

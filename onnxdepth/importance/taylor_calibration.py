@@ -121,11 +121,32 @@ def _taylor_image_kind(model: onnx.ModelProto, session: PruneSession) -> str:
     return "detector"
 
 
+def model_image_inputs(model: onnx.ModelProto, session: PruneSession, calib: str | None, *, kind: str, count: int,
+                       seed: int = 0, photo_seed: int = 0, flag: str) -> list[np.ndarray]:
+    """COUNT calibration inputs of a one-image-input model of KIND (`_taylor_image_kind`): --calib, else lines
+    (rec) or pages (det) rendered with SEED, or the packaged photos (drawn with PHOTO_SEED) letterboxed to its
+    square input. FLAG names the option in errors."""
+    from ..calibration import calibration_images, calibration_ocr_lines, calibration_ocr_pages
+
+    shape = next(iter(session.input_shapes.values()))
+    if kind == "rec":
+        dims = next(iter(_graph_inputs(model).values())).type.tensor_type.shape.dim
+        # Axes 2 and 3 of the declared input: a fixed height / width is used as the OCR evaluation uses it.
+        height = dims[2].dim_value if dims[2].HasField("dim_value") and dims[2].dim_value > 0 else 48
+        width = dims[3].dim_value if dims[3].HasField("dim_value") and dims[3].dim_value > 0 else None
+        return calibration_ocr_lines(calib, count=count, seed=seed, height=height, width=width)
+    if kind == "det":
+        return calibration_ocr_pages(calib, count=count, seed=seed)
+    if shape[2] != shape[3]:
+        raise InvalidArgumentError(f"{flag}: needs an image model with a square [1, 3, S, S] input "
+                                   "(give --input-shape)")
+    return calibration_images(calib, shape[2], count=count, seed=photo_seed)
+
+
 def taylor_sidecar(model: onnx.ModelProto, session: PruneSession, calib: str | None, *, seed: int = 0):
     """The Taylor sidecar of a one-image-input model on calibration inputs of its kind: --calib (a folder or
     an .npz), else the packaged photos (detectors) or lines / pages rendered with a seed other than the
     OCR evaluation's (PP-OCR rec / det), preprocessed as `onnxdepth eval` does."""
-    from ..calibration import calibration_images, calibration_ocr_lines, calibration_ocr_pages
     from .taylor import TaylorSidecar
 
     shapes = session.input_shapes
@@ -134,19 +155,9 @@ def taylor_sidecar(model: onnx.ModelProto, session: PruneSession, calib: str | N
         raise InvalidArgumentError("--importance taylor: needs an image model with one [1, 3, H, W] input, a causal "
                                    "LM or a sentence encoder")
     kind = _taylor_image_kind(model, session)
-    if kind == "rec":
-        dims = next(iter(_graph_inputs(model).values())).type.tensor_type.shape.dim
-        # Axes 2 and 3 of the declared input: a fixed height / width is used as the OCR evaluation uses it.
-        height = dims[2].dim_value if dims[2].HasField("dim_value") and dims[2].dim_value > 0 else 48
-        width = dims[3].dim_value if dims[3].HasField("dim_value") and dims[3].dim_value > 0 else None
-        images = calibration_ocr_lines(calib, count=TAYLOR_LINES, seed=seed, height=height, width=width)
-    elif kind == "det":
-        images = calibration_ocr_pages(calib, count=TAYLOR_PAGES, seed=seed)
-    else:
-        if shape[2] != shape[3]:
-            raise InvalidArgumentError("--importance taylor: needs an image model with a square [1, 3, S, S] input "
-                                       "(give --input-shape)")
-        images = calibration_images(calib, shape[2], count=TAYLOR_IMAGES)
+    count = {"rec": TAYLOR_LINES, "det": TAYLOR_PAGES}.get(kind, TAYLOR_IMAGES)
+    images = model_image_inputs(model, session, calib, kind=kind, count=count, seed=seed,
+                                flag="--importance taylor")
     sidecar = TaylorSidecar(model, images, batch_size=TAYLOR_PAGE_BATCH) if kind == "det" else \
         TaylorSidecar(model, images)
     expected = {"rec": "ctc_probs", "det": "prob_map"}.get(kind)

@@ -85,11 +85,7 @@ class PruneSession:
         # "reduced" (the thesis's CNN baseline, Table 4.4): only units whose input and output widths match,
         # so that no other layer is ever width-pruned.
         self.search_space = search_space
-        if granularity not in GRANULARITIES:
-            raise InvalidArgumentError(f"--granularity {granularity}: expected one of {', '.join(GRANULARITIES)}")
-        if granularity != "fine" and not self.layers:
-            raise InvalidArgumentError(f"--granularity {granularity}: needs a transformer (no attention block found)")
-        self.granularity = granularity
+        self.set_options(importance=importance, granularity=granularity)
         self.removed_graph_io: list[str] = []  # past/present names of pruned attention blocks (KV cache)
 
     def set_options(self, *, importance: ParamImportance, granularity: str) -> None:
