@@ -24,7 +24,7 @@ from .config import AUTO, Calibration, PruneConfig
 
 #: The options `auto` can stand for (resolved per model by `onnxdepth.defaults`).
 AUTO_OPTIONS = ("importance", "granularity", "compensate")
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, ModelLoadError
 from .fileio import write_json_atomic
 from .graph.io import check_output_path, load_model, save_model_atomic
 from .importance import UNIT_METRICS, get_metric
@@ -33,7 +33,7 @@ from .scores import ScoreTable
 from .strategies import Selection, Strategy, strategy_for
 from .verify import verify_model
 
-__all__ = ["PLAN_METADATA_KEY", "PruneResult", "cached_plan", "importance_stage", "list_units", "plan_path_for",
+__all__ = ["PLAN_METADATA_KEY", "PruneResult", "cached_plan", "stored_plan", "importance_stage", "list_units", "plan_path_for",
            "prune_file", "prune_file_cached", "prune_model", "replay_file", "replay_plan", "score_model",
            "score_units", "units_summary"]
 
@@ -63,8 +63,8 @@ class PruneResult:
 
 
 # -- stage 1: units ----------------------------------------------------------------------------------------
-def new_session(model: onnx.ModelProto, config: PruneConfig, *,
-                checkpoints: bool = False) -> tuple[PruneSession, PruneConfig]:
+def new_session(model: onnx.ModelProto, config: PruneConfig, *, checkpoints: bool = False,
+                scores: ScoreTable | None = None) -> tuple[PruneSession, PruneConfig]:
     """The editable copy of MODEL with its units, as CONFIG's granularity, search space and exclusions see it,
     and CONFIG with its `auto` options resolved for MODEL (`onnxdepth.defaults`; CHECKPOINTS: smaller ratios
     are materialised on the way)."""
@@ -74,7 +74,7 @@ def new_session(model: onnx.ModelProto, config: PruneConfig, *,
                            importance=get_metric("magnitude" if config.importance == AUTO else config.importance),
                            granularity="fine" if config.granularity == AUTO else config.granularity,
                            search_space=config.search_space)
-    resolved = resolve_defaults(config, session, checkpoints=checkpoints)
+    resolved = resolve_defaults(config, session, checkpoints=checkpoints, scores=scores)
     if resolved is not config:
         session.set_options(importance=get_metric(resolved.importance), granularity=resolved.granularity)
     return session, resolved
@@ -256,13 +256,15 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, *, scores: ScoreTab
     one run (sweeps pay for the scoring once).
     """
     pending = sorted(r for r in checkpoints if 0.0 < r < config.ratio)
-    session, config = new_session(model, config, checkpoints=bool(pending and on_checkpoint is not None))
+    session, config = new_session(model, config, checkpoints=bool(pending and on_checkpoint is not None),
+                                  scores=scores)
     if config.ratio == 0.0:
         # Nothing to remove: the model is returned as it is, so outputs are bit-identical.
         out = onnx.ModelProto()
         out.CopyFrom(model)
         result = PruneResult(out, session.params_before, session.params_before, [])
-        return _finish(result, _plan_record(session, result, config, None), model, session, config.verify)
+        return _finish(result, _plan_record(session, result, config, None), model, session, config.verify,
+                       _fidelity_data(config))
     strategy = strategy_for(config, bool(session.layers))
     strategy.check(config, session, scores)
     if pending and not strategy.prefix_stable:
@@ -281,7 +283,7 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, *, scores: ScoreTab
     result = PruneResult(session.to_model(model), session.params_before, session.params(),
                          [s.unit_id for s in steps], [s.describe() for s in steps])
     plan = {**_plan_record(session, result, config, strategy), **job.notes, "compensation": compensation}
-    return _finish(result, plan, model, session, config.verify)
+    return _finish(result, plan, model, session, config.verify, _fidelity_data(config))
 
 
 def _checkpointing(model, session: PruneSession, config: PruneConfig, strategy: Strategy, pending: list[float],
@@ -298,7 +300,7 @@ def _checkpointing(model, session: PruneSession, config: PruneConfig, strategy: 
             partial = PruneResult(session.to_model(model), session.params_before, session.params(),
                                   [s.unit_id for s in taken], [s.describe() for s in taken])
             record = _plan_record(session, partial, dataclasses.replace(config, ratio=target), strategy)
-            on_checkpoint(target, _finish(partial, record, model, session, config.verify))
+            on_checkpoint(target, _finish(partial, record, model, session, config.verify, _fidelity_data(config)))
 
     return hook
 
@@ -315,13 +317,23 @@ def _plan_record(session: PruneSession, result: PruneResult, config: PruneConfig
             "steps": result.steps}
 
 
+def _fidelity_data(config: PruneConfig) -> Calibration | None:
+    """The calibration the fidelity line draws its held-out data as, or None when the prune skips it."""
+    return config.calibration if config.fidelity else None
+
+
 def _finish(result: PruneResult, plan: dict, model: onnx.ModelProto, session: PruneSession,
-            verify: bool) -> PruneResult:
-    """Record PLAN in the pruned model's metadata and verify it against MODEL before anything is written."""
-    entry = result.model.metadata_props.add()
-    entry.key, entry.value = PLAN_METADATA_KEY, json.dumps(plan, separators=(",", ":"))
+            verify: bool, fidelity: Calibration | None = None) -> PruneResult:
+    """Verify RESULT against MODEL, measure its held-out fidelity (FIDELITY: the calibration it is drawn as;
+    `onnxdepth.fidelity`) and record PLAN (with the fidelity) in its metadata, before anything is written."""
     if verify:
         verify_model(result.model, model, session.input_shapes, removed=set(session.removed_graph_io))
+    if fidelity is not None:
+        from .fidelity import held_out_fidelity
+
+        plan["fidelity"] = held_out_fidelity(result.model, model, fidelity, session.input_shapes)
+    entry = result.model.metadata_props.add()
+    entry.key, entry.value = PLAN_METADATA_KEY, json.dumps(plan, separators=(",", ":"))
     result.plan = plan
     return result
 
@@ -402,6 +414,25 @@ def prune_file_cached(src: str | os.PathLike, out: str | os.PathLike, config: Pr
         return out, plan, True
     out.parent.mkdir(parents=True, exist_ok=True)
     return out, prune_file(src, out, config, scores=scores).plan, False
+
+
+def stored_plan(path: str | os.PathLike) -> dict:
+    """The plan in the metadata of the model at PATH (weights are not read); InvalidArgumentError when the
+    model was not pruned by onnxdepth, ModelLoadError when it is not a readable ONNX file."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)  # the plan is metadata: weights not needed
+    except (OSError, DecodeError) as exc:
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
+    for entry in model.metadata_props:
+        if entry.key == PLAN_METADATA_KEY:
+            try:
+                return json.loads(entry.value)
+            except ValueError:
+                break
+    raise InvalidArgumentError(f"{path}: no onnxdepth plan in its metadata ({PLAN_METADATA_KEY}); "
+                               "was it pruned by onnxdepth?")
 
 
 def cached_plan(src: str | os.PathLike, out: str | os.PathLike, config: PruneConfig) -> dict | None:

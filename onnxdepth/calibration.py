@@ -19,6 +19,7 @@ or by default the built-in sentences of `eval.embedding`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -29,9 +30,9 @@ import numpy as np
 from .errors import InvalidArgumentError
 from .tokenizer_io import load_tokenizer
 
-__all__ = ["IMAGE_SUFFIXES", "OCR_CALIBRATION_SEED", "calibration_images", "calibration_ocr_lines",
-           "calibration_ocr_pages", "calibration_sentences", "calibration_tokens", "held_out_tokens", "load_tokenizer",
-           "saved_calibration_tokens", "WINDOW_LAYOUTS"]
+__all__ = ["EMBEDDED_TEXT", "IMAGE_SUFFIXES", "OCR_CALIBRATION_SEED", "calibration_images", "calibration_ocr_lines",
+           "calibration_ocr_pages", "calibration_sentences", "calibration_tokens", "fidelity_tokens", "FIDELITY_SEED_OFFSET", "held_out_tokens", "load_tokenizer",
+           "samples_itself", "saved_calibration_tokens", "WINDOW_LAYOUTS"]
 
 #: Files read from an image-folder calibration set.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -68,10 +69,37 @@ def _chunks(ids: np.ndarray, n_seq: int, seq_len: int, source: str, windows: str
     return np.stack([ids[s:s + seq_len] for s in starts]).astype(np.int64)
 
 
-def _text_ids(calib: str, model_path: Path) -> np.ndarray:
-    """The token ids of a .txt or .jsonl calibration file, tokenized whole by the model's tokenizer."""
-    path = Path(calib)
-    if path.suffix == ".jsonl":
+#: The default text of a model that cannot sample its own (a sentence encoder): the English prose of the
+#: Python documentation topics that every Python ships (`pydoc_data.topics`, about 100k tokens).
+EMBEDDED_TEXT = "the Python documentation (pydoc_data)"
+
+
+@functools.lru_cache(maxsize=4)
+def samples_itself(model_path: str) -> bool:
+    """True if the model at MODEL_PATH is a causal LM (a `logits` output) that default calibration text can be
+    sampled from; False for encoders, which calibrate on `EMBEDDED_TEXT` by default."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(model_path), load_external_data=False).graph
+    except (OSError, ValueError) as exc:
+        raise InvalidArgumentError(f"cannot read {model_path}: {exc}") from exc
+    return any(o.name == "logits" for o in graph.output)
+
+
+def _embedded_text() -> str:
+    import pydoc_data.topics
+
+    return "\n\n".join(pydoc_data.topics.topics[name] for name in sorted(pydoc_data.topics.topics))
+
+
+def _text_ids(calib: str | None, model_path: Path) -> np.ndarray:
+    """The token ids of a .txt or .jsonl calibration file (None: `EMBEDDED_TEXT`), tokenized whole by the
+    model's tokenizer."""
+    path = Path(calib) if calib is not None else None
+    if path is None:
+        text = _embedded_text()
+    elif path.suffix == ".jsonl":
         texts = []
         for line_no, line in enumerate(path.read_text().splitlines(), 1):
             if not line.strip():
@@ -96,6 +124,10 @@ def calibration_tokens(calib: str | None, model_path: Path, *, n_seq: int = 32, 
     Text files are tokenized whole and cut into N_SEQ windows of SEQ_LEN tokens laid out by WINDOWS
     (`WINDOW_LAYOUTS`); an .npz is taken as it is (its first N_SEQ rows, first SEQ_LEN columns)."""
     model_dir = Path(model_path).parent
+    if calib is None and not samples_itself(str(model_path)):
+        logger.warning("no --calib given: calibrating on %s; real text from the deployment domain is better (e.g. "
+                       "--calib ../shared/data/wikitext-2/valid.txt)", EMBEDDED_TEXT)
+        return _chunks(_text_ids(None, model_path), n_seq, seq_len, EMBEDDED_TEXT, windows)
     if calib is None:
         logger.warning("no --calib given: sampling calibration text from the model itself (seed %d); "
                        "real data is better (e.g. --calib ../shared/data/wikitext-2/valid.txt)", seed)
@@ -127,23 +159,71 @@ def held_out_tokens(calib: str | None, model_path: Path, *, n_seq: int, seq_len:
     """
     if count <= 0:
         return np.zeros((0, seq_len), dtype=np.int64)
-    if calib is None:
+    if calib is None and samples_itself(str(model_path)):
         return calibration_tokens(None, model_path, n_seq=count, seq_len=seq_len, seed=seed + 1)
-    path = Path(calib)
-    if path.suffix == ".npz":
+    if calib is not None and Path(calib).suffix == ".npz":
         every = calibration_tokens(calib, model_path, n_seq=n_seq + count, seq_len=seq_len)
         if len(every) <= n_seq:
             raise InvalidArgumentError(f"--calib {calib}: no rows left for held-out checks after {n_seq} sequences")
         return every[n_seq:]
     ids = _text_ids(calib, model_path)
+    spacing, windows = _window_spacing(ids, n_seq, seq_len, calib or EMBEDDED_TEXT)
+    # Gap k lies between calibration windows k and k + 1.
+    return _gap_windows(ids, windows, seq_len, spacing, _fit_gaps(windows, count))
+
+
+#: Seed offset of everything the held-out fidelity check draws (sampled text, photo variants, rendered lines),
+#: apart from the calibration (seed) and the fits' held-out windows (seed + 1).
+FIDELITY_SEED_OFFSET = 2
+
+
+def fidelity_tokens(calib: str | None, model_path: Path, *, n_seq: int, seq_len: int, count: int,
+                    fits_count: int, seed: int = 0) -> np.ndarray:
+    """Up to COUNT token windows [k, seq_len] for the held-out fidelity check of a prune: sharing no token
+    with the calibration windows (`calibration_tokens(calib, ..., n_seq=N_SEQ)`) nor with the FITS_COUNT
+    held-out windows the fits and the run choice saw (`held_out_tokens`). Text: windows centred in the gaps
+    between calibration windows that the fits' windows leave free (InvalidArgumentError when there are none);
+    an .npz: the rows after those; no CALIB: sequences sampled from the model with seed + 2."""
+    if calib is None and samples_itself(str(model_path)):
+        return calibration_tokens(None, model_path, n_seq=count, seq_len=seq_len, seed=seed + FIDELITY_SEED_OFFSET)
+    if calib is not None and Path(calib).suffix == ".npz":
+        every = calibration_tokens(calib, model_path, n_seq=n_seq + fits_count + count, seq_len=seq_len)
+        if len(every) <= n_seq + fits_count:
+            raise InvalidArgumentError(f"--calib {calib}: no rows left for the fidelity check after {n_seq} "
+                                       f"calibration and {fits_count} held-out sequences")
+        return every[n_seq + fits_count:]
+    ids = _text_ids(calib, model_path)
+    spacing, windows = _window_spacing(ids, n_seq, seq_len, calib or EMBEDDED_TEXT)
+    taken = set(_fit_gaps(windows, fits_count).tolist()) if fits_count > 0 else set()
+    free = np.array([gap for gap in range(windows - 1) if gap not in taken], dtype=np.int64)
+    if len(free) == 0:
+        raise InvalidArgumentError(f"--calib {calib}: no gap between the {windows} calibration windows is left for "
+                                   "the fidelity check (fewer --calib-sequences, or a longer file)")
+    # COUNT of the free gaps, evenly over them.
+    picked = free[np.unique(np.linspace(0, len(free) - 1, min(count, len(free))).round().astype(np.int64))]
+    return _gap_windows(ids, windows, seq_len, spacing, picked)
+
+
+def _window_spacing(ids: np.ndarray, n_seq: int, seq_len: int, calib: str) -> tuple[float, int]:
+    """(spacing of the spread calibration windows' starts, their count), refused when no window fits between
+    two consecutive ones."""
     windows = min(n_seq, len(ids) // seq_len)
     spacing = (len(ids) - seq_len) / max(windows - 1, 1)
     if windows < 2 or spacing < 2 * seq_len:
         raise InvalidArgumentError(f"--calib {calib}: too short for held-out windows between {windows} calibration "
                                    f"windows of {seq_len} tokens")
-    # Gap k lies between calibration windows k and k + 1; a held-out window starts half a spacing after
-    # window k, so it ends at least seq_len / 2 before window k + 1 starts.
-    gaps = np.unique(np.linspace(0, windows - 2, min(count, windows - 1)).round().astype(np.int64))
+    return spacing, windows
+
+
+def _fit_gaps(windows: int, count: int) -> np.ndarray:
+    """The gaps (gap k: between calibration windows k and k + 1) whose centres hold the fits' COUNT held-out
+    windows, evenly over all WINDOWS - 1 gaps."""
+    return np.unique(np.linspace(0, windows - 2, min(count, windows - 1)).round().astype(np.int64))
+
+
+def _gap_windows(ids: np.ndarray, windows: int, seq_len: int, spacing: float, gaps: np.ndarray) -> np.ndarray:
+    """One window of SEQ_LEN tokens centred in each of GAPS: it starts half a spacing after calibration window
+    k, so it ends at least seq_len / 2 before window k + 1 starts."""
     starts = (np.linspace(0, len(ids) - seq_len, windows)[gaps] + spacing / 2 - seq_len / 2).astype(np.int64)
     return np.stack([ids[s:s + seq_len] for s in starts]).astype(np.int64)
 

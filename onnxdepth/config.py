@@ -53,7 +53,8 @@ class Calibration:
     (text sampled from the model, packaged photos, rendered text lines). Text models take SEQUENCES
     windows of LENGTH tokens; MODEL_PATH is the model file whose directory holds the tokenizer.
     HELD_OUT_SEQUENCES more windows, sharing no token with the calibration windows (which they leave as
-    they are), are for checks on data the selection never saw.
+    they are), check the fits (ridge, skip) and the compensated run choice; FIDELITY_SEQUENCES further
+    windows, sharing no token with either, are the held-out data of the fidelity line (`onnxdepth.fidelity`).
     """
 
     source: str | None = None
@@ -62,6 +63,7 @@ class Calibration:
     seed: int = 0
     model_path: str | None = None
     held_out_sequences: int = 8
+    fidelity_sequences: int = 16
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -69,6 +71,7 @@ class Calibration:
         _at_least_one("--calib-length", self.length)
         if self.held_out_sequences < 0:
             raise InvalidArgumentError(f"held-out sequences {self.held_out_sequences}: must be at least 0")
+        _at_least_one("fidelity sequences", self.fidelity_sequences)
         if self.source is not None:
             object.__setattr__(self, "source", str(self.source))
         if self.model_path is not None:
@@ -79,7 +82,7 @@ class Calibration:
         if self.model_path is not None:
             return self
         return Calibration(self.source, self.sequences, self.length, self.seed, str(model_path),
-                           self.held_out_sequences)
+                           self.held_out_sequences, self.fidelity_sequences)
 
     def _tokenizer_model(self, what: str) -> Path:
         if self.model_path is None:
@@ -106,9 +109,21 @@ class Calibration:
                                                       seed=self.seed)
         return self._cache["held_out"]
 
+    def fidelity_tokens(self, what: str = "fidelity check") -> np.ndarray:
+        """FIDELITY_SEQUENCES windows [k, length] sharing no token with `tokens()` nor `held_out_tokens()`: the
+        held-out data of the fidelity line, which no selection or fit sees (cached)."""
+        if "fidelity" not in self._cache:
+            from .calibration import fidelity_tokens
+
+            self._cache["fidelity"] = fidelity_tokens(self.source, self._tokenizer_model(what), n_seq=self.sequences,
+                                                      seq_len=self.length, count=self.fidelity_sequences,
+                                                      fits_count=self.held_out_sequences, seed=self.seed)
+        return self._cache["fidelity"]
+
     def to_json(self) -> dict:
         return {"source": self.source, "sequences": self.sequences, "length": self.length, "seed": self.seed,
-                "model_path": self.model_path, "held_out_sequences": self.held_out_sequences}
+                "model_path": self.model_path, "held_out_sequences": self.held_out_sequences,
+                "fidelity_sequences": self.fidelity_sequences}
 
 
 @dataclass(frozen=True)
@@ -130,6 +145,8 @@ class PruneConfig:
     seed: int = 0
     calibration: Calibration = field(default_factory=Calibration)
     verify: bool = True
+    #: End with the held-out fidelity line (`onnxdepth.fidelity`; recorded in the plan as `fidelity`).
+    fidelity: bool = True
     #: The options as asked, before `onnxdepth.defaults` resolved `auto` (set by it; the plan's `requested`).
     requested: dict | None = field(default=None, compare=False, repr=False)
 
@@ -158,7 +175,7 @@ class PruneConfig:
 
     def to_json(self) -> dict:
         record = {f.name: getattr(self, f.name) for f in fields(self)
-                  if f.name not in ("calibration", "verify", "requested")}
+                  if f.name not in ("calibration", "verify", "fidelity", "requested")}
         if self.requested is not None:
             record["requested"] = dict(self.requested)
         record["calibration"] = self.calibration.to_json()

@@ -23,7 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
-from .errors import InvalidArgumentError, ModelLoadError, OutputWriteError
+from .errors import InvalidArgumentError, OutputWriteError
+from .api import stored_plan
 from .fileio import write_atomic
 from .sweep_dir import BASELINE, POINTS_FILE, SWEEP_FILE, read_meta, read_points
 from .tables import Table, bench_table, html_table, markdown_table, md_escape, ms
@@ -215,26 +216,6 @@ def _bench_section(path: Path, rows: list[dict]) -> Section:
 
 # ---------------------------------------------------------------------------------------------- plans
 
-def _plan_of_model(path: Path) -> dict:
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    from .api import PLAN_METADATA_KEY
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)  # the plan is metadata: weights not needed
-    except (OSError, DecodeError) as exc:
-        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
-    for entry in model.metadata_props:
-        if entry.key == PLAN_METADATA_KEY:
-            try:
-                return json.loads(entry.value)
-            except ValueError:
-                break
-    raise InvalidArgumentError(f"{path}: no onnxdepth plan in its metadata ({PLAN_METADATA_KEY}); "
-                               "was it pruned by onnxdepth?")
-
-
 def _plan_section(path: Path, plan: dict, model_path: Path | None) -> Section:
     from .plots import unit_grid_plot
     from .unitgrid import plan_layer_count, unit_grid
@@ -295,7 +276,7 @@ def build_sections(inputs: list[str | os.PathLike]) -> list[Section]:
         elif not path.is_file():
             raise InvalidArgumentError(f"{path}: no such file or directory")
         elif path.suffix == ".onnx":
-            others.append(_plan_section(path, _plan_of_model(path), path))
+            others.append(_plan_section(path, stored_plan(path), path))
         elif path.suffix == ".json":
             try:
                 data = json.loads(path.read_text())

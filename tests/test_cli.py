@@ -84,7 +84,10 @@ def test_prune_json(cli, model_path, tmp):
     lines = out.strip().splitlines()
     assert len(lines) == 1
     summary = json.loads(lines[0])
-    assert set(summary) == {"params_before", "params_after", "reduction", "pruned_units"}
+    assert set(summary) == {"params_before", "params_after", "reduction", "pruned_units", "fidelity"}
+    # The held-out fidelity line's numbers, as the plan records them.
+    assert 0.0 <= summary["fidelity"]["value"] <= 1.0
+    assert summary["fidelity"]["drop"] == pytest.approx(1.0 - summary["fidelity"]["value"], abs=1e-6)
     assert summary["reduction"] >= 0.2
     assert summary["params_after"] < summary["params_before"]
     assert summary["reduction"] == pytest.approx(1 - summary["params_after"] / summary["params_before"], abs=1e-6)

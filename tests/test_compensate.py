@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import types
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -163,26 +165,54 @@ def test_a_fit_that_does_not_help_on_held_out_windows_is_not_folded(llama, monke
 def test_lstsq_is_refused_where_it_does_not_apply_yet():
     with pytest.raises(InvalidArgumentError, match="--compensate lstsq: not yet supported"):
         api.prune_model(graphs.build_mlp(), PruneConfig(0.2, compensate="lstsq"))
-    # auto leaves a model without a residual stream as it is.
-    assert api.prune_model(graphs.build_residual(), PruneConfig(0.2, compensate="auto")).plan["compensation"] == \
+    # auto refits a CNN's surviving Convs on the packaged photos (no --calib needed) ...
+    compensation = api.prune_model(graphs.build_residual(), PruneConfig(0.2, compensate="auto")).plan["compensation"]
+    assert compensation["method"] == "lstsq" and compensation["fits"]
+    # ... and leaves a model with neither a residual stream nor an image input as it is.
+    assert api.prune_model(graphs.build_mlp(), PruneConfig(0.2, compensate="auto")).plan["compensation"] == \
         {"method": "none", "fits": []}
 
 
-def test_the_default_with_calibration_is_the_compensated_block_mode(llama):
-    """`auto` (every default): with calibration data given, whole layers, angular, lstsq; without, the
-    data-free defaults. The plan records what was resolved."""
+def test_the_default_with_calibration_is_the_compensated_block_mode(llama, tmp_path):
+    """`auto` (every default): whole layers, angular, lstsq, on --calib or on text sampled from the model.
+    The plan records what was resolved."""
     fitted = api.prune_model(llama.model, PruneConfig(0.2, calibration=llama.calibration))
     assert (fitted.plan["importance"], fitted.plan["granularity"], fitted.plan["compensate"]) == \
         ("angular", "block", "lstsq")
     assert fitted.plan["selection"] == "fitted-run" and fitted.plan["compensation"]["method"] == "lstsq"
     assert len(fitted.plan["fitted_runs"]) >= 2  # candidate runs, each measured with its fit
     assert any(f["folded"] for f in fitted.plan["compensation"]["fits"])
-    plain = api.prune_model(llama.model, PruneConfig(0.2))
+    # No --calib, a tokenizer beside the model: text sampled from the model, the same resolved mode.
+    beside = _with_tokenizer(llama.path, tmp_path)
+    plain = api.prune_model(llama.model, PruneConfig(0.2, calibration=Calibration(model_path=str(beside),
+                                                                               sequences=8, length=32)))
     assert (plain.plan["importance"], plain.plan["granularity"], plain.plan["compensate"]) == \
+        ("angular", "block", "lstsq")
+    assert plain.plan["calibration"]["source"] is None
+    assert "text sampled from the model" in plain.plan["fidelity"]["data"]
+    # Without a tokenizer beside the model no text can be drawn: the data-free defaults, with a warning; the
+    # fidelity line falls back to random token ids.
+    bare = api.prune_model(llama.model, PruneConfig(0.2, calibration=Calibration(model_path=str(llama.path))))
+    assert (bare.plan["importance"], bare.plan["granularity"], bare.plan["compensate"]) == \
         ("magnitude", "fine", "none")
+    assert "random token ids" in bare.plan["fidelity"]["data"] and 0 <= bare.plan["fidelity"]["value"] <= 1
     # An explicit importance keeps today's fine granularity; the fit still applies with calibration.
     explicit = api.prune_model(llama.model, PruneConfig(0.2, importance="angular", calibration=llama.calibration))
     assert (explicit.plan["granularity"], explicit.plan["compensate"]) == ("fine", "lstsq")
+
+
+def _with_tokenizer(model_path: Path, directory: Path) -> Path:
+    """A copy of the export at MODEL_PATH with a 96-word word-level tokenizer (ids 0..95; <s> is 1) beside it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    shutil.copytree(model_path.parent, directory / "with_tokenizer")
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", *(f"w{i}" for i in range(93))])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>") \
+        .save_pretrained(directory / "with_tokenizer")
+    return directory / "with_tokenizer" / model_path.name
 
 
 def test_a_fold_writer_before_any_pruning_is_fitted_from_the_unpruned_pass(llama, monkeypatch):

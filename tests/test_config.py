@@ -53,7 +53,7 @@ def test_plan_records_every_option_and_the_strategy():
     for name, value in config.to_json().items():
         assert plan[name] == resolved.get(name, value), name
     assert plan["calibration"] == {"source": "calib.npz", "sequences": 4, "length": 16, "seed": 3,
-                                   "model_path": None, "held_out_sequences": 8}
+                                   "model_path": None, "held_out_sequences": 8, "fidelity_sequences": 16}
     assert plan["input_shapes"] == {"x": [2, 16]} and "verify" not in plan
     # What was asked, before `auto` was resolved (prune_file_cached compares these).
     assert plan["requested"] == {"importance": "auto", "granularity": "auto", "compensate": "auto"}

@@ -51,7 +51,7 @@ def pruned_llama(tmp_path_factory):
 
     model, _ = tiny_llama_lm(tmp_path_factory)
     out = tmp_path_factory.mktemp("report_llama") / "llama-fine-0.5.onnx"
-    api.prune_file(model, out, PruneConfig(0.5, granularity="fine"))
+    api.prune_file(model, out, PruneConfig(0.5, granularity="fine", importance="magnitude"))
     return out
 
 

@@ -117,12 +117,17 @@ def _cmd_prune(args) -> int:
             result = run()
     else:
         result = run()
+    fidelity = result.plan.get("fidelity")
     if args.json:
-        print(json.dumps(result.summary()))
+        print(json.dumps({**result.summary(), **({"fidelity": fidelity} if fidelity else {})}))
     else:
+        from ..fidelity import fidelity_line
+
         print(f"{args.output}: {result.params_before:,} -> {result.params_after:,} parameters "
               f"({result.reduction:.2%} removed, {len(result.pruned_units)} units) "
               f"in {time.perf_counter() - started:.1f}s; plan in {plan_path_for(Path(args.output))}")
+        if fidelity:
+            print(fidelity_line(fidelity))
     return 0
 
 
@@ -156,7 +161,8 @@ def _cmd_score(args) -> int:
 
 #: `eval` arguments passed to the task's evaluator as options (the registry reads what it needs).
 _EVAL_OPTIONS = ("text", "tokenizer", "ctx", "stride", "max_tokens", "images", "imgsz", "image_dir", "labels",
-                 "samples", "seed", "ocr_kind", "data", "dev", "shots", "scoring", "limit", "threads")
+                 "samples", "seed", "ocr_kind", "data", "dev", "shots", "scoring", "limit", "threads", "calib",
+                 "calib_sequences", "calib_length")
 
 
 def _cmd_eval(args) -> int:

@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=None, help="sliding windows (default: non-overlapping)")
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--reference", help="detection: the unpruned model, whose detections are the ground truth; "
-                                       "embedding: the unpruned model, whose embeddings are compared with")
+                                       "embedding, fidelity: the unpruned model, compared with")
     p.add_argument("--images", type=int, default=24, help="detection: images from the packaged photos")
     p.add_argument("--imgsz", type=int, default=320, help="detection: letterbox size")
     p.add_argument("--image-dir", help="detection: a folder of images to score against labels")
@@ -105,7 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=None,
                    help="ocr: rendered lines (rec, default 200) or pages (det, default 50); embedding: lines "
                         "(default 200)")
-    p.add_argument("--seed", type=int, default=0, help="ocr: seed of the rendered text")
+    p.add_argument("--seed", type=int, default=None,
+                   help="ocr: seed of the rendered text (default 0); fidelity: calibration seed (default: the plan's)")
+    p.add_argument("--calib", help="fidelity: calibration data the prune drew from (default: the plan's)")
+    p.add_argument("--calib-sequences", type=int, default=None, help="fidelity: default the plan's")
+    p.add_argument("--calib-length", type=int, default=None, help="fidelity: default the plan's")
     p.add_argument("--ocr-kind", choices=OCR_KINDS, default=None,
                    help="ocr: recognizer or detector (default: from the output shape)")
     p.add_argument("--data", help="multiple-choice: an MMLU CSV file or a folder of them (no header)")

@@ -41,11 +41,11 @@ def check_image_model(session) -> tuple[int, ...]:
 def image_inputs(model: onnx.ModelProto, session, calibration: Calibration, *, count: int = CHAIN_IMAGES,
                  held_out: int = CHAIN_HELD_OUT) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(calibration, held-out) inputs of MODEL's one image input, each [1, 3, H, W] float32."""
-    from ..importance.taylor_calibration import _taylor_image_kind, model_image_inputs
+    from ..importance.taylor_calibration import image_kind, model_image_inputs
 
-    check_image_model(session)
-    total, kind = count + held_out, _taylor_image_kind(model, session)
-    inputs = model_image_inputs(model, session, calibration.source, kind=kind, count=total, seed=calibration.seed,
+    shape = check_image_model(session)
+    total, kind = count + held_out, image_kind(model, shape)
+    inputs = model_image_inputs(model, shape, calibration.source, kind=kind, count=total, seed=calibration.seed,
                                 photo_seed=calibration.seed, flag="--compensate lstsq")
     if kind not in ("rec", "det"):
         inputs = [image[None] for image in inputs]  # axis 0: one [1, 3, S, S] input per stacked photo

@@ -98,13 +98,15 @@ def _continues(tensor: gs.Tensor, name: str, limit: int = 4) -> bool:
 
 
 def removed_runs(session, writers: list[Writer]) -> list[Run]:
-    """The runs of writers SESSION's pruning removed (their residual Add is gone from the graph)."""
+    """The runs of writers SESSION's pruning removed (their residual Add, or at fine granularity the writing
+    projection itself, is gone from the graph: h + id(h) is patched to h + 0 and keeps its Add)."""
     added = {t.name for node in session.graph.nodes if node.op == "Add" for t in node.outputs}
+    present = {node.name for node in session.graph.nodes}
     runs: list[Run] = []
     current: list[Writer] = []
     fold: Writer | None = None
     for writer in writers:
-        if writer.stream_out not in added:
+        if writer.stream_out not in added or writer.node not in present:
             current.append(writer)
             continue
         if current:

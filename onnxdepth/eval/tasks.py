@@ -325,3 +325,24 @@ def _embedding(model_path: Path, *, reference: Path | None, options: Mapping[str
     extra = {"samples": _samples(options)} if _samples(options) is not None else {}
     return embedding_similarity(str(model_path), str(reference), text_file=options.get("text"),
                                 tokenizer_dir=options.get("tokenizer"), threads=options.get("threads"), **extra)
+
+
+# -------------------------------------------------------------------------------------------- fidelity
+
+def _fidelity_summary(result: dict) -> tuple[dict, str]:
+    from ..fidelity import fidelity_line
+
+    keys = [k for k in ("kind", "measure", "value", "kl", "map50_95", "line_agreement", "relative_error", "data")
+            if k in result]
+    return _keys_summary(*keys)(result), fidelity_line({**result, "metric": result["measure"]})
+
+
+@register_task("fidelity", metric="value", higher_is_better=True, needs_reference=True,
+               label="held-out fidelity to the unpruned model", summarize=_fidelity_summary)
+def _fidelity(model_path: Path, *, reference: Path | None, options: Mapping[str, Any]) -> dict:
+    """The prune's fidelity line (`onnxdepth.fidelity`) on the held-out data its plan describes."""
+    from ..fidelity.files import file_fidelity
+
+    result = file_fidelity(model_path, reference, options)
+    # `evaluate` files the headline under "metric" = "value": the kind's own metric goes under "measure".
+    return {**result, "measure": result["metric"]}

@@ -104,13 +104,12 @@ def _token_feeds(inputs: dict[str, onnx.ValueInfoProto], encoded) -> dict[str, n
     return feeds
 
 
-def _taylor_image_kind(model: onnx.ModelProto, session: PruneSession) -> str:
-    """Which calibration images a one-image-input model gets: "det" (PP-OCR text detector: declared output
-    [batch, 1, H, W]), "rec" (PP-OCR recognizer: output [batch, time, classes] made by a Softmax, or an input
-    48 px high) or "detector" (anything else: square photos)."""
+def image_kind(model: onnx.ModelProto, shape: tuple[int, ...]) -> str:
+    """Which calibration images a one-image-input model (input SHAPE [1, 3, H, W]) gets: "det" (PP-OCR text
+    detector: declared output [batch, 1, H, W]), "rec" (PP-OCR recognizer: output [batch, time, classes] made
+    by a Softmax, or an input 48 px high) or "detector" (anything else: square photos)."""
     output = model.graph.output[0]
     dims = output.type.tensor_type.shape.dim
-    shape = next(iter(session.input_shapes.values()))
     # Axis 1 of a DB detector's output is its single probability channel.
     if len(dims) == 4 and dims[1].HasField("dim_value") and dims[1].dim_value == 1:
         return "det"
@@ -121,14 +120,13 @@ def _taylor_image_kind(model: onnx.ModelProto, session: PruneSession) -> str:
     return "detector"
 
 
-def model_image_inputs(model: onnx.ModelProto, session: PruneSession, calib: str | None, *, kind: str, count: int,
+def model_image_inputs(model: onnx.ModelProto, shape: tuple[int, ...], calib: str | None, *, kind: str, count: int,
                        seed: int = 0, photo_seed: int = 0, flag: str) -> list[np.ndarray]:
-    """COUNT calibration inputs of a one-image-input model of KIND (`_taylor_image_kind`): --calib, else lines
-    (rec) or pages (det) rendered with SEED, or the packaged photos (drawn with PHOTO_SEED) letterboxed to its
-    square input. FLAG names the option in errors."""
+    """COUNT calibration inputs of a one-image-input model of KIND (`image_kind`) whose input is SHAPE
+    [1, 3, H, W]: --calib, else lines (rec) or pages (det) rendered with SEED, or the packaged photos (drawn
+    with PHOTO_SEED) letterboxed to its square input. FLAG names the option in errors."""
     from ..calibration import calibration_images, calibration_ocr_lines, calibration_ocr_pages
 
-    shape = next(iter(session.input_shapes.values()))
     if kind == "rec":
         dims = next(iter(_graph_inputs(model).values())).type.tensor_type.shape.dim
         # Axes 2 and 3 of the declared input: a fixed height / width is used as the OCR evaluation uses it.
@@ -154,9 +152,9 @@ def taylor_sidecar(model: onnx.ModelProto, session: PruneSession, calib: str | N
     if len(shape) != 4 or shape[1] != 3:
         raise InvalidArgumentError("--importance taylor: needs an image model with one [1, 3, H, W] input, a causal "
                                    "LM or a sentence encoder")
-    kind = _taylor_image_kind(model, session)
+    kind = image_kind(model, shape)
     count = {"rec": TAYLOR_LINES, "det": TAYLOR_PAGES}.get(kind, TAYLOR_IMAGES)
-    images = model_image_inputs(model, session, calib, kind=kind, count=count, seed=seed,
+    images = model_image_inputs(model, shape, calib, kind=kind, count=count, seed=seed,
                                 flag="--importance taylor")
     sidecar = TaylorSidecar(model, images, batch_size=TAYLOR_PAGE_BATCH) if kind == "det" else \
         TaylorSidecar(model, images)
