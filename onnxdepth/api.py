@@ -33,7 +33,7 @@ from .scores import ScoreTable
 from .strategies import Selection, Strategy, strategy_for
 from .verify import verify_model
 
-__all__ = ["PLAN_METADATA_KEY", "PruneResult", "cached_plan", "stored_plan", "importance_stage", "list_units", "plan_path_for",
+__all__ = ["PLAN_METADATA_KEY", "PruneResult", "cached_plan", "record_plan", "stored_plan", "importance_stage", "list_units", "plan_path_for",
            "prune_file", "prune_file_cached", "prune_model", "replay_file", "replay_plan", "score_model",
            "score_units", "units_summary"]
 
@@ -332,14 +332,23 @@ def _finish(result: PruneResult, plan: dict, model: onnx.ModelProto, session: Pr
         from .fidelity import held_out_fidelity
 
         plan["fidelity"] = held_out_fidelity(result.model, model, fidelity, session.input_shapes)
-    entry = result.model.metadata_props.add()
-    entry.key, entry.value = PLAN_METADATA_KEY, json.dumps(plan, separators=(",", ":"))
-    result.plan = plan
+    record_plan(result, plan)
     return result
 
 
+def record_plan(result: PruneResult, plan: dict) -> None:
+    """PLAN as RESULT's plan and in its model's metadata (replacing any plan recorded before)."""
+    props = result.model.metadata_props
+    kept = [(p.key, p.value) for p in props if p.key != PLAN_METADATA_KEY]
+    del props[:]
+    for key, value in [*kept, (PLAN_METADATA_KEY, json.dumps(plan, separators=(",", ":")))]:
+        entry = props.add()
+        entry.key, entry.value = key, value
+    result.plan = plan
+
+
 def replay_plan(model: onnx.ModelProto, plan: dict, *, input_shapes: dict | None = None,
-                verify: bool = True) -> PruneResult:
+                verify: bool = True, fidelity: Calibration | None = None) -> PruneResult:
     """Apply a saved plan's units in its order: the same pruned model, with no scoring (for pipelines).
 
     Channel choices are recomputed deterministically from the weights (magnitude, Eq. 3.10), as when
@@ -364,7 +373,7 @@ def replay_plan(model: onnx.ModelProto, plan: dict, *, input_shapes: dict | None
         record["compensation"] = compensation_stage(model, session, _plan_calibration(plan), writers, "lstsq")
     out = session.to_model(model)
     result = PruneResult(out, session.params_before, session.params(), unit_ids, list(plan["steps"]))
-    return _finish(result, {**record, **result.summary(), "replayed": True}, model, session, verify)
+    return _finish(result, {**record, **result.summary(), "replayed": True}, model, session, verify, fidelity)
 
 
 def _plan_calibration(plan: dict) -> Calibration:
@@ -388,13 +397,15 @@ def _save(result: PruneResult, src, out: Path) -> PruneResult:
 
 
 def prune_file(src: str | os.PathLike, out: str | os.PathLike, config: PruneConfig, *,
-               scores: ScoreTable | None = None, on_step: Callable | None = None) -> PruneResult:
+               scores: ScoreTable | None = None, on_step: Callable | None = None,
+               prune: Callable[..., PruneResult] | None = None) -> PruneResult:
     """Load SRC, prune as CONFIG asks (its calibration reads the tokenizer beside SRC), verify, and write
-    OUT and OUT's plan JSON atomically."""
+    OUT and OUT's plan JSON atomically. PRUNE(model, config, scores=, on_step=) replaces `prune_model`
+    (`budget.prune_within_drop`)."""
     out = check_output_path(out, src)
     model = load_model(src)
     config = dataclasses.replace(config, calibration=config.calibration.for_model(src))
-    return _save(prune_model(model, config, scores=scores, on_step=on_step), src, out)
+    return _save((prune or prune_model)(model, config, scores=scores, on_step=on_step), src, out)
 
 
 def replay_file(src: str | os.PathLike, out: str | os.PathLike, plan: dict, *,

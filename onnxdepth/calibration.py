@@ -30,7 +30,7 @@ import numpy as np
 from .errors import InvalidArgumentError
 from .tokenizer_io import load_tokenizer
 
-__all__ = ["EMBEDDED_TEXT", "IMAGE_SUFFIXES", "OCR_CALIBRATION_SEED", "calibration_images", "calibration_ocr_lines",
+__all__ = ["EMBEDDED_TEXT", "embedded_text", "IMAGE_SUFFIXES", "OCR_CALIBRATION_SEED", "calibration_images", "calibration_ocr_lines",
            "calibration_ocr_pages", "calibration_sentences", "calibration_tokens", "fidelity_tokens", "FIDELITY_SEED_OFFSET", "held_out_tokens", "load_tokenizer",
            "samples_itself", "saved_calibration_tokens", "WINDOW_LAYOUTS"]
 
@@ -87,7 +87,8 @@ def samples_itself(model_path: str) -> bool:
     return any(o.name == "logits" for o in graph.output)
 
 
-def _embedded_text() -> str:
+def embedded_text() -> str:
+    """The text of `EMBEDDED_TEXT`: every topic of pydoc_data, in name order."""
     import pydoc_data.topics
 
     return "\n\n".join(pydoc_data.topics.topics[name] for name in sorted(pydoc_data.topics.topics))
@@ -98,7 +99,7 @@ def _text_ids(calib: str | None, model_path: Path) -> np.ndarray:
     model's tokenizer."""
     path = Path(calib) if calib is not None else None
     if path is None:
-        text = _embedded_text()
+        text = embedded_text()
     elif path.suffix == ".jsonl":
         texts = []
         for line_no, line in enumerate(path.read_text().splitlines(), 1):

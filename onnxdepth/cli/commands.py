@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -76,16 +77,24 @@ def _prune_config(args, ratio: float):
 
 
 def _cmd_prune(args) -> int:
-    from pathlib import Path
+    from ..api import prune_file, replay_file
 
-    from ..api import plan_path_for, prune_file, replay_file
+    if args.ratio is None and not args.plan and args.max_drop is None:
+        raise InvalidArgumentError("prune needs --ratio R, --max-drop D or --plan PLAN.json")
+    if args.plan and args.max_drop is not None:
+        raise InvalidArgumentError("--plan replays a saved plan: it takes no --max-drop")
+    if args.device != "cpu" and not args.bench:
+        raise InvalidArgumentError(f"--device {args.device}: only --bench runs on a device here; add --bench")
+    if args.bench:
+        from ..runtime import providers_for
 
-    if args.ratio is None and not args.plan:
-        raise InvalidArgumentError("prune needs --ratio R (or --plan PLAN.json)")
+        providers_for(args.device)  # a missing provider is refused before any work
     if args.plan:
         plan, config = _read_plan(args.plan), None
     else:
-        config = _prune_config(args, args.ratio)
+        from ..budget import DEFAULT_UPPER
+
+        config = _prune_config(args, args.ratio if args.ratio is not None else DEFAULT_UPPER)
     scores = None
     if args.scores:
         from ..scores import ScoreTable
@@ -109,7 +118,17 @@ def _cmd_prune(args) -> int:
     def run():
         if config is None:
             return replay_file(args.input, args.output, plan, input_shapes=_input_shapes(args.input_shape))
-        return prune_file(args.input, args.output, config, scores=scores, on_step=on_step)
+        prune = None
+        if args.max_drop is not None:
+            from ..budget import prune_within_drop
+
+            prune = functools.partial(prune_within_drop, max_drop=args.max_drop, on_probe=on_probe)
+        return prune_file(args.input, args.output, config, scores=scores, on_step=on_step, prune=prune)
+
+    def on_probe(probe: dict) -> None:
+        if not args.json:
+            print(f"  --max-drop: {probe['steps']} steps ({probe['ratio']:.2%} of the parameters) drop "
+                  f"{probe['drop']:.4f}", file=sys.stderr)
 
     if progress is not None:
         with progress:
@@ -117,18 +136,53 @@ def _cmd_prune(args) -> int:
             result = run()
     else:
         result = run()
-    fidelity = result.plan.get("fidelity")
+    seconds = time.perf_counter() - started
+    extra = {key: result.plan[key] for key in ("fidelity", "budget") if key in result.plan}
+    if args.bench:
+        extra["bench"] = _quick_bench(args)
     if args.json:
-        print(json.dumps({**result.summary(), **({"fidelity": fidelity} if fidelity else {})}))
+        print(json.dumps({**result.summary(), **extra}))
     else:
-        from ..fidelity import fidelity_line
-
-        print(f"{args.output}: {result.params_before:,} -> {result.params_after:,} parameters "
-              f"({result.reduction:.2%} removed, {len(result.pruned_units)} units) "
-              f"in {time.perf_counter() - started:.1f}s; plan in {plan_path_for(Path(args.output))}")
-        if fidelity:
-            print(fidelity_line(fidelity))
+        _print_prune(args, result, extra, seconds)
     return 0
+
+
+def _print_prune(args, result, extra: dict, seconds: float) -> None:
+    """The lines `prune` ends with: the summary, the fidelity line, the --max-drop search, the --bench ratio."""
+    from pathlib import Path
+
+    from ..api import plan_path_for
+    from ..fidelity import fidelity_line
+
+    print(f"{args.output}: {result.params_before:,} -> {result.params_after:,} parameters "
+          f"({result.reduction:.2%} removed, {len(result.pruned_units)} units) "
+          f"in {seconds:.1f}s; plan in {plan_path_for(Path(args.output))}")
+    if "fidelity" in extra:
+        print(fidelity_line(extra["fidelity"]))
+    if "budget" in extra:
+        budget = extra["budget"]
+        print(f"--max-drop {budget['max_drop']:g}: chose {budget['chosen_ratio']:.2%} of the parameters "
+              f"({budget['steps']} steps of a selection up to {budget['upper_ratio']:.2%}), drop {budget['drop']:.4f}; "
+              f"{budget['selection_runs']} selection run(s), {len(budget['probes'])} measured prefixes")
+    if "bench" in extra:
+        bench = extra["bench"]
+        print(f"latency ({bench['device']}, {bench['runs']} interleaved runs): unpruned {bench['unpruned_ms']:.2f} ms, "
+              f"pruned {bench['pruned_ms']:.2f} ms, ratio {bench['ratio']:.3f} "
+              f"({abs(1 - bench['ratio']):.1%} {'faster' if bench['ratio'] <= 1 else 'slower'})")
+
+
+#: `prune --bench`: interleaved runs of the two models (a quick look; `onnxdepth bench` for a full table).
+QUICK_BENCH_RUNS = 10
+
+
+def _quick_bench(args) -> dict:
+    """Median latency of the unpruned and the pruned model, interleaved, on args.device."""
+    from ..bench import bench_models
+
+    rows = bench_models([args.input, args.output], runs=QUICK_BENCH_RUNS, warmup=2, threads=args.threads,
+                        device=args.device, input_shapes=_input_shapes(args.input_shape))
+    return {"device": args.device, "threads": args.threads, "runs": QUICK_BENCH_RUNS,
+            "unpruned_ms": rows[0].median_ms, "pruned_ms": rows[1].median_ms, "ratio": rows[1].vs_first}
 
 
 def _read_plan(path: str) -> dict:
@@ -272,7 +326,12 @@ def _cmd_report(args) -> int:
 def _cmd_demo(args) -> int:
     from ..demo import run_demo
 
-    return run_demo(ratio=args.ratio, granularity=args.granularity, runs=args.runs, threads=args.threads)
+    from pathlib import Path
+
+    from ..demo import SHARED_DATA
+
+    return run_demo(ratio=args.ratio, runs=args.runs, threads=args.threads,
+                    data_dir=Path(args.data_dir) if args.data_dir else SHARED_DATA)
 
 
 def _cmd_export(args) -> int:

@@ -56,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output")
     p.add_argument("--ratio", type=float, default=None, help="target parameter reduction in [0, 1)")
     p.add_argument("--plan", help="replay a saved plan (OUT.plan.json) exactly instead of selecting units")
+    p.add_argument("--max-drop", type=float, default=None, metavar="D",
+                   help="prune as far as possible (up to --ratio, default 0.5) while the held-out fidelity drops "
+                        "by at most D (0.05: at most 5%% top-1 disagreement or mAP50 loss); one selection run and "
+                        "a bisection over its prefixes")
+    p.add_argument("--bench", action="store_true",
+                   help="end with a quick interleaved latency comparison (pruned / unpruned) on --device")
+    p.add_argument("--device", default="cpu", choices=DEVICES,
+                   help="--bench: cpu, or cuda (CUDA execution provider with IO binding)")
+    p.add_argument("--threads", type=int, default=None, help="--bench: ONNX Runtime threads")
     p.add_argument("--importance", default="auto",
                    help="magnitude, angular, cross_entropy or taylor" + AUTO_HELP)
     p.add_argument("--ordering", default="ascending", choices=ORDERINGS,
@@ -181,10 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("demo", help="main job: build SmolLM2 ONNX from the packaged weights, prune it, compare")
-    p.add_argument("--ratio", type=float, default=0.2)
-    p.add_argument("--granularity", default="block", choices=GRANULARITIES)
+    p.add_argument("--ratio", type=float, default=0.1,
+                   help="parameter reduction (default 0.1: the largest at which the default prune still answers "
+                        "the demo's question correctly without calibration data)")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--data-dir", default=None,
+                   help="WikiText-2 folder (valid.txt calibrates, test.txt for perplexity; default "
+                        "../shared/data/wikitext-2, skipped when missing)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("score", help="importance of every unit, as a CSV score table (lowest first)")

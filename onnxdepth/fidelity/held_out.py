@@ -23,7 +23,7 @@ from ..errors import InvalidArgumentError
 __all__ = ["FIDELITY_IMAGES", "HeldOut", "held_out_inputs", "model_kind"]
 
 #: Held-out images / lines / pages of the fidelity line (pages are large: fewer of them).
-FIDELITY_IMAGES = {"detector": 16, "rec": 64, "det": 4, "image": 8}
+FIDELITY_IMAGES = {"detector": 64, "rec": 64, "det": 4, "image": 8}
 #: Calibration inputs a prune may draw from a --calib image source (Taylor: 24-32, the Conv refits: 24 + 8):
 #: the fidelity check takes the inputs after these.
 _CALIBRATION_DRAW = {"detector": 32, "rec": 32, "det": 8, "image": 32}

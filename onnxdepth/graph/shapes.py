@@ -30,6 +30,8 @@ def concrete_input_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int
             for d, size in zip(value.type.tensor_type.shape.dim, overrides[value.name]):
                 if d.dim_param and _NAME.fullmatch(d.dim_param):
                     values[d.dim_param] = int(size)
+    for name, size in _declared_image_dims(model, inputs).items():
+        values.setdefault(name, size)
     fixed = set(values)
     for value in inputs:
         for k, d in enumerate(value.type.tensor_type.shape.dim):
@@ -54,6 +56,25 @@ def concrete_input_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int
                 dims.append(1 if k == 0 else DEFAULT_DYNAMIC_SIZE)
         shapes[value.name] = tuple(dims)
     return shapes
+
+
+def _declared_image_dims(model: onnx.ModelProto, inputs: list) -> dict[str, int]:
+    """The symbolic height and width of an image input [batch, 3, H, W] set to the image size the model
+    declares in its metadata (`imgsz`: "[320, 320]" or "640", as ultralytics exports write it)."""
+    declared = next((p.value for p in model.metadata_props if p.key == "imgsz"), None)
+    sizes = [int(n) for n in re.findall(r"\d+", declared or "")[:2]]
+    if not sizes or not all(0 < n <= 8192 for n in sizes):
+        return {}
+    height, width = sizes if len(sizes) == 2 else sizes * 2
+    dims: dict[str, int] = {}
+    for value in inputs:
+        shape = value.type.tensor_type.shape.dim
+        # Axes 1, 2, 3 of an image input: colour channels, height, width.
+        if len(shape) == 4 and shape[1].dim_value == 3:
+            for axis, size in ((2, height), (3, width)):
+                if shape[axis].dim_param and _NAME.fullmatch(shape[axis].dim_param):
+                    dims[shape[axis].dim_param] = size
+    return dims
 
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
