@@ -5,7 +5,9 @@ when that is out of reach). Its steps are an order of removal: the model after t
 `replay_plan` of that prefix, with its own refits (the compensation of the plan is fitted again for the
 prefix) and its own fidelity line. A bisection over k finds the longest prefix whose fidelity drop
 (1 - headline: top-1 disagreement, mAP50 loss, ...) is at most D, assuming the drop grows with k; every
-probe is recorded. The held-out windows are the fidelity line's, so the reported drop is the one the
+probe is recorded. A selection whose choice depends on the ratio (Gromov's contiguous run, the fitted run;
+`strategies.prefix_stable`) is not replayed: each probe is a selection of its own at the prefix's
+reduction, and `selection_runs` counts them. The held-out windows are the fidelity line's, so the reported drop is the one the
 bisection compared with D: a ratio chosen on these windows, not a fresh test.
 """
 
@@ -54,15 +56,36 @@ def prune_within_drop(model: onnx.ModelProto, config: PruneConfig, *, max_drop: 
                       on_step: Callable | None = None, on_probe: Callable[[dict], None] | None = None):
     """The PruneResult of the longest prefix of CONFIG's selection whose fidelity drop is at most MAX_DROP;
     its plan's `budget` records the search (ON_PROBE(probe) sees each probe as it is measured)."""
-    from .api import record_plan, replay_plan
+    from .api import prune_model, record_plan, replay_plan
 
     if not 0.0 <= max_drop < 1.0:
         raise InvalidArgumentError(f"--max-drop {max_drop:g}: must be in [0, 1)")
     if not config.fidelity:
         raise InvalidArgumentError("--max-drop needs the fidelity check")
-    full, selection_runs = _upper_selection(model, config, scores, on_step)
+    reductions: list[float] = []  # reductions[k - 1]: the parameter reduction after the selection's k-th step
+
+    def step(plan, reduction: float) -> None:
+        reductions.append(reduction)
+        if on_step is not None:
+            on_step(plan, reduction)
+
+    full, selection_runs = _upper_selection(model, config, scores, step)
     steps = full.plan["steps"]
+    reductions = reductions[-len(steps):] if steps else []  # a retried selection reported its steps twice
     probes = []
+    from .strategies import prefix_stable
+
+    stable = prefix_stable(full.plan.get("selection"))
+
+    def candidate(k: int):
+        """The model after K steps: the prefix replayed, or (a ratio-dependent choice such as Gromov's
+        contiguous run) a selection of its own at the prefix's reduction."""
+        nonlocal selection_runs
+        if stable:
+            return replay_plan(model, {**full.plan, "steps": steps[:k]}, input_shapes=config.input_shapes,
+                               verify=config.verify, fidelity=config.calibration)
+        selection_runs += 1
+        return prune_model(model, dataclasses.replace(config, ratio=reductions[k - 1]), scores=scores)
 
     def record(k: int, result) -> bool:
         probe = {"steps": k, "ratio": round(result.reduction, 6), "drop": _drop(result, f"{k} steps")}
@@ -77,10 +100,9 @@ def prune_within_drop(model: onnx.ModelProto, config: PruneConfig, *, max_drop: 
         lo, best = 0, None
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            candidate = replay_plan(model, {**full.plan, "steps": steps[:mid]}, input_shapes=config.input_shapes,
-                                    verify=config.verify, fidelity=config.calibration)
-            if record(mid, candidate):
-                lo, best = mid, candidate
+            result = candidate(mid)
+            if record(mid, result):
+                lo, best = mid, result
             else:
                 hi = mid
     if best is None:

@@ -210,3 +210,14 @@ STRATEGIES: tuple[Strategy, ...] = (Rescoring(), Grouped(), FittedRun(), GromovR
 def strategy_for(config: PruneConfig, transformer: bool) -> Strategy:
     """The strategy CONFIG runs on a model with (TRANSFORMER) or without attention layers."""
     return next(s for s in STRATEGIES if s.applies(config, transformer))
+
+
+def prefix_stable(name: str | None) -> bool:
+    """True if the strategy recorded as NAME (a plan's `selection`) picks, for a smaller ratio, a prefix of
+    the units it picks for a larger one; unknown names are treated as not prefix-stable."""
+    pending, seen = [Strategy], {}
+    while pending:
+        cls = pending.pop()
+        seen[cls.name] = cls.prefix_stable
+        pending.extend(cls.__subclasses__())
+    return True if name is None else seen.get(name, False)  # None: nothing was selected (ratio 0)

@@ -72,3 +72,25 @@ def test_bench_adds_an_interleaved_latency_ratio(cli, source, tmp_path):
     assert bench["ratio"] == pytest.approx(bench["pruned_ms"] / bench["unpruned_ms"], rel=0.5)
     code, out, err = cli("prune", source, tmp_path / "out2.onnx", "--ratio", "0.3", "--bench")
     assert code == 0 and "interleaved runs" in out and "ratio" in out
+
+
+def test_a_ratio_dependent_selection_is_run_again_per_probe(cli, tmp_path):
+    """Gromov-style whole-layer runs are not prefixes of each other: each probe selects on its own."""
+    pytest.importorskip("optimum.exporters.onnx")
+    import numpy as np
+
+    from onnxdepth.export.hf import export_hf
+    from tiny_hf import save_tiny_llama
+
+    directory = save_tiny_llama(tmp_path / "llama", seed=1, vocab=96, hidden=32, layers=6, heads=4, kv_heads=2,
+                                inter=64, initializer_range=0.2)
+    path = export_hf(directory, tmp_path / "tg", task="text-generation")
+    np.savez(tmp_path / "calib.npz", input_ids=np.random.default_rng(0).integers(0, 96, (64, 32)).astype(np.int64))
+    code, summary, err = _prune(cli, path, tmp_path / "out.onnx", "--max-drop", "0.85", "--ratio", "0.59", "--calib",
+                                tmp_path / "calib.npz", "--calib-sequences", "8", "--calib-length", "32")
+    assert code == 0, err
+    budget = summary["budget"]
+    assert summary["fidelity"]["drop"] <= 0.85
+    assert len(budget["probes"]) >= 2  # the upper selection was over the budget
+    assert budget["selection_runs"] == len(budget["probes"])  # the upper run plus one per bisection probe
+    assert api.stored_plan(tmp_path / "out.onnx")["selection"] == "fitted-run"
