@@ -24,6 +24,10 @@ from .config import AUTO, Calibration, PruneConfig
 
 #: The options `auto` can stand for (resolved per model by `onnxdepth.defaults`).
 AUTO_OPTIONS = ("importance", "granularity", "compensate")
+#: Options a cached plan must match besides those (with their values in plans made before they existed).
+LATENCY_DEFAULTS = {"objective": "params", "latency_ratio": None, "head": "branches", "device": "cpu",
+                    "profile_threads": 1}
+LATENCY_OPTIONS = tuple(LATENCY_DEFAULTS)
 from .errors import InvalidArgumentError, ModelLoadError
 from .fileio import write_json_atomic
 from .graph.io import check_output_path, load_model, save_model_atomic
@@ -52,14 +56,16 @@ class PruneResult:
     pruned_units: list[str]
     steps: list[dict] = field(default_factory=list)
     plan: dict = field(default_factory=dict)
+    latency_reduction: float | None = None  # on the latency profile's accounting, when one was taken
 
     @property
     def reduction(self) -> float:
         return 1.0 - self.params_after / self.params_before if self.params_before else 0.0
 
     def summary(self) -> dict:
+        latency = {} if self.latency_reduction is None else {"latency_reduction": round(self.latency_reduction, 6)}
         return {"params_before": self.params_before, "params_after": self.params_after,
-                "reduction": round(self.reduction, 6), "pruned_units": self.pruned_units}
+                "reduction": round(self.reduction, 6), **latency, "pruned_units": self.pruned_units}
 
 
 # -- stage 1: units ----------------------------------------------------------------------------------------
@@ -73,7 +79,7 @@ def new_session(model: onnx.ModelProto, config: PruneConfig, *, checkpoints: boo
     session = PruneSession(model, exclude=config.exclude, input_shapes=config.input_shapes,
                            importance=get_metric("magnitude" if config.importance == AUTO else config.importance),
                            granularity="fine" if config.granularity == AUTO else config.granularity,
-                           search_space=config.search_space)
+                           search_space=config.search_space, head=config.head)
     resolved = resolve_defaults(config, session, checkpoints=checkpoints, scores=scores)
     if resolved is not config:
         session.set_options(importance=get_metric(resolved.importance), granularity=resolved.granularity)
@@ -81,9 +87,9 @@ def new_session(model: onnx.ModelProto, config: PruneConfig, *, checkpoints: boo
 
 
 def list_units(model: onnx.ModelProto, *, exclude: str | None = None, input_shapes: dict | None = None,
-               granularity: str = "fine", search_space: str = "full") -> list[Unit]:
+               granularity: str = "fine", search_space: str = "full", head: str = "branches") -> list[Unit]:
     return PruneSession(model, exclude=exclude, input_shapes=input_shapes, granularity=granularity,
-                        search_space=search_space).units()
+                        search_space=search_space, head=head).units()
 
 
 def units_summary(units: list[Unit]) -> dict:
@@ -258,7 +264,7 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, *, scores: ScoreTab
     pending = sorted(r for r in checkpoints if 0.0 < r < config.ratio)
     session, config = new_session(model, config, checkpoints=bool(pending and on_checkpoint is not None),
                                   scores=scores)
-    if config.ratio == 0.0:
+    if config.ratio == 0.0 and config.latency_ratio is None:
         # Nothing to remove: the model is returned as it is, so outputs are bit-identical.
         out = onnx.ModelProto()
         out.CopyFrom(model)
@@ -271,19 +277,35 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, *, scores: ScoreTab
         raise InvalidArgumentError("checkpoints: Gromov's contiguous choice depends on the ratio (a smaller ratio is "
                                    "not a prefix); prune each ratio on its own")
     writers = stream_writers_for(session, config.compensate)
+    objective = _latency_objective(model, session, config, strategy, bool(pending))
     if pending and on_checkpoint is not None:
         if writers or chain_refits(session, config.compensate):
             raise InvalidArgumentError("checkpoints with --compensate lstsq: not yet supported (a checkpoint would "
                                        "need its own refits); prune each ratio on its own")
         on_step = _checkpointing(model, session, config, strategy, pending, on_step, on_checkpoint)
     table = importance_stage(model, session, config, strategy, scores, writers)
-    job = Selection(model, session, config, table, on_step)
+    job = Selection(model, session, config, table, on_step, objective=objective)
     steps = strategy.select(job)
+    latency = {"latency": objective.record(session)} if objective is not None else {}
     compensation = compensation_stage(model, session, config.calibration, writers, config.compensate)
     result = PruneResult(session.to_model(model), session.params_before, session.params(),
-                         [s.unit_id for s in steps], [s.describe() for s in steps])
-    plan = {**_plan_record(session, result, config, strategy), **job.notes, "compensation": compensation}
+                         [s.unit_id for s in steps], [s.describe() for s in steps],
+                         latency_reduction=latency["latency"]["reduction"] if latency else None)
+    plan = {**_plan_record(session, result, config, strategy), **job.notes, **latency, "compensation": compensation}
     return _finish(result, plan, model, session, config.verify, _fidelity_data(config))
+
+
+def _latency_objective(model: onnx.ModelProto, session: PruneSession, config: PruneConfig, strategy: Strategy,
+                       checkpoints: bool):
+    """The latency objective CONFIG asks for (`onnxdepth.latency`; the model profiled), or None."""
+    if not config.wants_latency:
+        return None
+    if checkpoints:
+        raise InvalidArgumentError("checkpoints with --objective latency / --latency-ratio: not yet supported; prune "
+                                   "each ratio on its own")
+    from .latency.objective import objective_for
+
+    return objective_for(model, session, config, strategy.name)
 
 
 def _checkpointing(model, session: PruneSession, config: PruneConfig, strategy: Strategy, pending: list[float],
@@ -359,7 +381,8 @@ def replay_plan(model: onnx.ModelProto, plan: dict, *, input_shapes: dict | None
         unit_ids = [step["unit"] for step in plan["steps"]]
     except (KeyError, TypeError, AttributeError) as exc:
         raise InvalidArgumentError("--plan: not an onnxdepth plan (needs granularity and steps[].unit)") from exc
-    session = PruneSession(model, input_shapes=input_shapes, granularity=granularity)
+    session = PruneSession(model, input_shapes=input_shapes, granularity=granularity,
+                           head=plan.get("head", "branches"))
     compensated = (plan.get("compensation") or {}).get("method", "none") != "none"
     writers = stream_writers_for(session, "lstsq") if compensated else []
     for unit_id in unit_ids:
@@ -458,8 +481,8 @@ def cached_plan(src: str | os.PathLike, out: str | os.PathLike, config: PruneCon
         return None
     # Options left to `auto` are compared as they were asked (the plan's `requested`), the rest as recorded.
     asked = {**{k: plan.get(k) for k in AUTO_OPTIONS}, **plan.get("requested", {})}
-    wanted = {"ratio": config.ratio, **{k: getattr(config, k) for k in AUTO_OPTIONS}}
-    recorded = {"ratio": plan.get("ratio"), **asked}
+    wanted = {"ratio": config.ratio, **{k: getattr(config, k) for k in (*AUTO_OPTIONS, *LATENCY_OPTIONS)}}
+    recorded = {"ratio": plan.get("ratio"), **asked, **{k: plan.get(k, LATENCY_DEFAULTS[k]) for k in LATENCY_OPTIONS}}
     recorded.setdefault("compensate", "none")
     if recorded == wanted and plan.get("source") and Path(plan["source"]).resolve() == src.resolve():
         return plan

@@ -14,8 +14,8 @@ import numpy as np
 
 from .errors import InvalidArgumentError
 
-__all__ = ["AUTO", "BLOCK_CHOICES", "COMPENSATIONS", "Calibration", "GRANULARITIES", "ORDERINGS", "PruneConfig", "RANKINGS",
-           "SEARCH_SPACES"]
+__all__ = ["AUTO", "BLOCK_CHOICES", "COMPENSATIONS", "Calibration", "GRANULARITIES", "HEADS", "OBJECTIVES", "ORDERINGS",
+           "PruneConfig", "RANKINGS", "SEARCH_SPACES"]
 
 #: An option left to `onnxdepth.defaults` (resolved per model before anything runs; plans record the value).
 AUTO = "auto"
@@ -33,6 +33,12 @@ BLOCK_CHOICES = ("gromov", "ranking")
 #: Reconstruction after pruning (`onnxdepth.compensate`): none, least-squares refits folded into the
 #: surviving weights, or (auto) lstsq where it applies and calibration data is given (`onnxdepth.defaults`).
 COMPENSATIONS = ("none", "lstsq", "auto")
+#: What a selection ranks units by: importance alone (per parameter budget) or importance per ms saved
+#: (`onnxdepth.latency`).
+OBJECTIVES = ("params", "latency")
+#: The graph head kept out of pruning (`graph.head.find_head`): each output's last transform and the chains
+#: of transforms behind it up to a fork of the trunk (Detect branches), or only each output's last transform.
+HEADS = ("branches", "last")
 
 
 def _one_of(flag: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -147,6 +153,14 @@ class PruneConfig:
     verify: bool = True
     #: End with the held-out fidelity line (`onnxdepth.fidelity`; recorded in the plan as `fidelity`).
     fidelity: bool = True
+    #: Rank by OBJECTIVE; LATENCY_RATIO (instead of RATIO): stop once that share of the profiled latency is gone.
+    objective: str = "params"
+    latency_ratio: float | None = None
+    #: Where the latency profile is measured: the provider, intra-op threads and profiled runs.
+    device: str = "cpu"
+    profile_threads: int = 1
+    profile_runs: int = 10
+    head: str = "branches"
     #: The options as asked, before `onnxdepth.defaults` resolved `auto` (set by it; the plan's `requested`).
     requested: dict | None = field(default=None, compare=False, repr=False)
 
@@ -165,8 +179,28 @@ class PruneConfig:
         _one_of("--search-space", self.search_space, SEARCH_SPACES)
         _at_least_one("--rescore-every", self.rescore_every)
         _at_least_one("--shortlist", self.shortlist)
+        _one_of("--objective", self.objective, OBJECTIVES)
+        _one_of("--head", self.head, HEADS)
+        self._check_latency()
         if self.shortlist is not None and not self.rescore_every:
             raise InvalidArgumentError("--shortlist only applies with --rescore-every")
+
+    def _check_latency(self) -> None:
+        from .runtime import DEVICES
+
+        if self.latency_ratio is not None:
+            if isinstance(self.latency_ratio, bool) or not 0.0 < self.latency_ratio < 1.0:
+                raise InvalidArgumentError(f"--latency-ratio {self.latency_ratio!r}: must be in (0, 1)")
+            if self.ratio:
+                raise InvalidArgumentError("--ratio and --latency-ratio: give one target, not both")
+        _one_of("--device", self.device, DEVICES)
+        _at_least_one("--profile-threads", self.profile_threads)
+        _at_least_one("--profile-runs", self.profile_runs)
+
+    @property
+    def wants_latency(self) -> bool:
+        """True when the selection needs a latency profile (the latency objective or a latency target)."""
+        return self.objective == "latency" or self.latency_ratio is not None
 
     @property
     def searched(self) -> bool:

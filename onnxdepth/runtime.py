@@ -72,7 +72,7 @@ def providers_for(device: str) -> list[str]:
 
 
 def _session_options(threads: int | None, graph_optimization_level, execution_mode,
-                     initializers: Mapping[str, Any] | None):
+                     initializers: Mapping[str, Any] | None, profile_prefix: str | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -87,18 +87,23 @@ def _session_options(threads: int | None, graph_optimization_level, execution_mo
         options.execution_mode = execution_mode
     for name, value in (initializers or {}).items():
         options.add_initializer(name, value)  # shares VALUE's buffer instead of copying the initializer
+    if profile_prefix is not None:
+        options.enable_profiling = True  # ORT's JSON trace: one event per kernel run (onnxdepth.latency)
+        options.profile_file_prefix = profile_prefix
     return options
 
 
 def open_session(model, *, threads: int | None = None, device: str = "cpu", providers: Sequence[str] | None = None,
-                 graph_optimization_level=None, execution_mode=None, initializers: Mapping[str, Any] | None = None):
+                 graph_optimization_level=None, execution_mode=None, initializers: Mapping[str, Any] | None = None,
+                 profile_prefix: str | None = None):
     """An ``onnxruntime.InferenceSession`` of MODEL: a path, a ModelProto, serialized bytes, or a session
     (returned as it is, the options ignored).
 
     THREADS: intra-op threads (None or 0: ONNX Runtime's default). DEVICE picks the providers ("cuda": CUDA,
     then CPU), unless PROVIDERS names them. GRAPH_OPTIMIZATION_LEVEL and EXECUTION_MODE: ORT's enums
     (None: ORT's defaults). INITIALIZERS: name -> OrtValue used in place of the model's initializer of
-    that name. Raises ModelLoadError (a missing file, or the first line of ORT's refusal),
+    that name. PROFILE_PREFIX: turn on ORT's profiler, its trace written to PROFILE_PREFIX<time>.json
+    (`session.end_profiling()` names the file). Raises ModelLoadError (a missing file, or the first line of ORT's refusal),
     ProviderUnavailableError, or InvalidArgumentError.
     """
     import onnxruntime as ort
@@ -116,7 +121,7 @@ def open_session(model, *, threads: int | None = None, device: str = "cpu", prov
     else:
         raise InvalidArgumentError(f"cannot open a session of a {type(model).__name__}: expected a path, a "
                                    "ModelProto, bytes or an InferenceSession")
-    options = _session_options(threads, graph_optimization_level, execution_mode, initializers)
+    options = _session_options(threads, graph_optimization_level, execution_mode, initializers, profile_prefix)
     chosen = list(providers) if providers else providers_for(device)
     try:
         return ort.InferenceSession(source, sess_options=options, providers=chosen)

@@ -15,34 +15,49 @@ __all__ = ["algorithm8_order", "apply_unit", "gromov_order", "prune_one_shot", "
 logger = logging.getLogger(__name__)
 
 
+def _reached(objective, session: PruneSession, reduction: float, ratio: float) -> bool:
+    """True once the selection's target is met: the parameter RATIO, or OBJECTIVE's (a latency share)."""
+    return reduction >= ratio if objective is None else objective.reached(session, reduction, ratio)
+
+
+def _unreachable(objective, session: PruneSession, ratio: float, reduction: float, steps: int) -> RatioUnreachableError:
+    if objective is not None and objective.latency_ratio is not None:
+        return RatioUnreachableError(objective.unreachable(session, steps), reachable=reduction)
+    return RatioUnreachableError(f"ratio {ratio:g} is not reachable: the largest reachable reduction is "
+                                 f"{reduction:.4f} ({steps} units pruned, nothing prunable left)", reachable=reduction)
+
+
 def prune_to_ratio(session: PruneSession, ratio: float, *, ordering: str = "ascending", seed: int = 0,
                    on_step: Callable[[UnitPlan, float], None] | None = None,
-                   refresh: Callable[[PruneSession], None] | None = None) -> list[UnitPlan]:
+                   refresh: Callable[[PruneSession], None] | None = None, objective=None) -> list[UnitPlan]:
     """Algorithm 9: while the parameter reduction is below RATIO, prune the lowest-scoring unit.
 
     Every unit is re-planned (channels to drop, cost, score) on the current graph after each prune.
     ORDERING descending / random picks the highest-scoring / a random unit instead (line 7 of the
-    algorithm, the thesis's Table 4.5 ablation). Raises RatioUnreachableError with the largest reduction
-    reached when no prunable unit is left.
+    algorithm, the thesis's Table 4.5 ablation). OBJECTIVE (`onnxdepth.latency.Objective`): rank by its
+    score (per ms saved) and stop at its target instead. Raises RatioUnreachableError with the largest
+    reduction reached when no prunable unit is left.
     """
     rng = random.Random(seed)
     steps: list[UnitPlan] = []
     total = session.params_before
     reduction = 0.0
-    while reduction < ratio:
+    while not _reached(objective, session, reduction, ratio):
         if refresh is not None:
             refresh(session)  # line 5: importance re-estimated on the current graph (Taylor)
         plans = session.prunable_plans()
         if not plans:
-            raise RatioUnreachableError(
-                f"ratio {ratio:g} is not reachable: the largest reachable reduction is {reduction:.4f}"
-                f" ({len(steps)} units pruned, nothing prunable left)", reachable=reduction)
+            raise _unreachable(objective, session, ratio, reduction, len(steps))
+        if objective is None:
+            rank = lambda p: (p.score, p.unit_id)  # noqa: E731
+        else:
+            rank = lambda p: (objective.rank_score(session, p), p.unit_id)  # noqa: E731
         if ordering == "descending":
-            best = max(plans, key=lambda p: (p.score, p.unit_id))
+            best = max(plans, key=rank)
         elif ordering == "random":
             best = rng.choice(sorted(plans, key=lambda p: p.unit_id))
         else:
-            best = min(plans, key=lambda p: (p.score, p.unit_id))
+            best = min(plans, key=rank)
         session.apply(best)
         steps.append(best)
         reduction = 1.0 - session.params() / total
@@ -94,21 +109,20 @@ def apply_unit(session: PruneSession, unit_id: str, steps: list, on_step: Callab
 
 
 def prune_one_shot(session: PruneSession, ratio: float, order: list[str], *,
-                   on_step: Callable | None = None) -> list:
+                   on_step: Callable | None = None, objective=None) -> list:
     """Prune units in the given ORDER (scores computed once, as the thesis does for LLMs) until the
-    parameter reduction reaches RATIO. Units that became unprunable meanwhile are skipped."""
+    parameter reduction reaches RATIO (or OBJECTIVE's target). Units that became unprunable meanwhile are
+    skipped."""
     steps = []
     total = session.params_before
     reduction = 0.0
     for unit_id in order:
-        if reduction >= ratio:
+        if _reached(objective, session, reduction, ratio):
             break
         if apply_unit(session, unit_id, steps, on_step):
             reduction = 1.0 - session.params() / total
-    if reduction < ratio:
-        raise RatioUnreachableError(
-            f"ratio {ratio:g} is not reachable: the largest reachable reduction is {reduction:.4f}"
-            f" ({len(steps)} units pruned, nothing prunable left)", reachable=reduction)
+    if not _reached(objective, session, reduction, ratio):
+        raise _unreachable(objective, session, ratio, reduction, len(steps))
     return steps
 
 
@@ -124,10 +138,12 @@ def gromov_order(layer_distances: list[float], n_layers: int) -> list[str]:
 
 def prune_transformer(session: PruneSession, ratio: float, *, ordering: str = "ascending", seed: int = 0,
                       scores: dict[str, float] | None = None, ranking: str = "split",
-                      on_step: Callable | None = None) -> list:
+                      on_step: Callable | None = None, objective=None) -> list:
     """Algorithm 8 for --granularity fine, one plain ranking for sublayer/block.
 
     SCORES (unit id -> importance, e.g. angular distance) replace the plans' own (magnitude) scores.
+    OBJECTIVE (`onnxdepth.latency.Objective`): every ranking is by its score (per ms saved), and the
+    selection stops at its target.
     """
     plans = session.prunable_plans()
     if scores is not None:
@@ -136,7 +152,10 @@ def prune_transformer(session: PruneSession, ratio: float, *, ordering: str = "a
             raise InvalidArgumentError(f"the score table has no score for {len(missing)} units (e.g. {missing[0]})")
         for plan in plans:
             plan.score = float(scores[plan.unit_id])
-    if ranking == "global":
+    if objective is not None:
+        for plan in plans:  # scored on the unpruned graph, like the importance itself
+            plan.score = objective.rank_score(session, plan)
+    if ranking == "global" and (objective is None or not objective.by_latency):
         # One shared ranking (past the thesis's limitation 2): importance per parameter removed, so that a
         # small attention block and a large MLP projection compete on what each costs per parameter.
         for plan in plans:
@@ -146,4 +165,4 @@ def prune_transformer(session: PruneSession, ratio: float, *, ordering: str = "a
         order = algorithm8_order(plans, ordering, seed)
     else:
         order = [p.unit_id for p in _ordered(plans, ordering, seed)]
-    return prune_one_shot(session, ratio, order, on_step=on_step)
+    return prune_one_shot(session, ratio, order, on_step=on_step, objective=objective)

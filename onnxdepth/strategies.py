@@ -36,6 +36,7 @@ class Selection:
     scores: ScoreTable | None
     on_step: Callable | None
     notes: dict = field(default_factory=dict)  # what the strategy measured on the way, for the plan
+    objective: object | None = None  # `onnxdepth.latency.Objective`: rank per ms saved / a latency target
 
 
 class Strategy:
@@ -181,7 +182,7 @@ class Ranked(Strategy):
         config = job.config
         units = job.scores.units if job.scores is not None else None
         return prune_transformer(job.session, config.ratio, ordering=config.ordering, seed=config.seed, scores=units,
-                                 ranking=config.ranking, on_step=job.on_step)
+                                 ranking=config.ranking, on_step=job.on_step, objective=job.objective)
 
 
 class Iterative(Strategy):
@@ -200,7 +201,7 @@ class Iterative(Strategy):
         refresh = taylor_refresh(job.model, job.session, config.calibration) if config.importance == "taylor" \
             else None
         return prune_to_ratio(job.session, config.ratio, ordering=config.ordering, seed=config.seed,
-                              on_step=job.on_step, refresh=refresh)
+                              on_step=job.on_step, refresh=refresh, objective=job.objective)
 
 
 #: Checked in order: the first strategy that applies to a config is the one it runs.

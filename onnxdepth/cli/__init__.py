@@ -28,31 +28,10 @@ def _print_causes(exc: BaseException) -> None:
         cause = cause.__cause__ or cause.__context__
 
 
-class _OncePerRun(logging.Filter):
-    """Passes each warning text once: a search that prunes many times (--max-drop, sweeps) repeats them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
-            return True
-        text = record.getMessage()
-        if text in self.seen:
-            return False
-        self.seen.add(text)
-        return True
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    once = _OncePerRun()
-    handlers = list(logging.getLogger().handlers)
-    for handler in handlers:
-        handler.addFilter(once)
     try:
         return args.func(args)
     except OnnxDepthError as exc:
@@ -68,6 +47,3 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"onnxdepth: internal error: {type(exc).__name__}: {exc} (rerun with -v for details)", file=sys.stderr)
         return EXIT_ERROR
-    finally:
-        for handler in handlers:  # in-process callers (tests, notebooks) keep their own handlers as they were
-            handler.removeFilter(once)

@@ -34,7 +34,7 @@ def _cmd_units(args) -> int:
 
     model = load_model(args.model)
     units = list_units(model, exclude=args.exclude, input_shapes=_input_shapes(args.input_shape),
-                       granularity=args.granularity, search_space=args.search_space)
+                       granularity=args.granularity, search_space=args.search_space, head=args.head)
     summary = units_summary(units)
     if args.json:
         print(json.dumps({"units": [u.to_json() for u in units], "summary": summary}, indent=2))
@@ -68,7 +68,8 @@ def _prune_config(args, ratio: float):
     from ..config import PruneConfig
 
     selection = {name: getattr(args, name) for name in ("ordering", "ranking", "rescore_every", "shortlist",
-                                                        "block_choice", "compensate") if hasattr(args, name)}
+                                                        "block_choice", "compensate", *_LATENCY_FLAGS)
+                 if hasattr(args, name)}
     return PruneConfig(ratio=ratio, importance=args.importance, granularity=args.granularity,
                        search_space=args.search_space, exclude=args.exclude,
                        input_shapes=_input_shapes(args.input_shape), seed=args.seed,
@@ -76,15 +77,24 @@ def _prune_config(args, ratio: float):
                        **selection)
 
 
+#: `prune` flags of the latency objective and the head rule, passed to the PruneConfig as they are.
+_LATENCY_FLAGS = ("head", "objective", "latency_ratio", "device", "profile_threads", "profile_runs")
+
+
+def _latency_note(result) -> str:
+    """The summary line's latency part (on the profile's accounting), when a profile was taken."""
+    if result.latency_reduction is None:
+        return ""
+    return f", latency {result.latency_reduction:.2%} removed (profiled)"
+
+
 def _cmd_prune(args) -> int:
     from ..api import prune_file, replay_file
 
-    if args.ratio is None and not args.plan and args.max_drop is None:
-        raise InvalidArgumentError("prune needs --ratio R, --max-drop D or --plan PLAN.json")
+    if args.ratio is None and args.latency_ratio is None and not args.plan and args.max_drop is None:
+        raise InvalidArgumentError("prune needs --ratio R, --latency-ratio R, --max-drop D or --plan PLAN.json")
     if args.plan and args.max_drop is not None:
         raise InvalidArgumentError("--plan replays a saved plan: it takes no --max-drop")
-    if args.device != "cpu" and not args.bench:
-        raise InvalidArgumentError(f"--device {args.device}: only --bench runs on a device here; add --bench")
     if args.bench:
         from ..runtime import providers_for
 
@@ -94,7 +104,8 @@ def _cmd_prune(args) -> int:
     else:
         from ..budget import DEFAULT_UPPER
 
-        config = _prune_config(args, args.ratio if args.ratio is not None else DEFAULT_UPPER)
+        upper = DEFAULT_UPPER if args.max_drop is not None else 0.0  # 0.0: the latency ratio alone
+        config = _prune_config(args, args.ratio if args.ratio is not None else upper)
     scores = None
     if args.scores:
         from ..scores import ScoreTable
@@ -106,7 +117,7 @@ def _cmd_prune(args) -> int:
 
         progress = Progress(TextColumn("pruning"), BarColumn(), TextColumn("{task.description}"), transient=True)
     started = time.perf_counter()
-    target = args.ratio or 1.0
+    target = args.ratio or 1.0  # the bar follows the parameter reduction, also for a latency target
     task = None
 
     def on_step(plan, reduction):
@@ -155,7 +166,7 @@ def _print_prune(args, result, extra: dict, seconds: float) -> None:
     from ..fidelity import fidelity_line
 
     print(f"{args.output}: {result.params_before:,} -> {result.params_after:,} parameters "
-          f"({result.reduction:.2%} removed, {len(result.pruned_units)} units) "
+          f"({result.reduction:.2%} removed{_latency_note(result)}, {len(result.pruned_units)} units) "
           f"in {seconds:.1f}s; plan in {plan_path_for(Path(args.output))}")
     if "fidelity" in extra:
         print(fidelity_line(extra["fidelity"]))

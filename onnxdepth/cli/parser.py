@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
-from ..config import BLOCK_CHOICES, COMPENSATIONS, GRANULARITIES, ORDERINGS, RANKINGS, SEARCH_SPACES
+from ..config import BLOCK_CHOICES, COMPENSATIONS, GRANULARITIES, HEADS, OBJECTIVES, ORDERINGS, RANKINGS, SEARCH_SPACES
 from .commands import (_cmd_bench, _cmd_demo, _cmd_eval, _cmd_export, _cmd_prune, _cmd_report, _cmd_score, _cmd_sweep, _cmd_units)
 
 __all__ = ["build_parser"]
@@ -37,6 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
                             "thesis's baseline)")
         p.add_argument("--input-shape", action="append", metavar="NAME:DxD",
                        help="concrete shape for a dynamic graph input (repeatable)")
+        p.add_argument("--head", default="branches", choices=HEADS,
+                       help="graph head kept out of pruning: each output's last transform and the chains of "
+                            "transforms behind it up to a fork of the trunk (branches, default: YOLOv8's Detect "
+                            "cv2/cv3 stacks), or only each output's last transform (last)")
+
+    def latency(p):
+        p.add_argument("--objective", default="params", choices=OBJECTIVES,
+                       help="rank units by importance (params, default) or by importance per millisecond saved on "
+                            "ONNX Runtime's profile of the model (latency; profile cached beside the model)")
+        p.add_argument("--latency-ratio", type=float, default=None, metavar="R",
+                       help="instead of --ratio: remove R of the profiled latency (kernel time)")
+        p.add_argument("--device", default="cpu", choices=DEVICES, help="provider the latency profile and --bench run on")
+        p.add_argument("--profile-threads", type=int, default=1,
+                       help="intra-op threads of the latency profile (default 1)")
+        p.add_argument("--profile-runs", type=int, default=10,
+                       help="profiled runs; each node's time is their median (default 10)")
 
     def calibration(p):
         p.add_argument("--calib", help="calibration data: text models .txt, .jsonl (text field) or .npz "
@@ -54,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="remove RATIO of the parameters by deleting whole layers")
     p.add_argument("input")
     p.add_argument("output")
-    p.add_argument("--ratio", type=float, default=None, help="target parameter reduction in [0, 1)")
+    p.add_argument("--ratio", type=float, default=None, help="target parameter reduction in [0, 1) (or --latency-ratio)")
     p.add_argument("--plan", help="replay a saved plan (OUT.plan.json) exactly instead of selecting units")
     p.add_argument("--max-drop", type=float, default=None, metavar="D",
                    help="prune as far as possible (up to --ratio, default 0.5) while the held-out fidelity drops "
@@ -62,8 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "a bisection over its prefixes")
     p.add_argument("--bench", action="store_true",
                    help="end with a quick interleaved latency comparison (pruned / unpruned) on --device")
-    p.add_argument("--device", default="cpu", choices=DEVICES,
-                   help="--bench: cpu, or cuda (CUDA execution provider with IO binding)")
     p.add_argument("--threads", type=int, default=None, help="--bench: ONNX Runtime threads")
     p.add_argument("--importance", default="auto",
                    help="magnitude, angular, cross_entropy or taylor" + AUTO_HELP)
@@ -92,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--granularity block with angular importance: Gromov et al.'s most similar contiguous "
                         "run of layers (default) or a plain ranking of single layers")
     calibration(p)
+    latency(p)
     p.add_argument("--json", action="store_true")
     common(p, auto=True)
     p.set_defaults(func=_cmd_prune)

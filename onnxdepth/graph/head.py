@@ -21,8 +21,9 @@ def _is_constant(tensor: gs.Tensor) -> bool:
     return isinstance(tensor, gs.Constant)
 
 
-def find_head(graph: gs.Graph) -> set[str]:
-    """Names of the transforms that form the graph head.
+def find_head(graph: gs.Graph, with_branches: bool = True) -> set[str]:
+    """Names of the transforms that form the graph head (without WITH_BRANCHES: H0 alone, each output's last
+    transform).
 
     H0: a transform whose output reaches a graph output with no transform in between (detection
     head, classifier). A head *branch* extends H0 backwards through chains of transforms that feed
@@ -41,6 +42,8 @@ def find_head(graph: gs.Graph) -> set[str]:
         if not reaches:
             continue
         head.add(node.name)
+        if not with_branches:
+            continue
         frontier = [(node, [node])]
         while frontier:
             cur, chain = frontier.pop()

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..config import GRANULARITIES, SEARCH_SPACES
+from ..config import GRANULARITIES, HEADS, SEARCH_SPACES
 from ..errors import InvalidArgumentError, UnsupportedModelError
 from ..graph.channels import AnalysisError, ChannelAnalysis, analyze_channels, input_channel_axes
 from ..graph.head import find_head
@@ -50,7 +50,7 @@ class PruneSession:
 
     def __init__(self, model: onnx.ModelProto, *, input_shapes: dict | None = None, exclude: str | None = None,
                  importance: ParamImportance = magnitude, granularity: str = "fine", detect_head: bool = True,
-                 search_space: str = "full"):
+                 search_space: str = "full", head: str = "branches"):
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         fused = sorted({n.op_type for n in model.graph.node if n.domain == "com.microsoft" and n.op_type in FUSED_OPS})
         if fused:
@@ -76,7 +76,11 @@ class PruneSession:
         # A cut-out layer (block-local scoring) has no head: its output is just the next layer's input.
         # Its KV-cache inputs are fed directly, so they need not stay consistent with other layers either.
         self.detect_head = detect_head
-        self.head_units = find_head(self.graph) if detect_head else set()
+        if head not in HEADS:
+            raise InvalidArgumentError(f"--head {head}: expected one of {', '.join(HEADS)}")
+        # "last": only each output's last transform; "branches": also the chains behind it (Detect branches).
+        self.head = head
+        self.head_units = find_head(self.graph, with_branches=head == "branches") if detect_head else set()
         self.input_axes = input_channel_axes(self.graph, self.shapes)
         self.graph.toposort()
         self.layers = find_layers(self.graph, lift(self.graph), self.head_units)
