@@ -109,13 +109,20 @@ def units_summary(units: list[Unit]) -> dict:
 
 # -- stage 2: importance -------------------------------------------------------------------------------------
 def score_units(model: onnx.ModelProto, session: PruneSession, importance: str, calibration: Calibration, *,
-                writers: list | None = None) -> ScoreTable:
+                writers: list | None = None, refit: bool = False) -> ScoreTable:
     """Unit scores of a data-driven metric on calibration data (angular: block-local, Eq. 3.11;
     cross_entropy: next-token distribution change, Sec. 4.3). Block granularity with angular importance
     also measures every contiguous run of layers (Gromov et al.'s selection); given the stream WRITERS
     (least-squares compensation), a run's distance is the one left after its fit, on held-out windows."""
     if not session.layers:
-        raise InvalidArgumentError(f"--importance {importance}: needs a transformer (no attention block found)")
+        from .compensate.images import is_image_model
+
+        if importance == "angular" and is_image_model(session):
+            from .importance.output_damage import output_damage_scores
+
+            return ScoreTable(output_damage_scores(model, session, calibration, refit=refit))
+        raise InvalidArgumentError(f"--importance {importance}: needs a transformer, or for angular a model with one "
+                                   "[1, 3, H, W] image input (no attention block found)")
     tokens = calibration.tokens(f"--importance {importance}")
     if importance == "cross_entropy":
         from .importance.cross_entropy import cross_entropy_scores
@@ -145,7 +152,8 @@ def importance_stage(model: onnx.ModelProto, session: PruneSession, config: Prun
     if scores is not None or strategy.scores_itself:
         return scores
     if config.importance in UNIT_METRICS:
-        return score_units(model, session, config.importance, config.calibration, writers=writers)
+        return score_units(model, session, config.importance, config.calibration, writers=writers,
+                           refit=chain_refits(session, config.compensate))
     if config.importance == "taylor" and session.layers:
         from .importance.taylor_calibration import attach_lm_taylor
 

@@ -10,7 +10,10 @@ lines and pages; each with a warning that real data is better):
   least-squares refits folded into the surviving weights (`compensate`);
 - other transformers: whole layers, Gromov et al.'s most similar contiguous run (angular);
 - one-image-input models (CNN detectors, PP-OCR rec / det): Taylor importance (the PyTorch sidecar, when
-  torch and onnx2torch are installed; magnitude otherwise, with a warning) and the surviving Convs refitted;
+  torch and onnx2torch are installed and the output has a label-free loss) and the surviving Convs refitted;
+  without torch, or for another output (a classifier's logits, a feature map), angular distance on the graph
+  outputs (`importance.output_damage`: each unit pruned alone and measured; YOLOv8n at 0.2: fidelity mAP50
+  0.69 against magnitude's 0.19, both with the refits);
 - anything else (no calibration data can be drawn for it): magnitude, fine, no fit.
 
 A text model without a tokenizer beside it cannot be calibrated and gets the last row too. The plan records
@@ -79,12 +82,12 @@ def _model_defaults(config: PruneConfig, session) -> tuple[str, str, bool]:
 
     if is_image_model(session):
         if not _taylor_output(session):
-            return "magnitude", "fine", True
+            return "angular", "fine", True  # no label-free Taylor loss for this output: measured output damage
         if taylor_available():
             return "taylor", "fine", True
-        logger.warning("torch / onnx2torch are not installed: magnitude importance instead of Taylor (pip install "
-                       "'onnxdepth[taylor]' after torch for a better prune)")
-        return "magnitude", "fine", True
+        logger.warning("torch / onnx2torch are not installed: angular importance on the graph outputs instead of "
+                       "Taylor (pip install 'onnxdepth[taylor]' after torch for a faster, better prune)")
+        return "angular", "fine", True
     if session.layers and _calibratable_text(config):
         fits = bool(stream_writers(session) or postnorm_sites(session))
         return "angular", "block", fits

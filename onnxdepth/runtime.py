@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,7 @@ class ProgressBar:
 
         self._bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                              TimeRemainingColumn(), TextColumn("{task.description}"), console=Console(stderr=True),
-                             transient=transient, disable=not enabled)
+                             transient=transient, disable=not enabled or (transient and not sys.stderr.isatty()))
         self._task = self._bar.add_task("", total=total)
         self._bar.start()
 
@@ -164,5 +165,6 @@ class ProgressBar:
 
 def progress(total: int, label: str, enabled: bool = True, *, transient: bool = True) -> ProgressBar:
     """A progress bar of TOTAL steps named LABEL (see `ProgressBar`); a silent one when not ENABLED.
-    TRANSIENT bars disappear when closed; the others stay as the last line of the run."""
+    TRANSIENT bars disappear when closed, and are not drawn at all when stderr is not a terminal (a log
+    would keep only a stray newline); the others stay as the last line of the run."""
     return ProgressBar(total, label, enabled, transient)

@@ -29,13 +29,16 @@ def _unreachable(objective, session: PruneSession, ratio: float, reduction: floa
 
 def prune_to_ratio(session: PruneSession, ratio: float, *, ordering: str = "ascending", seed: int = 0,
                    on_step: Callable[[UnitPlan, float], None] | None = None,
-                   refresh: Callable[[PruneSession], None] | None = None, objective=None) -> list[UnitPlan]:
+                   refresh: Callable[[PruneSession], None] | None = None, objective=None,
+                   unit_scores: dict[str, float] | None = None) -> list[UnitPlan]:
     """Algorithm 9: while the parameter reduction is below RATIO, prune the lowest-scoring unit.
 
     Every unit is re-planned (channels to drop, cost, score) on the current graph after each prune.
     ORDERING descending / random picks the highest-scoring / a random unit instead (line 7 of the
     algorithm, the thesis's Table 4.5 ablation). OBJECTIVE (`onnxdepth.latency.Objective`): rank by its
-    score (per ms saved) and stop at its target instead. Raises RatioUnreachableError with the largest
+    score (per ms saved) and stop at its target instead. UNIT_SCORES (measured per unit, e.g. angular on the
+    graph outputs) replace the plans' per-parameter scores; a unit without one ranks after every unit with
+    one. Raises RatioUnreachableError with the largest
     reduction reached when no prunable unit is left.
     """
     rng = random.Random(seed)
@@ -48,6 +51,9 @@ def prune_to_ratio(session: PruneSession, ratio: float, *, ordering: str = "asce
         plans = session.prunable_plans()
         if not plans:
             raise _unreachable(objective, session, ratio, reduction, len(steps))
+        if unit_scores is not None:
+            for plan in plans:
+                plan.score = unit_scores.get(plan.unit_id, float("inf"))
         if objective is None:
             rank = lambda p: (p.score, p.unit_id)  # noqa: E731
         else:

@@ -79,10 +79,25 @@ class Rescoring(_Searched):
     def applies(self, config, transformer):
         return bool(config.rescore_every)
 
+    def check(self, config, session, scores):
+        from .compensate.images import is_image_model
+
+        if session.layers or not is_image_model(session):
+            return super().check(config, session, scores)
+        if config.importance != "angular" or scores is not None:
+            raise InvalidArgumentError(f"{self.flag} on a CNN measures angular distance on the graph outputs: it "
+                                       "needs --importance angular and no --scores table")
+
     def select(self, job):
         from .rescore import prune_with_rescoring
 
         config = job.config
+        if not job.session.layers:
+            from .importance.output_search import prune_with_output_rescoring
+
+            return prune_with_output_rescoring(job.model, job.session, config.ratio, config.calibration,
+                                               every=config.rescore_every, shortlist=config.shortlist,
+                                               objective=job.objective, on_step=job.on_step)
         tokens = config.calibration.tokens(self.flag)
         return prune_with_rescoring(job.model, job.session, config.ratio, config.rescore_every, tokens,
                                     importance=config.importance, ranking=config.ranking, shortlist=config.shortlist,
@@ -200,8 +215,9 @@ class Iterative(Strategy):
         config = job.config
         refresh = taylor_refresh(job.model, job.session, config.calibration) if config.importance == "taylor" \
             else None
+        units = job.scores.units if job.scores is not None else None
         return prune_to_ratio(job.session, config.ratio, ordering=config.ordering, seed=config.seed,
-                              on_step=job.on_step, refresh=refresh, objective=job.objective)
+                              on_step=job.on_step, refresh=refresh, objective=job.objective, unit_scores=units)
 
 
 #: Checked in order: the first strategy that applies to a config is the one it runs.

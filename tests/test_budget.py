@@ -22,7 +22,8 @@ def source(save_model):
 
 def test_the_longest_prefix_within_the_budget_is_chosen(cli, source, tmp_path):
     out = tmp_path / "out.onnx"
-    code, summary, err = _prune(cli, source, out, "--max-drop", "0.05")
+    # Magnitude (not the default's measured angular scores): its prefixes cross the budget on this graph.
+    code, summary, err = _prune(cli, source, out, "--max-drop", "0.05", "--importance", "magnitude")
     assert code == 0, err
     budget = summary["budget"]
     assert budget["selection_runs"] == 1 and budget["max_drop"] == 0.05

@@ -555,13 +555,26 @@ def test_cli_cross_entropy_on_a_cnn(cli, save_model, tmp_path, command):
 
 
 @pytest.mark.parametrize("command", ["prune", "score"])
-def test_cli_angular_on_a_cnn(cli, save_model, tmp_path, command):
-    path = save_model(graphs.build_residual(), "cnn.onnx")
+def test_cli_angular_on_a_model_without_layers_or_image_input(cli, save_model, tmp_path, command):
+    path = save_model(graphs.build_mlp(), "mlp.onnx")
     argv = ["prune", path, tmp_path / "out.onnx", "--ratio", "0.3"] if command == "prune" else ["score", path]
     code, _, err = cli(*argv, "--importance", "angular")
     assert code == 1 and err.count("\n") == 1 and "transformer" in err, err
     assert "internal error" not in err
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_cli_angular_on_a_cnn_scores_on_the_graph_outputs(cli, save_model, tmp_path):
+    path = save_model(graphs.build_residual(), "cnn.onnx")
+    code, out, err = cli("score", path, "--importance", "angular", "-o", tmp_path / "scores.csv")
+    assert code == 0, err
+    table = (tmp_path / "scores.csv").read_text().splitlines()
+    assert table[0] == "unit,score" and len(table) > 3
+    values = [float(line.split(",")[1]) for line in table[1:]]
+    assert values == sorted(values) and all(0.0 <= v <= 1.0 for v in values)
+    code, _, err = cli("prune", path, tmp_path / "out.onnx", "--ratio", "0.2", "--scores", tmp_path / "scores.csv")
+    assert code == 0, err
+    assert (tmp_path / "out.onnx").exists()
 
 
 def test_cli_calib_errors_are_one_line(cli, tiny, tmp_path):

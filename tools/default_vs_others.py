@@ -43,6 +43,7 @@ ROWS = {
         "default": {},
         "magnitude": {"importance": "magnitude"},
         "angular": {"importance": "angular"},
+        "angular, re-measured": {"importance": "angular", "rescore_every": 1, "shortlist": 12},
         "taylor, no refits": {"importance": "taylor", "compensate": "none"},
         "magnitude, no refits": {"importance": "magnitude", "compensate": "none"},
         "taylor, reduced search space": {"importance": "taylor", "search_space": "reduced"},

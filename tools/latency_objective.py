@@ -1,7 +1,7 @@
 """The latency objective against the parameter objective at the same parameter reduction, measured.
 
     YOLO_OFFLINE=1 python tools/latency_objective.py --out-dir /tmp/latency [--models yolov8n yolov5s]
-        [--latency-ratios 0.2 0.3] [--heads branches last] [--runs 30]
+        [--latency-ratios 0.2 0.3] [--heads branches last] [--selections taylor measured] [--runs 30]
 
 For each model, head rule and latency ratio R: `prune --objective latency --latency-ratio R`, then
 `prune --ratio P` with P its parameter reduction (the parameter objective, the same head rule). Both use
@@ -48,24 +48,32 @@ def source_model(name: str, out_dir: Path) -> Path:
     return path
 
 
-def prune_pair(src: Path, out_dir: Path, head: str, latency_ratio: float) -> list[dict]:
+#: --selection NAME -> the importance options of both prunes of a pair: Taylor scores (Algorithm 9), or
+#: angular distance on the graph outputs re-measured after every step over the 12 best candidates.
+SELECTIONS = {"taylor": {"importance": "taylor"},
+              "measured": {"importance": "angular", "rescore_every": 1, "shortlist": 12}}
+
+
+def prune_pair(src: Path, out_dir: Path, head: str, latency_ratio: float, selection: str = "taylor") -> list[dict]:
     """The latency-objective prune at LATENCY_RATIO and the parameter-objective prune at its reduction."""
-    stem = f"{src.stem}_{head}"
-    latency = PruneConfig(0.0, importance="taylor", objective="latency", latency_ratio=latency_ratio,
-                          input_shapes=SHAPE, head=head)
+    stem = f"{src.stem}_{head}" + ("" if selection == "taylor" else f"_{selection}")
+    options = SELECTIONS[selection]
+    latency = PruneConfig(0.0, objective="latency", latency_ratio=latency_ratio, input_shapes=SHAPE, head=head,
+                          **options)
     path, plan, _ = prune_file_cached(src, out_dir / f"{stem}_lat{latency_ratio:g}.onnx", latency)
-    rows = [_row(src, path, plan, head, f"latency --latency-ratio {latency_ratio:g}")]
+    rows = [_row(src, path, plan, head, f"latency --latency-ratio {latency_ratio:g}", selection)]
     matched = round(plan["reduction"], 4)
-    params = PruneConfig(matched, importance="taylor", input_shapes=SHAPE, head=head)
+    params = PruneConfig(matched, input_shapes=SHAPE, head=head, **options)
     path, plan, _ = prune_file_cached(src, out_dir / f"{stem}_par{matched:g}.onnx", params)
-    rows.append(_row(src, path, plan, head, f"params --ratio {matched:g}"))
+    rows.append(_row(src, path, plan, head, f"params --ratio {matched:g}", selection))
     return rows
 
 
-def _row(src: Path, path: Path, plan: dict, head: str, run: str) -> dict:
+def _row(src: Path, path: Path, plan: dict, head: str, run: str, selection: str) -> dict:
     fidelity = plan.get("fidelity") or {}
     latency = plan.get("latency") or {}
-    return {"model": src.stem, "head": head, "run": run, "path": str(path), "units": len(plan["steps"]),
+    return {"model": src.stem, "head": head, "selection": selection, "run": run, "path": str(path),
+            "units": len(plan["steps"]),
             "param_reduction": plan["reduction"], "profiled_latency_reduction": latency.get("reduction"),
             "fidelity_map50": fidelity.get("value")}
 
@@ -81,12 +89,13 @@ def time_rows(src: Path, rows: list[dict], runs: int) -> None:
 
 
 def render(rows: list[dict]) -> str:
-    lines = ["| model | head | run | units | params removed | latency removed (profiled) | latency removed "
-             "(measured, 1 thread) | measured latency / params | fidelity mAP50 |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | head | selection | run | units | params removed | latency removed (profiled) | latency removed "
+             "(measured, 1 thread) | measured latency / params | fidelity mAP50 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         profiled = f"{r['profiled_latency_reduction']:.1%}" if r["profiled_latency_reduction"] is not None else "-"
         fidelity = f"{r['fidelity_map50']:.3f}" if r["fidelity_map50"] is not None else "-"
-        lines.append(f"| {r['model']} | {r['head']} | `{r['run']}` | {r['units']} | {r['param_reduction']:.1%} | "
+        lines.append(f"| {r['model']} | {r['head']} | {r.get('selection', 'taylor')} | `{r['run']}` | {r['units']} | {r['param_reduction']:.1%} | "
                      f"{profiled} | {r['measured_latency_reduction']:.1%} ({r['parent_ms']:.2f} -> {r['ms']:.2f} ms) | "
                      f"{r['measured_latency_reduction'] / max(r['param_reduction'], 1e-9):.2f} | {fidelity} |")
     return "\n".join(lines)
@@ -98,6 +107,8 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=["yolov8n", "yolov5s"])
     parser.add_argument("--latency-ratios", nargs="+", type=float, default=[0.2, 0.3])
     parser.add_argument("--heads", nargs="+", default=["branches", "last"])
+    parser.add_argument("--selections", nargs="+", choices=SELECTIONS, default=["taylor"],
+                        help="taylor: Taylor scores; measured: angular on the graph outputs, re-measured each step")
     parser.add_argument("--runs", type=int, default=30, help="timed runs per model (median)")
     parser.add_argument("--skip-timing", action="store_true",
                         help="prune only (run prunes in parallel, then time them all in a quiet rerun)")
@@ -106,8 +117,8 @@ def main() -> int:
     table = []
     for name in args.models:
         src = source_model(name, args.out_dir)
-        rows = [row for head in args.heads for ratio in args.latency_ratios
-                for row in prune_pair(src, args.out_dir, head, ratio)]
+        rows = [row for selection in args.selections for head in args.heads for ratio in args.latency_ratios
+                for row in prune_pair(src, args.out_dir, head, ratio, selection)]
         if args.skip_timing:
             print(json.dumps(rows, indent=2))
             continue

@@ -24,7 +24,7 @@ __all__ = ["LATENCY_STRATEGIES", "MIN_SAVING_MS", "Objective", "objective_for"]
 logger = logging.getLogger(__name__)
 
 #: The selection strategies that take an objective (Algorithm 9 on CNNs, one ranking on transformers).
-LATENCY_STRATEGIES = ("iterative", "ranked")
+LATENCY_STRATEGIES = ("iterative", "ranked", "rescore")
 #: A unit that saves less than this many ms is ranked as if it saved this much (no division by zero).
 MIN_SAVING_MS = 1e-6
 
@@ -68,7 +68,8 @@ def objective_for(model: onnx.ModelProto, session, config, strategy_name: str) -
     asks for the parameter objective with a --ratio target (nothing is profiled then)."""
     if config.objective == "params" and config.latency_ratio is None:
         return None
-    if strategy_name not in LATENCY_STRATEGIES:
+    # Re-scoring takes the objective on CNNs (measured output damage), not on transformers' block-local moves.
+    if strategy_name not in LATENCY_STRATEGIES or (strategy_name == "rescore" and session.layers):
         raise InvalidArgumentError(f"--objective latency / --latency-ratio: not supported with the {strategy_name} "
                                    f"selection (works with {', '.join(LATENCY_STRATEGIES)})")
     if config.input_shapes is None and _has_symbolic_dims(model):
