@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", help="reuse a score table from `onnxdepth score` (CSV unit,score)")
     p.add_argument("--rescore-every", type=int, default=None, metavar="N",
                    help="re-estimate angular or cross_entropy importance on the model pruned so far after every "
-                        "N pruned units (fine granularity; cross_entropy makes it a greedy search)")
+                        "N pruned units (fine granularity; cross_entropy makes it a greedy search; on a CNN with "
+                        "--importance angular: the graph outputs re-measured with the nearest Convs refitted)")
     p.add_argument("--shortlist", type=int, default=None, metavar="K",
                    help="with --rescore-every: after the first round, re-score only the K best moves of the "
                         "previous round (a lazy greedy search; default: re-score all)")
