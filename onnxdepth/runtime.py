@@ -114,6 +114,10 @@ def open_session(model, *, threads: int | None = None, device: str = "cpu", prov
     if isinstance(model, (bytes, bytearray)):
         source, name = bytes(model), "the model"
     elif hasattr(model, "SerializeToString"):
+        from .graph.external import folder_of
+
+        # A model with its weights kept external (`graph.external`) serializes small; ORT reads them from there.
+        folder = folder_of(model)
         source, name = model.SerializeToString(), "the model"
     elif isinstance(model, (str, os.PathLike)):
         if not Path(model).is_file():
@@ -123,6 +127,8 @@ def open_session(model, *, threads: int | None = None, device: str = "cpu", prov
         raise InvalidArgumentError(f"cannot open a session of a {type(model).__name__}: expected a path, a "
                                    "ModelProto, bytes or an InferenceSession")
     options = _session_options(threads, graph_optimization_level, execution_mode, initializers, profile_prefix)
+    if isinstance(source, bytes) and hasattr(model, "SerializeToString") and folder is not None:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
     chosen = list(providers) if providers else providers_for(device)
     try:
         return ort.InferenceSession(source, sess_options=options, providers=chosen)

@@ -49,12 +49,18 @@ def run_model(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
 
 
 def verify_model(model: onnx.ModelProto, reference: onnx.ModelProto, input_shapes: dict, *,
-                 run: bool = True, removed: set[str] | None = None) -> list[np.ndarray] | None:
+                 run: bool = True, removed: set[str] | None = None, path=None) -> list[np.ndarray] | None:
     """Raise VerificationError unless MODEL passes the full checker, loads and runs in ONNX Runtime,
     and has REFERENCE's input/output names and shapes (less the REMOVED ones: the past/present KV-cache
-    entries of pruned attention blocks). Returns the outputs of the run."""
+    entries of pruned attention blocks). Returns the outputs of the run. PATH: the file MODEL was written
+    to, which the checker reads (a model with external data is checked in full only from its files)."""
+    from .graph.external import folder_of
+
     try:
-        onnx.checker.check_model(model, full_check=True)
+        if path is not None:
+            onnx.checker.check_model(str(path), full_check=True)
+        elif folder_of(model) is None:  # weights kept external: checked in full from the written file instead
+            onnx.checker.check_model(model, full_check=True)
     # ValueError: a model over protobuf's 2 GB, which neither the checker nor ONNX Runtime can take in memory
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
         raise VerificationError(f"onnx.checker rejected the pruned model: {first_line(exc)}") from exc

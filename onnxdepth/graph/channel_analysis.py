@@ -166,7 +166,7 @@ class RuleContext:
 
     def rank(self, tensor: gs.Tensor) -> int | None:
         if isinstance(tensor, gs.Constant):
-            return tensor.values.ndim
+            return len(tensor.shape)  # from the lazy values: an external tensor is not read
         shape = self.shapes.get(tensor.name)
         if shape is not None:
             return len(shape)
@@ -176,7 +176,7 @@ class RuleContext:
 
     def dims(self, tensor: gs.Tensor) -> tuple | None:
         if isinstance(tensor, gs.Constant):
-            return tuple(tensor.values.shape)
+            return tuple(tensor.shape)
         shape = self.shapes.get(tensor.name)
         if shape is None and tensor.shape is not None:
             shape = tuple(d if isinstance(d, int) else None for d in tensor.shape)  # symbolic dims unknown

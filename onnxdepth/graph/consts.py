@@ -5,7 +5,18 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-__all__ = ["const_value", "is_const", "set_const_input"]
+from .external import ExternalValues
+
+__all__ = ["const_value", "constant_array", "is_const", "set_const_input"]
+
+
+def constant_array(const: gs.Constant) -> np.ndarray:
+    """CONST's values; an external tensor's as a fresh memory map each time (graph-surgeon's `values` would keep
+    the array in the constant, and the export would then copy it into the proto)."""
+    values = const._values
+    if isinstance(values, ExternalValues):
+        return values.load()
+    return np.asarray(const.values)
 
 
 def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
@@ -13,7 +24,7 @@ def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
     seen = 0
     while tensor is not None and seen < 8:
         if isinstance(tensor, gs.Constant):
-            return np.asarray(tensor.values)
+            return constant_array(tensor)
         if len(tensor.inputs) != 1:
             return None
         producer = tensor.inputs[0]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
+from .external import folder_of, mark_folder
+
 __all__ = ["extract_submodel", "with_extra_outputs"]
 
 
@@ -38,6 +40,9 @@ def extract_submodel(model: onnx.ModelProto, inputs: list[str], outputs: list[st
     new_outputs = [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in outputs]
     sub = helper.make_graph(nodes, f"{graph.name}_sub", new_inputs + graph_inputs, new_outputs, initializers)
     out = helper.make_model(sub, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    folder = folder_of(model)
+    if folder is not None:
+        mark_folder(out, folder)  # its initializers may still refer to the model's external data
     return out
 
 

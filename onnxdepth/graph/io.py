@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import onnx
 
 from ..errors import ModelLoadError, OutputWriteError
+from .external import check_external, external_info, external_tensors, folder_of, has_external, mark_folder, resolve, unmark
 
 __all__ = ["load_model", "save_model_atomic", "check_output_path"]
 
@@ -20,7 +23,8 @@ _PROTO_LIMIT = 2**31 - 1 - 2**20
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Load an ONNX model, resolving external data next to it.
+    """Load an ONNX model; external data stays in its files (checked, and read memory-mapped when used:
+    `graph.external`), the folder recorded in the model's metadata.
 
     Raises:
         ModelLoadError: the file is missing, not ONNX, truncated, or its external data is missing.
@@ -36,12 +40,14 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise ModelLoadError(f"{path}: not a valid ONNX file ({type(exc).__name__})") from exc
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError(f"{path}: not a valid ONNX file (empty or truncated graph)")
-    try:
-        onnx.load_external_data_for_model(model, str(path.parent))
-    except FileNotFoundError as exc:
-        raise ModelLoadError(f"{path}: external data file missing: {exc.filename}") from exc
-    except Exception as exc:
-        raise ModelLoadError(f"{path}: cannot read external data ({exc})") from exc
+    if external_tensors(model):
+        # Kept external and read memory-mapped (`graph.external`): never a second copy of the weights.
+        try:
+            check_external(model, path.parent)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{path}: {exc}") from exc
+        mark_folder(model, path.parent)
+    _inline_external_attributes(model, path.parent)
     for init in model.graph.initializer:
         # A truncated raw_data field parses but has the wrong byte count; catch it here, not in ORT.
         if init.HasField("raw_data") and init.data_type in _ITEMSIZE:
@@ -54,6 +60,22 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
                     " (truncated file?)"
                 )
     return model
+
+
+def _inline_external_attributes(model: onnx.ModelProto, folder: Path) -> None:
+    """Read the (small) tensors of Constant-node attributes stored externally into the proto."""
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    for node in model.graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t") and attribute.t.data_location == onnx.TensorProto.EXTERNAL:
+                try:
+                    load_external_data_for_tensor(attribute.t, str(folder))
+                except (OSError, ValueError) as exc:
+                    raise ModelLoadError(f"cannot read the external data of {node.name or node.op_type}'s "
+                                         f"{attribute.name} ({exc})") from exc
+                attribute.t.data_location = onnx.TensorProto.DEFAULT
+                del attribute.t.external_data[:]
 
 
 _ITEMSIZE = {
@@ -88,42 +110,126 @@ def check_output_path(out: str | os.PathLike, src: str | os.PathLike | None = No
     return out
 
 
-def save_model_atomic(model: onnx.ModelProto, out: str | os.PathLike) -> Path:
-    """Write MODEL to OUT via a temporary file in the same directory, then rename.
+def save_model_atomic(model: onnx.ModelProto, out: str | os.PathLike,
+                      check: Callable[[Path], None] | None = None) -> Path:
+    """Write MODEL to OUT via a temporary file in the same directory, then rename. CHECK(path), when given,
+    runs on the written temporary file before the rename (an exception leaves nothing at OUT).
 
-    Models over the protobuf limit are written with one external data file ``OUT.data``.
-    """
+    A model whose weights are kept external (`graph.external`), or one over the protobuf limit, is written
+    with one external data file ``OUT.data`` (`_save_external`)."""
     out = check_output_path(out)
-    external = model.ByteSize() > _PROTO_LIMIT
-    data_name = out.name + ".data"
-    tmp_data = out.parent / f".{data_name}.tmp"
+    if folder_of(model) is not None or external_tensors(model) or model.ByteSize() > _PROTO_LIMIT:
+        return _save_external(model, out, check)
     tmp = None
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
         os.close(fd)
         tmp = Path(tmp_name)
-        if external:
-            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=tmp_data.name, size_threshold=1024)
-            os.replace(tmp_data, out.parent / data_name)
-            # The .onnx refers to its data file by name; rewrite the location to the final name.
-            fixed = onnx.load(str(tmp), load_external_data=False)
-            for init in fixed.graph.initializer:
-                for entry in init.external_data:
-                    if entry.key == "location":
-                        entry.value = data_name
-            onnx.save_model(fixed, str(tmp))
-        else:
-            onnx.save_model(model, str(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the user's usual mode
+        onnx.save_model(model, str(tmp))
+        if check is not None:
+            check(tmp)
+        _usual_mode(tmp)
         os.replace(tmp, out)
     except OSError as exc:
         raise OutputWriteError(f"{out}: cannot write ({exc.strerror or exc})") from exc
     finally:
-        for leftover in (tmp, tmp_data):
-            if leftover is not None and leftover.exists():
-                leftover.unlink()
+        if tmp is not None and tmp.exists():
+            tmp.unlink()
     logger.info("wrote %s", out)
     return out
+
+
+def _usual_mode(path: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # mkstemp creates 0600; give the file the user's usual mode
+
+
+#: Tensors of at least this many bytes go to the data file; smaller ones stay in the proto.
+_EXTERNAL_THRESHOLD = 1024
+#: Offsets in the data file are aligned to this (pages, so ORT can map each tensor).
+_ALIGNMENT = 4096
+#: Bytes copied at a time from a source data file.
+_CHUNK = 64 << 20
+
+
+def _save_external(model: onnx.ModelProto, out: Path, check: Callable[[Path], None] | None) -> Path:
+    """Write MODEL as OUT + OUT.data, streaming: tensors still referring to their source data file are copied
+    from it in chunks, in-memory ones written and their bytes dropped from the proto. Both files are written
+    into a hidden temporary folder beside OUT, checked there (CHECK), then renamed into place. MODEL is
+    rewritten in place to refer to the new files (it stays a valid, light model of OUT; after a failure it is
+    not usable)."""
+    data_name = out.name + ".data"
+    source = folder_of(model)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        with open(work / data_name, "wb") as data:
+            for tensor in model.graph.initializer:
+                _write_tensor(tensor, data, source, data_name)
+        unmark(model)
+        onnx.save_model(model, str(work / out.name))
+        if check is not None:
+            check(work / out.name)
+        for name in (data_name, out.name):
+            _usual_mode(work / name)
+        os.replace(work / data_name, out.parent / data_name)
+        os.replace(work / out.name, out)
+    except OSError as exc:
+        raise OutputWriteError(f"{out}: cannot write ({exc.strerror or exc})") from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    mark_folder(model, out.parent)
+    logger.info("wrote %s and %s", out, data_name)
+    return out
+
+
+def _write_tensor(tensor: onnx.TensorProto, data, source: str | None, data_name: str) -> None:
+    """Append TENSOR's bytes to DATA (aligned) and point TENSOR at them; small inline tensors stay inline."""
+    if has_external(tensor):
+        location, offset, length = external_info(tensor)
+        path = resolve(source or ".", location, tensor.name)
+        length = length if length is not None else path.stat().st_size - offset
+        start = _align(data)
+        with open(path, "rb") as src:
+            src.seek(offset)
+            left = length
+            while left > 0:
+                chunk = src.read(min(_CHUNK, left))
+                if not chunk:
+                    raise OutputWriteError(f"external data of {tensor.name!r} ends early in {location}")
+                data.write(chunk)
+                left -= len(chunk)
+    else:
+        payload = _inline_bytes(tensor)
+        if payload is None or len(payload) < _EXTERNAL_THRESHOLD:
+            return
+        start = _align(data)
+        data.write(payload)
+        length = len(payload)
+        for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+            tensor.ClearField(field)
+    del tensor.external_data[:]
+    for key, value in (("location", data_name), ("offset", str(start)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+
+
+def _inline_bytes(tensor: onnx.TensorProto) -> bytes | None:
+    """TENSOR's little-endian bytes as external data stores them (None: strings, left inline)."""
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return None
+    if tensor.HasField("raw_data"):
+        return tensor.raw_data
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(tensor).tobytes()
+
+
+def _align(data) -> int:
+    """Pad DATA with zeros to the next multiple of _ALIGNMENT; the new position."""
+    position = data.tell()
+    pad = -position % _ALIGNMENT
+    if pad:
+        data.write(b"\0" * pad)
+    return position + pad

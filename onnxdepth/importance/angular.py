@@ -105,7 +105,14 @@ def shared_initializers(model: onnx.ModelProto, min_elements: int = 1 << 22) -> 
     import onnxruntime as ort
     from onnx import numpy_helper
 
-    return {t.name: ort.OrtValue.ortvalue_from_numpy(numpy_helper.to_array(t)) for t in model.graph.initializer
+    from ..graph.external import folder_of, has_external, read_tensor
+
+    folder = folder_of(model)
+
+    def values(t):  # an external tensor: copied once out of its memory map into the one shared buffer
+        return np.ascontiguousarray(read_tensor(t, folder)) if has_external(t) else numpy_helper.to_array(t)
+
+    return {t.name: ort.OrtValue.ortvalue_from_numpy(values(t)) for t in model.graph.initializer
             if int(np.prod(t.dims)) >= min_elements}
 
 

@@ -20,6 +20,7 @@ import onnx_graphsurgeon as gs
 from ..config import GRANULARITIES, HEADS, SEARCH_SPACES
 from ..errors import InvalidArgumentError, UnsupportedModelError
 from ..graph.channels import AnalysisError, ChannelAnalysis, analyze_channels, input_channel_axes
+from ..graph.external import folder_of, swap_external_values
 from ..graph.head import find_head
 from ..graph.lift import Lifting, lift
 from ..graph.shapes import concrete_input_shapes, infer_static_shapes
@@ -58,6 +59,9 @@ class PruneSession:
                 f"the graph was fused by ONNX Runtime's transformer optimizer ({', '.join(fused)}): not supported "
                 "yet; prune the plain export, then run the optimizer on the pruned model")
         self.graph = gs.import_onnx(model)
+        folder = folder_of(model)
+        if folder is not None:
+            swap_external_values(self.graph, folder)  # external weights read memory-mapped, exported unchanged
         self._name_nodes()
         self.input_shapes = concrete_input_shapes(model, input_shapes)
         self.shapes = infer_static_shapes(model, self.input_shapes)

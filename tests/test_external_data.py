@@ -1,0 +1,122 @@
+"""Models with external data: loaded without their weights (memory-mapped on use), pruned, written as OUT +
+OUT.data by streaming, and verified from the written files (`graph.external`, `graph.io`)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxdepth import api
+from onnxdepth.config import PruneConfig
+from onnxdepth.errors import ModelLoadError, OutputWriteError
+from onnxdepth.graph.external import ExternalValues, external_tensors, folder_of
+from onnxdepth.graph.io import load_model, save_model_atomic
+from onnxdepth.prune.session import PruneSession
+from onnxdepth.runtime import open_session
+
+import graphs
+
+
+@pytest.fixture
+def external(tmp_path):
+    """build_residual saved with every initializer in `in.onnx.data`."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    path = folder / "in.onnx"
+    onnx.save_model(graphs.build_residual(), str(path), save_as_external_data=True, location="in.onnx.data",
+                    size_threshold=0)
+    return path
+
+
+def _run(path, x):
+    return open_session(str(path)).run(None, {"x": x})
+
+
+def test_load_keeps_the_weights_in_their_file(external):
+    model = load_model(external)
+    assert external_tensors(model) and not any(t.raw_data for t in external_tensors(model))
+    assert folder_of(model) == str(external.parent.resolve())
+    session = PruneSession(model)
+    assert all(isinstance(c._values, ExternalValues) for c in session.graph.tensors().values()
+               if hasattr(c, "_values") and hasattr(c._values, "tensor") and c._values.tensor.external_data)
+    x = np.random.default_rng(0).uniform(size=(1, 3, 16, 16)).astype(np.float32)
+    # ORT opens the light proto, reading the weights from the recorded folder.
+    np.testing.assert_array_equal(open_session(model).run(None, {"x": x})[0], _run(external, x)[0])
+
+
+@pytest.mark.parametrize("importance", ["magnitude", "auto"])
+def test_prune_writes_out_and_its_data_beside_it(cli, external, tmp_path, importance):
+    before = {p.name: p.read_bytes() for p in external.parent.iterdir()}
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "pruned.onnx"
+    code, stdout, err = cli("prune", external, out, "--ratio", "0.3", "--importance", importance, "--json")
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["reduction"] >= 0.3
+    assert sorted(os.listdir(out_dir)) == ["pruned.onnx", "pruned.onnx.data", "pruned.plan.json"]  # no temporaries
+    assert {p.name: p.read_bytes() for p in external.parent.iterdir()} == before  # the input is untouched
+    written = onnx.load(str(out), load_external_data=False)
+    assert external_tensors(written)
+    assert {e.value for t in external_tensors(written) for e in t.external_data if e.key == "location"} == \
+        {"pruned.onnx.data"}
+    assert not any(p.key == "onnxdepth.external_dir" for p in written.metadata_props)  # no absolute paths leak
+    onnx.checker.check_model(str(out), full_check=True)
+    x = np.random.default_rng(1).uniform(size=(1, 3, 16, 16)).astype(np.float32)
+    assert _run(out, x)[0].shape == _run(external, x)[0].shape
+
+
+def test_ratio_zero_is_bit_identical(external, tmp_path):
+    out = tmp_path / "zero.onnx"
+    api.prune_file(external, out, PruneConfig(0.0))
+    x = np.random.default_rng(2).uniform(size=(1, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_array_equal(_run(out, x)[0], _run(external, x)[0])
+
+
+def test_same_pruned_weights_as_the_model_loaded_in_memory(external, tmp_path):
+    config = PruneConfig(0.3, importance="magnitude", compensate="none")
+    api.prune_file(external, tmp_path / "lazy.onnx", config)
+    in_memory = tmp_path / "plain.onnx"
+    onnx.save_model(graphs.build_residual(), str(in_memory))
+    api.prune_file(in_memory, tmp_path / "plain_out.onnx", config)
+    lazy = {t.name: onnx.numpy_helper.to_array(t, base_dir=str(tmp_path))
+            for t in onnx.load(str(tmp_path / "lazy.onnx"), load_external_data=False).graph.initializer}
+    plain = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "plain_out.onnx")).graph.initializer}
+    assert lazy.keys() == plain.keys()
+    for name in plain:
+        np.testing.assert_array_equal(lazy[name], plain[name])
+
+
+def test_a_failed_check_leaves_nothing(external, tmp_path):
+    model = load_model(external)
+
+    def refuse(path):
+        raise OutputWriteError("refused")
+
+    with pytest.raises(OutputWriteError):
+        save_model_atomic(model, tmp_path / "x.onnx", check=refuse)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "escaping"])
+def test_broken_external_data_is_a_clean_error(external, damage):
+    data = external.parent / "in.onnx.data"
+    if damage == "missing":
+        data.unlink()
+        match = "external data file missing"
+    elif damage == "truncated":
+        data.write_bytes(data.read_bytes()[:100])
+        match = "runs past the end"
+    else:
+        model = onnx.load(str(external), load_external_data=False)
+        for entry in model.graph.initializer[0].external_data:
+            if entry.key == "location":
+                entry.value = "../elsewhere.data"
+        onnx.save_model(model, str(external))
+        match = "leaves the model folder"
+    with pytest.raises(ModelLoadError, match=match):
+        load_model(external)
