@@ -36,7 +36,7 @@ from .importance import UNIT_METRICS, get_metric
 from .prune.session import PruneSession, Unit, UnitPlan
 from .scores import ScoreTable
 from .strategies import Selection, Strategy, strategy_for
-from .verify import verify_model
+from .verify import verify_model, written_file_check
 
 __all__ = ["PLAN_METADATA_KEY", "PruneResult", "cached_plan", "record_plan", "stored_plan", "importance_stage", "list_units", "plan_path_for",
            "prune_file", "prune_file_cached", "prune_model", "replay_file", "replay_plan", "score_model",
@@ -423,27 +423,10 @@ def plan_path_for(out: Path) -> Path:
 
 def _save(result: PruneResult, src, out: Path) -> PruneResult:
     result.plan["source"] = str(src)
-    check = _written_check(src, result.plan) if folder_of(result.model) is not None else None
+    check = written_file_check(src, result.plan) if folder_of(result.model) is not None else None
     save_model_atomic(result.model, out, check=check)
     write_json_atomic(plan_path_for(out), result.plan)
     return result
-
-
-def _written_check(src, plan: dict) -> Callable[[Path], None]:
-    """The check of a model written with external data, on its files before they are renamed into place:
-    the full checker reads the file, ONNX Runtime loads and runs it, the signature is SRC's (verify_model)."""
-    from .graph.external import mark_folder
-    from .graph.shapes import concrete_input_shapes
-
-    reference = onnx.load(str(src), load_external_data=False)
-    shapes = concrete_input_shapes(reference, plan.get("input_shapes"))
-
-    def check(path: Path) -> None:
-        written = onnx.load(str(path), load_external_data=False)
-        mark_folder(written, path.parent)
-        verify_model(written, reference, shapes, removed=set(plan.get("removed_graph_io") or []), path=path)
-
-    return check
 
 
 def prune_file(src: str | os.PathLike, out: str | os.PathLike, config: PruneConfig, *,

@@ -8,7 +8,7 @@ import onnx
 from .errors import ModelLoadError, VerificationError
 from .runtime import first_line, open_session, ort_errors
 
-__all__ = ["signature", "verify_model", "random_feeds", "run_model"]
+__all__ = ["signature", "verify_model", "random_feeds", "run_model", "written_file_check"]
 
 _NP_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
              onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.INT64: np.int64,
@@ -93,3 +93,21 @@ def _declared_static(model: onnx.ModelProto) -> dict:
         if dims and all(d.HasField("dim_value") for d in dims):
             shapes[v.name] = tuple(d.dim_value for d in dims)
     return shapes
+
+
+def written_file_check(src, plan: dict):
+    """The check of a pruned model written with external data, run on its files before they are renamed into
+    place (`graph.io.save_model_atomic`): the full checker reads the file, ONNX Runtime loads and runs it, the
+    signature is SRC's less PLAN's removed cache entries."""
+    from .graph.external import mark_folder
+    from .graph.shapes import concrete_input_shapes
+
+    reference = onnx.load(str(src), load_external_data=False)
+    shapes = concrete_input_shapes(reference, plan.get("input_shapes"))
+
+    def check(path) -> None:
+        written = onnx.load(str(path), load_external_data=False)
+        mark_folder(written, path.parent)
+        verify_model(written, reference, shapes, removed=set(plan.get("removed_graph_io") or []), path=path)
+
+    return check
