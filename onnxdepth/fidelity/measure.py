@@ -34,9 +34,12 @@ _CHUNK_ROWS = 256
 def measure_fidelity(pruned, reference, held_out: HeldOut, *, threads: int | None = None) -> dict:
     """The fidelity of PRUNED against REFERENCE (paths, ModelProtos or sessions) on HELD_OUT's feeds."""
     started = time.perf_counter()
-    sessions = [open_session(m, threads=threads) for m in (pruned, reference)]
-    measure = {"lm": _lm, "detector": _detector, "rec": _recognizer, "det": _text_boxes}.get(held_out.kind, _outputs)
-    values = measure(sessions[0], sessions[1], held_out.feeds)
+    if held_out.kind == "lm":
+        values = _lm(pruned, reference, held_out.feeds, threads)
+    else:
+        sessions = [open_session(m, threads=threads) for m in (pruned, reference)]
+        measure = {"detector": _detector, "rec": _recognizer, "det": _text_boxes}.get(held_out.kind, _outputs)
+        values = measure(sessions[0], sessions[1], held_out.feeds)
     metric = HEADLINES.get(held_out.kind, _FALLBACK_HEADLINE)
     value = values[metric]
     return {"kind": held_out.kind, "metric": metric, "value": value,
@@ -50,11 +53,18 @@ def _feeds_for(session, feeds: dict) -> dict:
     return {k: v for k, v in feeds.items() if k in names}
 
 
-def _lm(pruned, reference, feeds: list[dict]) -> dict:
-    """Top-1 agreement and mean KL(reference || pruned) of the next-token distributions, over every position."""
+def _lm(pruned, reference, feeds: list[dict], threads: int | None) -> dict:
+    """Top-1 agreement and mean KL(reference || pruned) of the next-token distributions, over every position.
+
+    The reference runs first on every feed and is closed before the pruned model opens, so the two models'
+    weights are never in memory together (an LM's logits on the held-out windows are far smaller)."""
+    session = open_session(reference, threads=threads)
+    expected = [session.run(["logits"], _feeds_for(session, feed))[0] for feed in feeds]
+    del session
+    session = open_session(pruned, threads=threads)
     agree, kl_sum, count = 0, 0.0, 0
-    for feed in feeds:
-        logits = [s.run(["logits"], _feeds_for(s, feed))[0] for s in (pruned, reference)]
+    for feed, reference_logits in zip(feeds, expected):
+        logits = [session.run(["logits"], _feeds_for(session, feed))[0], reference_logits]
         # [batch, positions, vocabulary] -> one row per position.
         rows = [l.reshape(-1, l.shape[-1]) for l in logits]
         agree += int(np.sum(rows[0].argmax(axis=1) == rows[1].argmax(axis=1)))
