@@ -55,6 +55,19 @@ def save_tiny_bert(path: Path, *, seed: int = 0, vocab: int = 128, hidden: int =
     return path
 
 
+def save_tiny_gpt2(path: Path, *, seed: int = 0, vocab: int = 128, hidden: int = 64, layers: int = 4,
+                   heads: int = 4) -> Path:
+    """A tiny random GPT2LMHeadModel: fused QKV (one c_attn projection split three ways), Conv1D-style
+    Gemms on flattened rows."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=vocab, n_positions=128, n_embd=hidden, n_layer=layers, n_head=heads)
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(cfg).eval().save_pretrained(path)
+    return path
+
+
 def decoder_feed(input_ids: np.ndarray, past: int = 0) -> dict[str, np.ndarray]:
     """input_ids / attention_mask / position_ids of an optimum decoder export for one step."""
     input_ids = np.asarray(input_ids, dtype=np.int64).reshape(1, -1)

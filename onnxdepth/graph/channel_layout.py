@@ -58,6 +58,9 @@ def visit_reshape(ctx: RuleContext, node: gs.Node) -> None:
         return
     in_dims, out_dims = ctx.dims(node.inputs[0]), ctx.dims(node.outputs[0])
     reason = f"{node.op} {node.name} merges or splits the channel axis"
+    if node.op == "Reshape" and const_value(node.inputs[1]) is None and _keeps_last_axis(ctx, node, info):
+        ctx.set_axis(node.outputs[0], -1, info.classes)  # the channels stay the last axis
+        return
     if in_dims is None or out_dims is None or None in in_dims or None in out_dims:
         ctx.block(info.classes, f"{node.op} {node.name} has shapes that cannot be proven")
         return
@@ -86,6 +89,56 @@ def visit_reshape(ctx: RuleContext, node: gs.Node) -> None:
         if entry > 0:
             ctx.a.sites.append(Site("shape", node, 1, match, info.classes))
     ctx.set_axis(node.outputs[0], match - len(out_dims), info.classes)  # as a negative axis
+
+
+def _shape_entry(tensor: gs.Tensor) -> tuple[gs.Tensor, int] | None:
+    """(T, i) when TENSOR is one entry of T's runtime shape: Unsqueeze(Gather(Shape(T), i)) or
+    Unsqueeze(Squeeze(Slice(Shape(T), i, i + 1 or past the end))); None for anything else."""
+    node = tensor.inputs[0] if len(tensor.inputs) == 1 else None
+    if node is None or node.op != "Unsqueeze":
+        return None
+    inner = node.inputs[0].inputs[0] if node.inputs[0].inputs else None
+    if inner is not None and inner.op == "Squeeze":
+        inner = inner.inputs[0].inputs[0] if inner.inputs[0].inputs else None
+        if inner is None or inner.op != "Slice" or len(inner.inputs) < 3:
+            return None
+        start = const_value(inner.inputs[1])
+        index = None if start is None or start.size != 1 else int(start.ravel()[0])
+    elif inner is not None and inner.op == "Gather":
+        value = const_value(inner.inputs[1])
+        index = None if value is None or value.size != 1 else int(value.ravel()[0])
+    else:
+        return None
+    shape = inner.inputs[0].inputs[0] if inner.inputs[0].inputs else None
+    if index is None or shape is None or shape.op != "Shape" or shape.attrs.get("start") or shape.attrs.get("end"):
+        return None
+    return shape.inputs[0], index
+
+
+def _keeps_last_axis(ctx: RuleContext, node: gs.Node, info) -> bool:
+    """True for a Reshape of a tensor whose channels are its last axis to a shape computed as a Concat whose
+    last entry is the channel count (a constant, recorded as a site, or the input's own last dim at run time)
+    and whose other entries never read the input's last dim: the flatten / unflatten around a Conv1D-style
+    Gemm (GPT-2's `x.view(-1, x.size(-1))` and `x.view(*leading, nf)`)."""
+    concat = node.inputs[1].inputs[0] if node.inputs[1].inputs else None
+    rank = ctx.rank(node.inputs[0])
+    if info.axis != -1 or concat is None or concat.op != "Concat" or rank is None or not concat.inputs:
+        return False
+    *leading, last = concat.inputs
+    for entry in leading:  # a constant, or a leading dim of some tensor's shape (never the input's last dim)
+        if const_value(entry) is not None:
+            continue
+        found = _shape_entry(entry)
+        if found is None or (found[0] is node.inputs[0] and found[1] % rank == rank - 1):
+            return False
+    value = const_value(last)
+    if value is not None:
+        if value.size != 1 or int(value.ravel()[0]) != info.size:
+            return False
+        ctx.a.sites.append(Site("shape", concat, len(concat.inputs) - 1, 0, info.classes))
+        return True
+    found = _shape_entry(last)
+    return found is not None and found[0] is node.inputs[0] and found[1] % rank == rank - 1
 
 
 def visit_reduce(ctx: RuleContext, node: gs.Node) -> None:

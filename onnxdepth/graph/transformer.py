@@ -131,8 +131,26 @@ def find_attention_blocks(graph: gs.Graph) -> list[AttentionBlock]:
             if const_value(other) is not None:
                 region.append(add)
                 output = add.outputs[0]
-        blocks.append(AttentionBlock(q, k, v, o, region, q.inputs[0], output, softmax))
+        block_input, output = _rows_layout(q, output, region)
+        blocks.append(AttentionBlock(q, k, v, o, region, block_input, output, softmax))
     return blocks
+
+
+def _rows_layout(q: gs.Node, output: gs.Tensor, region: list[gs.Node]) -> tuple[gs.Tensor, gs.Tensor]:
+    """The block's input and output. A Conv1D-style export (GPT-2: `x.view(-1, C)`, Gemm, `view(*lead, C')`)
+    flattens the hidden states into rows before the (fused) Q/K/V projection and unflattens after the O
+    projection, the unflatten's shape read off tensors inside the block: both Reshapes then belong to the
+    block (added to REGION), so that the pruned block is an identity between tensors of the same shape and
+    nothing outside it reads a removed tensor."""
+    flatten = q.inputs[0].inputs[0] if len(q.inputs[0].inputs) == 1 else None
+    unflatten = output.outputs[0] if len(output.outputs) == 1 else None
+    if (flatten is None or unflatten is None or flatten.op != "Reshape" or unflatten.op != "Reshape"
+            or unflatten.inputs[0] is not output or const_value(unflatten.inputs[1]) is not None
+            or any(c.op not in ("Gemm", "MatMul") for c in q.inputs[0].outputs)):
+        return q.inputs[0], output
+    region.insert(0, flatten)
+    region.append(unflatten)
+    return flatten.inputs[0], unflatten.outputs[0]
 
 
 def _region(sources: list[gs.Node], sink: gs.Node) -> list[gs.Node]:
