@@ -21,6 +21,8 @@ import onnx
 
 from . import __version__
 from .config import AUTO, Calibration, PruneConfig
+from .distributed import check_distributable, pool_for
+from .scoring import score_units
 
 #: The options `auto` can stand for (resolved per model by `onnxdepth.defaults`).
 AUTO_OPTIONS = ("importance", "granularity", "compensate")
@@ -109,52 +111,18 @@ def units_summary(units: list[Unit]) -> dict:
 
 
 # -- stage 2: importance -------------------------------------------------------------------------------------
-def score_units(model: onnx.ModelProto, session: PruneSession, importance: str, calibration: Calibration, *,
-                writers: list | None = None, refit: bool = False) -> ScoreTable:
-    """Unit scores of a data-driven metric on calibration data (angular: block-local, Eq. 3.11;
-    cross_entropy: next-token distribution change, Sec. 4.3). Block granularity with angular importance
-    also measures every contiguous run of layers (Gromov et al.'s selection); given the stream WRITERS
-    (least-squares compensation), a run's distance is the one left after its fit, on held-out windows."""
-    if not session.layers:
-        from .compensate.images import is_image_model
-
-        if importance == "angular" and is_image_model(session):
-            from .importance.output_damage import output_damage_scores
-
-            return ScoreTable(output_damage_scores(model, session, calibration, refit=refit))
-        raise InvalidArgumentError(f"--importance {importance}: needs a transformer, or for angular a model with one "
-                                   "[1, 3, H, W] image input (no attention block found)")
-    tokens = calibration.tokens(f"--importance {importance}")
-    if importance == "cross_entropy":
-        from .importance.cross_entropy import cross_entropy_scores
-
-        return ScoreTable(cross_entropy_scores(model, session, tokens))
-    from .importance.angular import angular_scores, run_distances
-
-    if session.granularity == "block":
-        # Block scores and Gromov's contiguous runs both come from the layer-boundary cache alone.
-        from .compensate import is_postnorm
-
-        if writers and not is_postnorm(writers):
-            from .compensate.runs import fitted_run_table
-
-            table = fitted_run_table(model, writers, tokens, calibration.held_out_tokens())
-        else:
-            table = run_distances(model, session, tokens)
-        return ScoreTable.from_layer_runs(table)
-    return ScoreTable(angular_scores(model, session, tokens))
-
-
 def importance_stage(model: onnx.ModelProto, session: PruneSession, config: PruneConfig, strategy: Strategy,
                      scores: ScoreTable | None, writers: list) -> ScoreTable | None:
     """Scores for STRATEGY: a given table, a data-driven metric's table, or None when the plans' own
     per-parameter scores are used (magnitude; Taylor attached to SESSION; Taylor on CNNs is re-scored by the
     iterative strategy after each step)."""
+    check_distributable(config, session)
     if scores is not None or strategy.scores_itself:
         return scores
     if config.importance in UNIT_METRICS:
-        return score_units(model, session, config.importance, config.calibration, writers=writers,
-                           refit=chain_refits(session, config.compensate))
+        with pool_for(config, session) as pool:
+            return score_units(model, session, config.importance, config.calibration, writers=writers,
+                               refit=chain_refits(session, config.compensate), pool=pool)
     if config.importance == "taylor" and session.layers:
         from .importance.taylor_calibration import attach_lm_taylor
 
@@ -223,12 +191,14 @@ def score_model(model: onnx.ModelProto, config: PruneConfig) -> ScoreTable:
     """`onnxdepth score`: every prunable unit's importance under CONFIG, on the unpruned model."""
     asked_fit = config.compensate == "lstsq"  # asked for, not resolved from auto (that stays one damage)
     session, config = new_session(model, config)
+    check_distributable(config, session)
     if asked_fit and (session.granularity != "block" or config.importance != "angular"):
         raise InvalidArgumentError("score --compensate lstsq: not yet supported here (the damage after the fit is "
                                    "measured for --granularity block --importance angular on a pre-norm "
                                    "transformer)")
     if config.importance in UNIT_METRICS:
-        table = score_units(model, session, config.importance, config.calibration)
+        with pool_for(config, session) as pool:
+            table = score_units(model, session, config.importance, config.calibration, pool=pool)
         if asked_fit:
             table.after_fit = _damage_after_fit(model, session, config)
         return table

@@ -161,6 +161,9 @@ class PruneConfig:
     profile_threads: int = 1
     profile_runs: int = 10
     head: str = "branches"
+    #: Block-local scoring on Ray (`onnxdepth.distributed`): a local runtime of WORKERS CPUs, or a cluster.
+    workers: int | None = None
+    ray_address: str | None = None
     #: The options as asked, before `onnxdepth.defaults` resolved `auto` (set by it; the plan's `requested`).
     requested: dict | None = field(default=None, compare=False, repr=False)
 
@@ -179,6 +182,7 @@ class PruneConfig:
         _one_of("--search-space", self.search_space, SEARCH_SPACES)
         _at_least_one("--rescore-every", self.rescore_every)
         _at_least_one("--shortlist", self.shortlist)
+        _at_least_one("--workers", self.workers)
         _one_of("--objective", self.objective, OBJECTIVES)
         _one_of("--head", self.head, HEADS)
         self._check_latency()
@@ -209,7 +213,7 @@ class PruneConfig:
 
     def to_json(self) -> dict:
         record = {f.name: getattr(self, f.name) for f in fields(self)
-                  if f.name not in ("calibration", "verify", "fidelity", "requested")}
+                  if f.name not in ("calibration", "verify", "fidelity", "requested", "workers", "ray_address")}
         if self.requested is not None:
             record["requested"] = dict(self.requested)
         record["calibration"] = self.calibration.to_json()

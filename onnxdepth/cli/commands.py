@@ -68,7 +68,8 @@ def _prune_config(args, ratio: float):
     from ..config import PruneConfig
 
     selection = {name: getattr(args, name) for name in ("ordering", "ranking", "rescore_every", "shortlist",
-                                                        "block_choice", "compensate", *_LATENCY_FLAGS)
+                                                        "block_choice", "compensate", "workers", "ray_address",
+                                                        *_LATENCY_FLAGS)
                  if hasattr(args, name)}
     return PruneConfig(ratio=ratio, importance=args.importance, granularity=args.granularity,
                        search_space=args.search_space, exclude=args.exclude,

@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--calib-sequences", type=int, default=32, help="calibration sequences (default 32)")
         p.add_argument("--calib-length", type=int, default=128, help="tokens per sequence (default 128)")
 
+    def distribution(p):
+        p.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="score layers as jobs on a local Ray runtime with N worker CPUs (angular importance, "
+                            "fine / sublayer; pip install 'onnxdepth[ray]')")
+        p.add_argument("--ray-address", default=None, metavar="ADDR",
+                       help="score layers on the existing Ray cluster at ADDR (e.g. ray://head:10001 or auto)")
+
     p = sub.add_parser("units", help="list pruning units and why some are excluded")
     p.add_argument("model")
     p.add_argument("--json", action="store_true")
@@ -107,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--granularity block with angular importance: Gromov et al.'s most similar contiguous "
                         "run of layers (default) or a plain ranking of single layers")
     calibration(p)
+    distribution(p)
     latency(p)
     p.add_argument("--json", action="store_true")
     common(p, auto=True)
@@ -226,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "granularity, angular importance)")
     common(p)
     calibration(p)
+    distribution(p)
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("export", help="export a framework model to ONNX")

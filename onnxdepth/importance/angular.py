@@ -138,7 +138,8 @@ def cache_layers(model: onnx.ModelProto, boundaries: list[tuple[str, str]], toke
 
 def angular_scores(model: onnx.ModelProto, session, tokens: np.ndarray, *, batch_size: int = 8,
                    threads: int | None = None, progress: bool = True) -> dict[str, float]:
-    """Angular importance of every unit of SESSION (its granularity), block-locally."""
+    """Angular importance of every unit of SESSION (its granularity), block-locally (`layer_jobs`: the same on
+    Ray)."""
     if not session.layers:
         raise UnsupportedModelError("angular importance needs a transformer (no attention block found)")
     started = time.perf_counter()
