@@ -204,3 +204,29 @@ def test_units_does_not_modify_the_model(name):
     before = model.SerializeToString()
     PruneSession(model).units()
     assert model.SerializeToString() == before
+
+
+# -- symbolic dimension expressions (never evaluated as Python) -------------------------------------------------
+@pytest.mark.parametrize("text, expected", [("past_sequence_length + sequence_length", 128), ("2*batch", 2),
+                                            ("seq - 1", 63), ("9**9**9**9", None), ("(seq)", None),
+                                            ("__import__('os')", None), ("99999999999 * 99999999999", None),
+                                            ("seq - seq", None), ("x" * 300, None)])
+def test_dim_expressions_are_parsed_with_bounds(text, expected):
+    from onnxdepth.graph.shapes import dim_expression
+
+    assert dim_expression(text, {"batch": 1, "seq": 64}) == expected
+
+
+def test_a_huge_dim_expression_is_refused_quickly(cli, save_model):
+    import time
+
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["9**9**9**9", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    path = save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), "huge.onnx")
+    started = time.perf_counter()
+    code, _, err = cli("units", path)
+    assert time.perf_counter() - started < 10
+    assert code in (0, 1) and "Traceback" not in err

@@ -49,10 +49,13 @@ def concrete_input_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int
                 dims.append(d.dim_value)
             elif d.dim_param and d.dim_param in values:
                 dims.append(values[d.dim_param])
-            elif d.dim_param and _EXPR.fullmatch(d.dim_param):
-                expr = _NAME.sub(lambda match: str(values.get(match.group(0), DEFAULT_DYNAMIC_SIZE)), d.dim_param)
-                dims.append(int(eval(expr, {"__builtins__": {}}, {})))  # digits and + - * only (checked)
+            elif d.dim_param and (size := dim_expression(d.dim_param, values)) is not None:
+                dims.append(size)
             else:
+                if d.dim_param and not _NAME.fullmatch(d.dim_param):
+                    logger.warning("input %s: dimension %r is not a sum of products of names and integers within "
+                                   "bounds; using %d", value.name, d.dim_param[:60],
+                                   1 if k == 0 else DEFAULT_DYNAMIC_SIZE)
                 dims.append(1 if k == 0 else DEFAULT_DYNAMIC_SIZE)
         shapes[value.name] = tuple(dims)
     return shapes
@@ -78,7 +81,46 @@ def _declared_image_dims(model: onnx.ModelProto, inputs: list) -> dict[str, int]
 
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
-_EXPR = re.compile(r"[A-Za-z0-9_. +*-]+")
+#: One token of a dimension expression: an integer (at most 12 digits), a dim name, or an operator.
+_TOKEN = re.compile(r"\s*(?:(\d{1,12})|([A-Za-z_][A-Za-z0-9_.]*)|([+*-]))")
+#: Largest dimension an expression may evaluate to (and bound of every intermediate product).
+MAX_DIM = 1 << 31
+#: Longest expression parsed (a model file could hold megabytes there).
+MAX_EXPRESSION = 200
+
+
+def dim_expression(text: str, values: dict[str, int]) -> int | None:
+    """The value of a symbolic dimension such as "past_sequence_length + sequence_length" or "2*batch", names
+    taken from VALUES (else DEFAULT_DYNAMIC_SIZE): sums and differences of products of names and integers,
+    nothing else (no powers, no parentheses). None when TEXT is not such an expression, is too long, or any
+    product or the result leaves [1, MAX_DIM]. Parsed by hand: nothing from a model file is ever evaluated."""
+    if len(text) > MAX_EXPRESSION:
+        return None
+    tokens, position = [], 0
+    while position < len(text.rstrip()):
+        match = _TOKEN.match(text, position)
+        if match is None:
+            return None
+        number, name, operator = match.groups()
+        tokens.append(int(number) if number else (values.get(name, DEFAULT_DYNAMIC_SIZE) if name else operator))
+        position = match.end()
+    total, sign, product, expect_factor = 0, 1, 1, True
+    for token in tokens + ["+"]:
+        if expect_factor:
+            if isinstance(token, str):
+                return None  # an operator where a name or an integer must be (e.g. "9**9")
+            product *= token
+            if product > MAX_DIM:
+                return None
+            expect_factor = False
+        elif token == "*":
+            expect_factor = True
+        else:  # "+" or "-" closes a term
+            total += sign * product
+            if abs(total) > MAX_DIM:
+                return None
+            sign, product, expect_factor = (1 if token == "+" else -1), 1, True
+    return total if 1 <= total <= MAX_DIM else None
 
 
 def infer_static_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple]:
