@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InvalidArgumentError
+from .graph.external import model_bytes
 from .graph.io import load_model
 from .graph.shapes import concrete_input_shapes
 from .params import count_params_proto
@@ -153,7 +154,7 @@ def bench_models(paths: list[str], *, runs: int = 20, warmup: int = 3, threads: 
         if not feeds:
             raise InvalidArgumentError("--data: the arrays are empty")
         runners.append(_Runner(session, feeds, device))
-        rows.append(BenchRow(str(path), count_params_proto(model), Path(path).stat().st_size / 1e6, rss, 0.0, 0.0,
+        rows.append(BenchRow(str(path), count_params_proto(model), model_bytes(path, model) / 1e6, rss, 0.0, 0.0,
                              runs, batches=len(feeds)))
     for row, runner in zip(rows, runners):
         before = _rss_mb()

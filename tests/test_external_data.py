@@ -120,3 +120,11 @@ def test_broken_external_data_is_a_clean_error(external, damage):
         match = "leaves the model folder"
     with pytest.raises(ModelLoadError, match=match):
         load_model(external)
+
+
+def test_bench_counts_the_external_data_in_the_file_size(external):
+    from onnxdepth.bench import bench_models
+
+    row = bench_models([str(external)], runs=1, warmup=0)[0]
+    total = sum(p.stat().st_size for p in external.parent.iterdir())
+    assert row.file_mb == pytest.approx(total / 1e6)

@@ -29,7 +29,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from ..errors import ModelLoadError
 
-__all__ = ["EXTERNAL_DIR_KEY", "ExternalValues", "external_info", "external_tensors", "folder_of", "has_external",
+__all__ = ["EXTERNAL_DIR_KEY", "model_bytes", "ExternalValues", "external_info", "external_tensors", "folder_of", "has_external",
            "mark_folder", "read_tensor", "swap_external_values", "unmark"]
 
 #: Metadata key holding the absolute folder a lazily loaded model's external data names are relative to.
@@ -152,3 +152,10 @@ def swap_external_values(graph, folder: str) -> None:
         values = getattr(tensor, "_values", None)
         if isinstance(values, LazyValues) and not isinstance(values, ExternalValues) and has_external(values.tensor):
             tensor._values = ExternalValues(values.tensor, folder)
+
+
+def model_bytes(path: str | os.PathLike, model: onnx.ModelProto) -> int:
+    """Bytes of the model file at PATH plus every distinct external data file its initializers refer to."""
+    path = Path(path)
+    files = {resolve(str(path.parent), external_info(t)[0], t.name) for t in external_tensors(model)}
+    return path.stat().st_size + sum(f.stat().st_size for f in files if f.is_file())
