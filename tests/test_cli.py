@@ -343,3 +343,22 @@ def test_plan_replay_errors(cli, model_path, tmp):
     code, _, err = cli("prune", model_path, tmp / "o.onnx")
     assert code == 1 and "--ratio" in err
     assert not (tmp / "o.onnx").exists()
+
+
+def test_timeout_stops_with_exit_124_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    import onnx
+
+    # A model big enough that a prune takes longer than the timeout: a deep residual CNN.
+    from graphs import build_residual
+
+    src = tmp_path / "in.onnx"
+    onnx.save_model(build_residual(), str(src))
+    out = tmp_path / "out.onnx"
+    run = subprocess.run([sys.executable, "-m", "onnxdepth.cli", "--timeout", "0.05", "prune", str(src), str(out),
+                          "--ratio", "0.3", "--importance", "angular"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 124, run.stderr
+    assert "--timeout 0.05: stopped" in run.stderr and "Traceback" not in run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx"]

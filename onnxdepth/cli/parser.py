@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onnxdepth", description="Fine-grained depth pruning of ONNX models.")
     parser.add_argument("--version", action="version", version=f"onnxdepth {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="stop after SECONDS with exit code 124 and nothing written (for pipelines)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p, auto: bool = False):
