@@ -241,7 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a framework model to ONNX")
     p.add_argument("source", choices=["ultralytics", "hf"], help="exporter")
-    p.add_argument("src", help="ultralytics: bundled yaml (yolov5s.yaml) or .pt; hf: model directory or .gguf")
+    p.add_argument("src", help="ultralytics: bundled yaml (yolov5s.yaml) or .pt; hf: model directory or .gguf. "
+                               "A .pt checkpoint is unpickled by ultralytics (torch.load without weights_only: it "
+                               "stores whole modules), which can run code from the file: export only checkpoints "
+                               "you trust")
     p.add_argument("out", help="ultralytics: output .onnx; hf: output directory (model.onnx + tokenizer/config)")
     p.add_argument("--imgsz", type=int, default=640, help="ultralytics: image size")
     p.add_argument("--task", default="text-generation",
