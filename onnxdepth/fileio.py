@@ -6,14 +6,82 @@ a half-written file, and no temporary file behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 from .errors import OutputWriteError
 
-__all__ = ["write_atomic", "write_json_atomic"]
+__all__ = ["COMMIT", "clean_stale", "remove_temporaries", "temp_prefix", "temporary", "write_atomic",
+           "write_json_atomic"]
+
+#: Held while temporaries are renamed into place: an expiring --timeout waits for it, so a commit is whole.
+COMMIT = threading.RLock()
+#: This process's temporaries now on disk (files or folders), removed by `remove_temporaries` on an expiry.
+_TEMPORARIES: set[Path] = set()
+
+
+@contextlib.contextmanager
+def temporary(path: str | os.PathLike):
+    """Register PATH as one of this process's temporaries while the block runs."""
+    path = Path(path)
+    _TEMPORARIES.add(path)
+    try:
+        yield path
+    finally:
+        _TEMPORARIES.discard(path)
+
+
+def remove_temporaries() -> None:
+    """Delete every registered temporary (the --timeout watchdog calls it before ending the process)."""
+    import shutil
+
+    for path in list(_TEMPORARIES):
+        try:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        except OSError:
+            pass
+
+
+def temp_prefix(path: str | os.PathLike) -> str:
+    """The name prefix of this process's temporaries for PATH: hidden, PATH's name, then our PID (so that a
+    later run can tell a killed run's leftovers from a running one's)."""
+    return f".{Path(path).name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def clean_stale(path: str | os.PathLike) -> None:
+    """Remove temporaries for PATH left by runs that no longer exist (killed before they could clean up);
+    those of running processes are left alone."""
+    import shutil
+
+    path = Path(path)
+    stem = f".{path.name}."
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        rest = entry.name[len(stem):] if entry.name.startswith(stem) else ""
+        pid = rest.split(".", 1)[0]
+        if not pid.isdigit() or not entry.name.endswith((".tmp", ".probe")) or _alive(int(pid)):
+            continue
+        try:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        except OSError:
+            pass  # gone meanwhile, or not ours to remove
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
@@ -22,14 +90,17 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     payload = data.encode("utf-8") if isinstance(data, str) else data
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        umask = os.umask(0)  # mkstemp creates 0600; give the file what open() would have
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-        tmp = None
+        clean_stale(path)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
+        with temporary(tmp):
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(payload)
+            umask = os.umask(0)  # mkstemp creates 0600; give the file what open() would have
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            with COMMIT:
+                os.replace(tmp, path)
+            tmp = None
     except OSError as exc:
         raise OutputWriteError(f"{path}: cannot write ({exc.strerror or exc})") from exc
     finally:  # also on KeyboardInterrupt: no temporary file is left behind

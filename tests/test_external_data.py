@@ -128,3 +128,21 @@ def test_bench_counts_the_external_data_in_the_file_size(external):
     row = bench_models([str(external)], runs=1, warmup=0)[0]
     total = sum(p.stat().st_size for p in external.parent.iterdir())
     assert row.file_mb == pytest.approx(total / 1e6)
+
+
+def test_a_killed_runs_temporaries_are_cleaned_by_the_next_run(external, tmp_path):
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a PID that no longer runs
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    stale = [out_dir / f".pruned.onnx.{dead.pid}.abc.tmp", out_dir / f".pruned.plan.json.{dead.pid}.x.tmp"]
+    stale[0].mkdir()
+    (stale[0] / "pruned.onnx.data").write_bytes(b"half")
+    stale[1].write_text("{")
+    alive = out_dir / f".pruned.onnx.{os.getpid()}.def.tmp"  # a running process's: left alone
+    alive.write_text("busy")
+    api.prune_file(external, out_dir / "pruned.onnx", PruneConfig(0.3, importance="magnitude"))
+    assert not any(p.exists() for p in stale) and alive.exists()
+    assert {"pruned.onnx", "pruned.onnx.data", "pruned.plan.json"} <= set(os.listdir(out_dir))

@@ -7,8 +7,9 @@ cause chain, and for an internal error the traceback.
 from __future__ import annotations
 
 import logging
-import signal
+import os
 import sys
+import threading
 
 from ..errors import OnnxDepthError, RatioUnreachableError
 from .parser import build_parser
@@ -30,41 +31,43 @@ def _print_causes(exc: BaseException) -> None:
         cause = cause.__cause__ or cause.__context__
 
 
-class Expired(BaseException):
-    """--timeout passed. A BaseException, so that no `except Exception` on the way turns it into another error."""
-
-
-def _arm_timeout(seconds: float | None, parser) -> None:
-    """--timeout: raise Expired in the main thread once SECONDS have passed (a pending ONNX Runtime call
-    finishes first). The atomic writers remove their temporaries on the way out."""
+def _arm_timeout(seconds: float | None, parser):
+    """--timeout: a watchdog thread that, once SECONDS have passed, removes this process's temporaries, says so
+    and ends the process with EXIT_TIMEOUT. It never interrupts a commit (the renames of a finished output
+    hold `fileio.COMMIT`), and it raises nothing into the main thread, which may be inside native code (an
+    exception raised there by a signal handler can abort the interpreter)."""
     if seconds is None:
-        return
+        return None
     if not seconds > 0:
         parser.error(f"--timeout {seconds:g}: must be positive")
+    from ..fileio import COMMIT, remove_temporaries
 
-    def expire(signum, frame):
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        raise Expired(f"--timeout {seconds:g}: stopped after {seconds:g} s; no output written")
+    def expire() -> None:
+        with COMMIT:
+            remove_temporaries()
+            sys.stderr.write(f"onnxdepth: error: --timeout {seconds:g}: stopped after {seconds:g} s; no output "
+                             "written\n")
+            sys.stderr.flush()
+            os._exit(EXIT_TIMEOUT)
 
-    signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    watchdog = threading.Timer(seconds, expire)
+    watchdog.daemon = True
+    watchdog.start()
+    return watchdog
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    watchdog = _arm_timeout(args.timeout, parser)
     try:
-        _arm_timeout(args.timeout, parser)
         return args.func(args)
     except OnnxDepthError as exc:
         print(f"onnxdepth: error: {exc}", file=sys.stderr)
         if args.verbose:
             _print_causes(exc)
         return EXIT_UNREACHABLE if isinstance(exc, RatioUnreachableError) else EXIT_ERROR
-    except Expired as exc:
-        print(f"onnxdepth: error: {exc}", file=sys.stderr)
-        return EXIT_TIMEOUT
     except KeyboardInterrupt:
         print("onnxdepth: interrupted; no output written", file=sys.stderr)
         return 130
@@ -74,5 +77,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"onnxdepth: internal error: {type(exc).__name__}: {exc} (rerun with -v for details)", file=sys.stderr)
         return EXIT_ERROR
     finally:
-        if args.timeout is not None:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+        if watchdog is not None:
+            watchdog.cancel()

@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Iterator
 
 from onnxdepth.errors import ExportError, InvalidArgumentError, OutputWriteError
+from onnxdepth.fileio import _TEMPORARIES, clean_stale, temp_prefix
 from onnxdepth.runtime import first_line
 
 __all__ = ["export_hf", "TASKS"]
@@ -255,7 +256,9 @@ def export_hf(
     main_export = _import_libs()
 
     try:
-        work = pathlib.Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", suffix=".tmp", dir=outdir.parent))
+        clean_stale(outdir)
+        work = pathlib.Path(tempfile.mkdtemp(prefix=temp_prefix(outdir), suffix=".tmp", dir=outdir.parent))
+        _TEMPORARIES.add(work)  # removed by an expiring --timeout too
     except OSError as exc:
         raise OutputWriteError(f"cannot write to {outdir.parent}: {_first_line(exc)}") from exc
     try:
@@ -295,4 +298,5 @@ def export_hf(
             raise OutputWriteError(f"cannot write {outdir}: {_first_line(exc)}") from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        _TEMPORARIES.discard(work)
     return outdir / "model.onnx"

@@ -12,6 +12,7 @@ from typing import Callable
 import onnx
 
 from ..errors import ModelLoadError, OutputWriteError
+from ..fileio import COMMIT, clean_stale, temp_prefix, temporary
 from .external import check_external, external_info, external_tensors, folder_of, has_external, mark_folder, resolve, unmark
 
 __all__ = ["load_model", "save_model_atomic", "check_output_path"]
@@ -102,8 +103,9 @@ def check_output_path(out: str | os.PathLike, src: str | os.PathLike | None = No
         raise OutputWriteError(f"{out}: directory {parent} is not writable")
     if out.is_dir():
         raise OutputWriteError(f"{out}: is a directory")
+    clean_stale(out)  # a killed run's leftovers (a running one's are left alone)
     try:  # os.access says yes to root everywhere; only creating a file proves the directory writable
-        with tempfile.NamedTemporaryFile(prefix=f".{out.name}.", suffix=".probe", dir=parent):
+        with tempfile.NamedTemporaryFile(prefix=temp_prefix(out), suffix=".probe", dir=parent):
             pass
     except OSError as exc:
         raise OutputWriteError(f"{out}: directory {parent} is not writable ({exc.strerror or exc})") from exc
@@ -122,14 +124,16 @@ def save_model_atomic(model: onnx.ModelProto, out: str | os.PathLike,
         return _save_external(model, out, check)
     tmp = None
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(out), suffix=".tmp", dir=out.parent)
         os.close(fd)
         tmp = Path(tmp_name)
-        onnx.save_model(model, str(tmp))
-        if check is not None:
-            check(tmp)
-        _usual_mode(tmp)
-        os.replace(tmp, out)
+        with temporary(tmp):
+            onnx.save_model(model, str(tmp))
+            if check is not None:
+                check(tmp)
+            _usual_mode(tmp)
+            with COMMIT:
+                os.replace(tmp, out)
     except OSError as exc:
         raise OutputWriteError(f"{out}: cannot write ({exc.strerror or exc})") from exc
     finally:
@@ -161,19 +165,21 @@ def _save_external(model: onnx.ModelProto, out: Path, check: Callable[[Path], No
     not usable)."""
     data_name = out.name + ".data"
     source = folder_of(model)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    work = Path(tempfile.mkdtemp(prefix=temp_prefix(out), suffix=".tmp", dir=out.parent))
     try:
-        with open(work / data_name, "wb") as data:
-            for tensor in model.graph.initializer:
-                _write_tensor(tensor, data, source, data_name)
-        unmark(model)
-        onnx.save_model(model, str(work / out.name))
-        if check is not None:
-            check(work / out.name)
-        for name in (data_name, out.name):
-            _usual_mode(work / name)
-        os.replace(work / data_name, out.parent / data_name)
-        os.replace(work / out.name, out)
+        with temporary(work):
+            with open(work / data_name, "wb") as data:
+                for tensor in model.graph.initializer:
+                    _write_tensor(tensor, data, source, data_name)
+            unmark(model)
+            onnx.save_model(model, str(work / out.name))
+            if check is not None:
+                check(work / out.name)
+            for name in (data_name, out.name):
+                _usual_mode(work / name)
+            with COMMIT:  # both renames, or (a --timeout expiring meanwhile) neither
+                os.replace(work / data_name, out.parent / data_name)
+                os.replace(work / out.name, out)
     except OSError as exc:
         raise OutputWriteError(f"{out}: cannot write ({exc.strerror or exc})") from exc
     finally:
