@@ -10,8 +10,9 @@ mean and spread: a detector's box rows (pixels) and class rows (probabilities) t
 
 This needs no gradients (no torch), so it is the data-driven default where Taylor cannot run, and a damage
 measured on the model itself rather than a first-order estimate (Taylor's scale differs by orders of
-magnitude between a network's stages). One leave-one-out run per unit, on the unpruned model; the iterative
-selection ranks by these scores (interactions between removed units are not re-measured).
+magnitude between a network's stages). One leave-one-out run per unit, on the unpruned model (with the prune's
+Conv refits on, each unit's nearest Convs are refitted before it is measured); the iterative selection ranks
+by these scores, and `output_search` re-measures them as the model is pruned.
 """
 
 from __future__ import annotations
