@@ -35,15 +35,20 @@ def temporary(path: str | os.PathLike):
         _TEMPORARIES.discard(path)
 
 
-def remove_temporaries() -> None:
-    """Delete every registered temporary (the --timeout watchdog calls it before ending the process)."""
+def _remove(path: Path) -> None:
+    """Delete the file or folder PATH if it can be (gone meanwhile, or not ours: left as it is)."""
     import shutil
 
+    try:
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    except OSError:
+        pass
+
+
+def remove_temporaries() -> None:
+    """Delete every registered temporary (the --timeout watchdog calls it before ending the process)."""
     for path in list(_TEMPORARIES):
-        try:
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-        except OSError:
-            pass
+        _remove(path)
 
 
 def temp_prefix(path: str | os.PathLike) -> str:
@@ -65,8 +70,6 @@ def _alive(pid: int) -> bool:
 def clean_stale(path: str | os.PathLike) -> None:
     """Remove temporaries for PATH left by runs that no longer exist (killed before they could clean up);
     those of running processes are left alone."""
-    import shutil
-
     path = Path(path)
     stem = f".{path.name}."
     try:
@@ -76,12 +79,8 @@ def clean_stale(path: str | os.PathLike) -> None:
     for entry in entries:
         rest = entry.name[len(stem):] if entry.name.startswith(stem) else ""
         pid = rest.split(".", 1)[0]
-        if not pid.isdigit() or not entry.name.endswith((".tmp", ".probe")) or _alive(int(pid)):
-            continue
-        try:
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-        except OSError:
-            pass  # gone meanwhile, or not ours to remove
+        if pid.isdigit() and entry.name.endswith((".tmp", ".probe")) and not _alive(int(pid)):
+            _remove(entry)
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:

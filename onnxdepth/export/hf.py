@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Iterator
 
 from onnxdepth.errors import ExportError, InvalidArgumentError, OutputWriteError
-from onnxdepth.fileio import _TEMPORARIES, clean_stale, temp_prefix
+from onnxdepth.fileio import clean_stale, temp_prefix, temporary
 from onnxdepth.runtime import first_line
 
 __all__ = ["export_hf", "TASKS"]
@@ -258,45 +258,44 @@ def export_hf(
     try:
         clean_stale(outdir)
         work = pathlib.Path(tempfile.mkdtemp(prefix=temp_prefix(outdir), suffix=".tmp", dir=outdir.parent))
-        _TEMPORARIES.add(work)  # removed by an expiring --timeout too
     except OSError as exc:
         raise OutputWriteError(f"cannot write to {outdir.parent}: {_first_line(exc)}") from exc
     try:
-        staged = work / "onnx"
-        with _quiet():
-            if is_gguf:
-                model_dir = work / "hf"
-                _gguf_to_hf(src_path, model_dir, str(src))
-            else:
-                model_dir = src_path.resolve()
-            try:
-                main_export(
-                    str(model_dir),
-                    str(staged),
-                    task=task,
-                    opset=opset,
-                    device="cpu",
-                    library_name="transformers",
-                    local_files_only=True,
-                    do_validation=validate,
+        with temporary(work):  # also removed by an expiring --timeout
+            staged = work / "onnx"
+            with _quiet():
+                if is_gguf:
+                    model_dir = work / "hf"
+                    _gguf_to_hf(src_path, model_dir, str(src))
+                else:
+                    model_dir = src_path.resolve()
+                try:
+                    main_export(
+                        str(model_dir),
+                        str(staged),
+                        task=task,
+                        opset=opset,
+                        device="cpu",
+                        library_name="transformers",
+                        local_files_only=True,
+                        do_validation=validate,
+                    )
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:
+                    msg = _first_line(exc).replace(str(model_dir), str(src))  # never name our temporary copy
+                    raise ExportError(f"ONNX export of {str(src)!r} ({task}) failed: {msg}") from exc
+            if not (staged / "model.onnx").is_file():
+                found = sorted(p.name for p in staged.glob("*.onnx")) if staged.is_dir() else []
+                raise ExportError(
+                    f"ONNX export of {str(src)!r} ({task}) produced no model.onnx"
+                    + (f" (got {', '.join(found)})" if found else "")
                 )
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as exc:
-                msg = _first_line(exc).replace(str(model_dir), str(src))  # never name our temporary copy
-                raise ExportError(f"ONNX export of {str(src)!r} ({task}) failed: {msg}") from exc
-        if not (staged / "model.onnx").is_file():
-            found = sorted(p.name for p in staged.glob("*.onnx")) if staged.is_dir() else []
-            raise ExportError(
-                f"ONNX export of {str(src)!r} ({task}) produced no model.onnx"
-                + (f" (got {', '.join(found)})" if found else "")
-            )
-        try:
-            _copy_missing(model_dir, staged)
-            _place(staged, outdir)
-        except OSError as exc:
-            raise OutputWriteError(f"cannot write {outdir}: {_first_line(exc)}") from exc
+            try:
+                _copy_missing(model_dir, staged)
+                _place(staged, outdir)
+            except OSError as exc:
+                raise OutputWriteError(f"cannot write {outdir}: {_first_line(exc)}") from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        _TEMPORARIES.discard(work)
     return outdir / "model.onnx"

@@ -25,7 +25,7 @@ import onnx
 from ..runtime import open_session
 from ..runtime import progress as progress_bar
 
-__all__ = ["OUTPUT_IMAGES", "output_damage_scores", "standardised_distance"]
+__all__ = ["OUTPUT_IMAGES", "OutputDistance", "output_damage_scores", "standardised_distance"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,21 @@ def _run(model: onnx.ModelProto, feed: str, images: list[np.ndarray], threads: i
     return [session.run(None, {feed: image}) for image in images]
 
 
+class OutputDistance:
+    """The unpruned MODEL's outputs on IMAGES and their per-channel statistics; called with another model, the
+    mean standardised angular distance of its outputs to them (over images and outputs)."""
+
+    def __init__(self, model: onnx.ModelProto, feed: str, images: list[np.ndarray], threads: int | None = None):
+        self.feed, self.images, self.threads = feed, images, threads
+        self.reference = _run(model, feed, images, threads)
+        self.stats = [_channel_stats([outputs[k] for outputs in self.reference]) for k in range(len(self.reference[0]))]
+
+    def __call__(self, model: onnx.ModelProto) -> float:
+        pruned = _run(model, self.feed, self.images, self.threads)
+        return float(np.mean([standardised_distance(p[k], r[k], *self.stats[k])
+                              for p, r in zip(pruned, self.reference) for k in range(len(r))]))
+
+
 def output_damage_scores(model: onnx.ModelProto, session, calibration, *, count: int = OUTPUT_IMAGES,
                          refit: bool = False, threads: int | None = None,
                          show_progress: bool = True) -> dict[str, float]:
@@ -78,9 +93,7 @@ def output_damage_scores(model: onnx.ModelProto, session, calibration, *, count:
     from ..compensate.images import image_inputs
 
     images, checks = image_inputs(model, session, calibration, count=count, held_out=count // 2 if refit else 0)
-    feed = next(iter(session.input_shapes))
-    reference = _run(model, feed, images, threads)
-    stats = [_channel_stats([outputs[k] for outputs in reference]) for k in range(len(reference[0]))]
+    distance = OutputDistance(model, next(iter(session.input_shapes)), images, threads)
     plans = session.prunable_plans()
     scores: dict[str, float] = {}
     with progress_bar(len(plans), "angular (outputs)", show_progress) as bar:
@@ -89,10 +102,7 @@ def output_damage_scores(model: onnx.ModelProto, session, calibration, *, count:
             copy.apply(copy.plan(plan.unit_id))
             if refit:
                 chain.fit_consumer_chains(model, copy, images, checks, scope="nearest")
-            pruned = _run(copy.to_model(model), feed, images, threads)
-            distances = [standardised_distance(p[k], r[k], *stats[k])
-                         for p, r in zip(pruned, reference) for k in range(len(r))]
-            scores[plan.unit_id] = float(np.mean(distances))
+            scores[plan.unit_id] = distance(copy.to_model(model))
             bar.advance()
     logger.info("angular on graph outputs: %d units measured on %d images", len(scores), len(images))
     return scores

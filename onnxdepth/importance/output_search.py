@@ -15,11 +15,10 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-import numpy as np
 import onnx
 
 from ..runtime import progress as progress_bar
-from .output_damage import _channel_stats, _run, standardised_distance
+from .output_damage import OutputDistance
 
 __all__ = ["prune_with_output_rescoring"]
 
@@ -27,20 +26,6 @@ logger = logging.getLogger(__name__)
 
 #: An added damage below this ranks as this (no division by zero, refits may repair more than a unit costs).
 MIN_DAMAGE = 1e-9
-
-
-class _Damage:
-    """The unpruned model's outputs on the calibration images, and the distance of another model's to them."""
-
-    def __init__(self, model: onnx.ModelProto, feed: str, images: list[np.ndarray]):
-        self.feed, self.images = feed, images
-        self.reference = _run(model, feed, images, None)
-        self.stats = [_channel_stats([outputs[k] for outputs in self.reference]) for k in range(len(self.reference[0]))]
-
-    def __call__(self, model: onnx.ModelProto) -> float:
-        pruned = _run(model, self.feed, self.images, None)
-        return float(np.mean([standardised_distance(p[k], r[k], *self.stats[k])
-                              for p, r in zip(pruned, self.reference) for k in range(len(r))]))
 
 
 def _current_session(model: onnx.ModelProto, session):
@@ -57,7 +42,7 @@ def _current_session(model: onnx.ModelProto, session):
     return current, fresh
 
 
-def _measure(model: onnx.ModelProto, session, unit_ids: list[str], damage: _Damage, fit: tuple) -> dict[str, float]:
+def _measure(model: onnx.ModelProto, session, unit_ids: list[str], damage: OutputDistance, fit: tuple) -> dict[str, float]:
     """Unit id -> output distance to the unpruned model once that unit is pruned from SESSION (as pruned so
     far) and its nearest Convs are refitted toward the current model."""
     from ..compensate import chain
@@ -88,7 +73,7 @@ def prune_with_output_rescoring(model: onnx.ModelProto, session, ratio: float, c
     from ..select import _reached, _unreachable
 
     images, checks = image_inputs(model, session, calibration, count=16, held_out=8)
-    damage = _Damage(model, next(iter(session.input_shapes)), images + checks)
+    damage = OutputDistance(model, next(iter(session.input_shapes)), images + checks)
     fit = (images, checks)
     steps: list = []
     scores: dict[str, float] = {}
