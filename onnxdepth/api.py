@@ -31,6 +31,7 @@ LATENCY_DEFAULTS = {"objective": "params", "latency_ratio": None, "head": "branc
                     "profile_threads": 1}
 LATENCY_OPTIONS = tuple(LATENCY_DEFAULTS)
 from .errors import InvalidArgumentError, ModelLoadError
+from . import genai
 from .fileio import write_json_atomic
 from .graph.external import folder_of
 from .graph.io import check_output_path, load_model, save_model_atomic
@@ -191,6 +192,7 @@ def score_model(model: onnx.ModelProto, config: PruneConfig) -> ScoreTable:
     """`onnxdepth score`: every prunable unit's importance under CONFIG, on the unpruned model."""
     asked_fit = config.compensate == "lstsq"  # asked for, not resolved from auto (that stays one damage)
     session, config = new_session(model, config)
+    model = session.model  # fused skip-norms split (`graph.contrib`)
     check_distributable(config, session)
     if asked_fit and (session.granularity != "block" or config.importance != "angular"):
         raise InvalidArgumentError("score --compensate lstsq: not yet supported here (the damage after the fit is "
@@ -243,10 +245,11 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, *, scores: ScoreTab
     pending = sorted(r for r in checkpoints if 0.0 < r < config.ratio)
     session, config = new_session(model, config, checkpoints=bool(pending and on_checkpoint is not None),
                                   scores=scores)
+    source, model = model, session.model  # fused skip-norms split (`graph.contrib`): the graph every stage reads
     if config.ratio == 0.0 and config.latency_ratio is None:
         # Nothing to remove: the model is returned as it is, so outputs are bit-identical.
         out = onnx.ModelProto()
-        out.CopyFrom(model)
+        out.CopyFrom(source)
         result = PruneResult(out, session.params_before, session.params_before, [])
         return _finish(result, _plan_record(session, result, config, None), model, session, config.verify,
                        _fidelity_data(config))
@@ -362,6 +365,7 @@ def replay_plan(model: onnx.ModelProto, plan: dict, *, input_shapes: dict | None
         raise InvalidArgumentError("--plan: not an onnxdepth plan (needs granularity and steps[].unit)") from exc
     session = PruneSession(model, input_shapes=input_shapes, granularity=granularity,
                            head=plan.get("head", "branches"))
+    model = session.model  # fused skip-norms split (`graph.contrib`)
     compensated = (plan.get("compensation") or {}).get("method", "none") != "none"
     writers = stream_writers_for(session, "lstsq") if compensated else []
     for unit_id in unit_ids:
@@ -375,7 +379,8 @@ def replay_plan(model: onnx.ModelProto, plan: dict, *, input_shapes: dict | None
         record["compensation"] = compensation_stage(model, session, _plan_calibration(plan), writers, "lstsq")
     out = session.to_model(model)
     result = PruneResult(out, session.params_before, session.params(), unit_ids, list(plan["steps"]))
-    return _finish(result, {**record, **result.summary(), "replayed": True}, model, session, verify, fidelity)
+    return _finish(result, {**record, **result.summary(), "removed_graph_io": list(session.removed_graph_io),
+                            "replayed": True}, model, session, verify, fidelity)
 
 
 def _plan_calibration(plan: dict) -> Calibration:
@@ -392,9 +397,16 @@ def plan_path_for(out: Path) -> Path:
 
 
 def _save(result: PruneResult, src, out: Path) -> PruneResult:
+    """Write RESULT to OUT (and its plan beside it); a GenAI folder's decoder gets its caches renumbered and a
+    matching genai_config.json (`onnxdepth.genai`), the renamed file checked again from disk."""
     result.plan["source"] = str(src)
-    check = written_file_check(src, result.plan) if folder_of(result.model) is not None else None
-    save_model_atomic(result.model, out, check=check)
+    genai_config = genai.config_beside(src)
+    if genai_config is not None:
+        result.plan["renamed_graph_io"] = genai.renumber_caches(result.model, genai_config)
+    written = folder_of(result.model) is not None or genai_config is not None
+    save_model_atomic(result.model, out, check=written_file_check(src, result.plan) if written else None)
+    if genai_config is not None:
+        genai.write_folder(src, out, result.model, genai_config)
     write_json_atomic(plan_path_for(out), result.plan)
     return result
 

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidArgumentError, ModelLoadError
@@ -131,9 +132,42 @@ def open_session(model, *, threads: int | None = None, device: str = "cpu", prov
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
     chosen = list(providers) if providers else providers_for(device)
     try:
-        return ort.InferenceSession(source, sess_options=options, providers=chosen)
+        session = ort.InferenceSession(source, sess_options=options, providers=chosen)
     except ort_errors() as exc:
         raise ModelLoadError(f"onnxruntime cannot load {name}: {first_line(exc)}") from exc
+    _resolve_implied_inputs(session, model)
+    return session
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One session input as `InferenceSession.get_inputs()` describes it (name, shape, type)."""
+
+    name: str
+    shape: list
+    type: str
+
+
+def _resolve_implied_inputs(session, model) -> None:
+    """Make SESSION report the symbolic input dims that MODEL's weights fix (the head size of a fused attention's
+    KV cache, `kv_cache_dim` in GenAI builder models: `graph.contrib.implied_dims`) as numbers, so that every
+    caller sizing an empty cache from `get_inputs()` works unchanged. Other models are left as they are."""
+    import onnx
+
+    from .graph.contrib import implied_dims
+
+    if hasattr(model, "SerializeToString"):
+        proto = model
+    elif isinstance(model, (bytes, bytearray)):
+        return  # only small in-memory models come as bytes; none of them has fused attention
+    else:
+        proto = onnx.load(str(model), load_external_data=False)
+    implied = implied_dims(proto)
+    if not implied:
+        return
+    specs = [InputSpec(i.name, [implied.get(d, d) if isinstance(d, str) else d for d in i.shape], i.type)
+             for i in session.get_inputs()]
+    session.get_inputs = lambda: list(specs)  # an instance attribute: this session only
 
 
 # ------------------------------------------------------------------------------------------- progress

@@ -33,4 +33,30 @@ def load_tokenizer(directory: str | os.PathLike, *, hint: str = "give its direct
     try:
         return AutoTokenizer.from_pretrained(str(directory))
     except Exception as exc:  # noqa: BLE001 - transformers raises any type for a broken tokenizer directory
-        raise ModelLoadError(f"cannot load tokenizer from {directory}: {first_line(exc)}") from exc
+        fallback = _fast_tokenizer(directory)
+        if fallback is None:
+            raise ModelLoadError(f"cannot load tokenizer from {directory}: {first_line(exc)}") from exc
+        return fallback
+
+
+def _fast_tokenizer(directory: Path):
+    """The tokenizer.json in DIRECTORY as a plain fast tokenizer with the special tokens its config names, when
+    the config asks for a class this transformers lacks (transformers 5 writes `TokenizersBackend`, as the
+    ONNX Runtime GenAI builder's folders have it); None when there is no usable tokenizer.json."""
+    import json
+
+    from transformers import PreTrainedTokenizerFast
+
+    if not (directory / "tokenizer.json").is_file():
+        return None
+    try:
+        config = json.loads((directory / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    special = {k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")
+               if isinstance(config.get(k), str)}
+    try:
+        return PreTrainedTokenizerFast(tokenizer_file=str(directory / "tokenizer.json"),
+                                       model_max_length=config.get("model_max_length", int(1e30)), **special)
+    except Exception:  # noqa: BLE001 - a broken tokenizer.json: the caller reports the original error
+        return None

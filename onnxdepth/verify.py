@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 
 from .errors import ModelLoadError, VerificationError
+from .fileio import temp_prefix, temporary
+from .graph.contrib import checker_view
 from .runtime import first_line, open_session, ort_errors
 
 __all__ = ["signature", "verify_model", "random_feeds", "run_model", "written_file_check"]
@@ -49,29 +53,36 @@ def run_model(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
 
 
 def verify_model(model: onnx.ModelProto, reference: onnx.ModelProto, input_shapes: dict, *,
-                 run: bool = True, removed: set[str] | None = None, path=None) -> list[np.ndarray] | None:
+                 run: bool = True, removed: set[str] | None = None, path=None,
+                 renamed: dict[str, str] | None = None) -> list[np.ndarray] | None:
     """Raise VerificationError unless MODEL passes the full checker, loads and runs in ONNX Runtime,
     and has REFERENCE's input/output names and shapes (less the REMOVED ones: the past/present KV-cache
     entries of pruned attention blocks). Returns the outputs of the run. PATH: the file MODEL was written
-    to, which the checker reads (a model with external data is checked in full only from its files)."""
+    to, which the checker reads (a model with external data is checked in full only from its files).
+    RENAMED: {name in MODEL: name in REFERENCE} of renumbered cache entries (a GenAI folder's decoder)."""
     from .graph.external import folder_of
 
     try:
         if path is not None:
-            onnx.checker.check_model(str(path), full_check=True)
+            _check_file(Path(path))
         elif folder_of(model) is None:  # weights kept external: checked in full from the written file instead
-            onnx.checker.check_model(model, full_check=True)
+            onnx.checker.check_model(checker_view(model) or model, full_check=True)
     # ValueError: a model over protobuf's 2 GB, which neither the checker nor ONNX Runtime can take in memory
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
         raise VerificationError(f"onnx.checker rejected the pruned model: {first_line(exc)}") from exc
     expected = signature(reference)
     removed = removed or set()
     expected = {key: [entry for entry in entries if entry[0] not in removed] for key, entries in expected.items()}
-    if signature(model) != expected:
-        raise VerificationError(f"graph signature changed: {expected} -> {signature(model)}")
+    renamed = renamed or {}
+    actual = {key: [(renamed.get(name, name), dims) for name, dims in entries]
+              for key, entries in signature(model).items()}
+    if actual != expected:
+        raise VerificationError(f"graph signature changed: {expected} -> {actual}")
     if not run:
         return None
-    feeds = random_feeds(model, input_shapes)  # outside the try: a bug here is ours, not the model's
+    # Outside the try: a bug here is ours, not the model's. A renamed input has its reference name's shape.
+    feeds = random_feeds(model, {**input_shapes, **{new: input_shapes[old] for new, old in renamed.items()
+                                                    if old in input_shapes}})
     try:
         outputs = run_model(model, feeds)
     except (ModelLoadError, *ort_errors()) as exc:
@@ -84,6 +95,21 @@ def verify_model(model: onnx.ModelProto, reference: onnx.ModelProto, input_shape
         if expected is not None and tuple(value.shape) != expected:
             raise VerificationError(f"output {name!r} has shape {value.shape}, expected {expected}")
     return outputs
+
+
+def _check_file(path: Path) -> None:
+    """The full checker on the file at PATH; through `checker_view` (beside PATH, so that its external data
+    resolves, removed after) when it holds ONNX Runtime's ONNX-domain ops that onnx does not register."""
+    view = checker_view(onnx.load(str(path), load_external_data=False))
+    if view is None:
+        onnx.checker.check_model(str(path), full_check=True)
+        return
+    with temporary(path.with_name(f"{temp_prefix(path)}checker.onnx")) as copy:
+        try:
+            onnx.save(view, str(copy))
+            onnx.checker.check_model(str(copy), full_check=True)
+        finally:
+            copy.unlink(missing_ok=True)
 
 
 def _declared_static(model: onnx.ModelProto) -> dict:
@@ -108,6 +134,7 @@ def written_file_check(src, plan: dict):
     def check(path) -> None:
         written = onnx.load(str(path), load_external_data=False)
         mark_folder(written, path.parent)
-        verify_model(written, reference, shapes, removed=set(plan.get("removed_graph_io") or []), path=path)
+        verify_model(written, reference, shapes, removed=set(plan.get("removed_graph_io") or []), path=path,
+                     renamed=plan.get("renamed_graph_io"))
 
     return check

@@ -8,6 +8,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from .consts import const_value
+from .contrib import ATTENTION_OPS, MS_DOMAIN
 from .lift import transform_weight_index
 from .walk import WalkLimitExceeded, walk
 
@@ -92,7 +93,10 @@ def spatial_change(node: gs.Node, shapes: dict[str, tuple]) -> bool:
 
 
 def is_cache_output(tensor: gs.Tensor) -> bool:
-    """A graph output that appends to a graph input (a KV cache's present = Concat(past, new))."""
+    """A graph output that appends to a graph input (a KV cache's present = Concat(past, new)), or the present
+    key / value output (1, 2) of a fused attention op (GroupQueryAttention)."""
+    if tensor.inputs and tensor.inputs[0].op in ATTENTION_OPS and tensor.inputs[0].domain == MS_DOMAIN:
+        return any(tensor is out for out in tensor.inputs[0].outputs[1:3])
     if not tensor.inputs or tensor.inputs[0].op != "Concat":
         return False
     return any(not i.inputs and not isinstance(i, gs.Constant) for i in tensor.inputs[0].inputs)

@@ -7,6 +7,8 @@ import re
 
 import onnx
 
+from .contrib import has_contrib_ops, implied_dims
+
 __all__ = ["infer_static_shapes", "concrete_input_shapes"]
 
 logger = logging.getLogger(__name__)
@@ -31,6 +33,8 @@ def concrete_input_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int
                 if d.dim_param and _NAME.fullmatch(d.dim_param):
                     values[d.dim_param] = int(size)
     for name, size in _declared_image_dims(model, inputs).items():
+        values.setdefault(name, size)
+    for name, size in implied_dims(model).items():  # e.g. a fused attention's KV-cache head size
         values.setdefault(name, size)
     fixed = set(values)
     for value in inputs:
@@ -135,7 +139,7 @@ def infer_static_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[in
                 dims.add().dim_value = int(size)
     del fixed.graph.value_info[:]
     try:
-        inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
+        inferred = _infer(fixed)
     except Exception as exc:  # inference is best effort; the analysis blocks what it cannot prove
         logger.warning("shape inference failed (%s); continuing with declared shapes", exc)
         inferred = fixed
@@ -146,3 +150,13 @@ def infer_static_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[in
         shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") else None
                                    for d in value.type.tensor_type.shape.dim)
     return shapes
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx's shape inference; for graphs with ONNX Runtime's fused ops (GroupQueryAttention, MatMulNBits, ...),
+    which onnx cannot see through, ONNX Runtime's own symbolic shape inference, which knows them."""
+    if has_contrib_ops(model):
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    return onnx.shape_inference.infer_shapes(model, data_prop=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import onnx_graphsurgeon as gs
 
 from .consts import const_value
+from .contrib import ATTENTION_OPS, MS_DOMAIN
 from .lift import NodeClass, Lifting, transform_weight_index
 from .walk import walk
 
@@ -32,11 +33,12 @@ class AttentionBlock:
     region: list[gs.Node]  # every node from the projections through the O projection (inclusive)
     input: gs.Tensor  # the tensor Q/K/V read (the input norm's output)
     output: gs.Tensor  # O projection output (after its bias, if any)
-    softmax: gs.Node
+    softmax: gs.Node  # or the fused attention op (GroupQueryAttention) standing for the whole core
 
     @property
     def projections(self) -> list[gs.Node]:
-        return [self.q, self.k, self.v, self.o]
+        """Q, K, V and O, each once (a packed QKV projection is Q, K and V)."""
+        return list({id(n): n for n in (self.q, self.k, self.v, self.o)}.values())
 
 
 @dataclass(eq=False)
@@ -133,7 +135,31 @@ def find_attention_blocks(graph: gs.Graph) -> list[AttentionBlock]:
                 output = add.outputs[0]
         block_input, output = _rows_layout(q, output, region)
         blocks.append(AttentionBlock(q, k, v, o, region, block_input, output, softmax))
-    return blocks
+    return blocks + [b for n in graph.nodes if (b := _fused_block(n)) is not None]
+
+
+def _fused_block(node: gs.Node) -> AttentionBlock | None:
+    """The attention block around a fused attention op (GroupQueryAttention, MultiHeadAttention: inputs 0-2 the
+    projected query (packed QKV when key and value are absent), key and value; rotary inside or before it): the
+    projections reached backwards from those, the O projection forwards from its output 0."""
+    if node.domain != MS_DOMAIN or node.op not in ATTENTION_OPS or not node.inputs or not node.outputs:
+        return None
+    query = node.inputs[0]
+    key = node.inputs[1] if len(node.inputs) > 1 and node.inputs[1].name else None
+    value = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
+    if (key is None) != (value is None):
+        return None
+    q = _walk(query, forward=False, stop=_transform)
+    k = _walk(key, forward=False, stop=_transform) if key is not None else q
+    v = _walk(value, forward=False, stop=_transform) if value is not None else q
+    o = _walk(node.outputs[0], forward=True, stop=_transform)
+    if not (len(q) == len(k) == len(v) == len(o) == 1):
+        return None
+    q, k, v, o = q[0], k[0], v[0], o[0]
+    if not (q.inputs[0] is k.inputs[0] is v.inputs[0]):
+        return None
+    region = _region(list({id(p): p for p in (q, k, v)}.values()), o)
+    return AttentionBlock(q, k, v, o, region, q.inputs[0], o.outputs[0], node)
 
 
 def _rows_layout(q: gs.Node, output: gs.Tensor, region: list[gs.Node]) -> tuple[gs.Tensor, gs.Tensor]:

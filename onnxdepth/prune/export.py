@@ -5,16 +5,19 @@ from __future__ import annotations
 import onnx
 import onnx_graphsurgeon as gs
 
+from ..graph.contrib import fuse_skip_norms
+
 __all__ = ["to_model"]
 
 
 def to_model(graph: gs.Graph, identity_nodes: set[int], template: onnx.ModelProto,
-             keep: set[str] | None = None) -> onnx.ModelProto:
+             keep: set[str] | None = None, *, shapes: dict | None = None) -> onnx.ModelProto:
     """Export: bypass pruned identities, clean up, toposort, keep TEMPLATE's metadata.
 
     Works on a copy, so the session can go on pruning (and patching through its identities) after.
     Tensors named in KEEP survive (behind an Identity if need be), e.g. layer boundaries for rescoring.
     IDENTITY_NODES holds the ids of GRAPH's pruned identities (the copy's nodes are matched by name).
+    SHAPES (the session's static shapes) when the session split skip-norms: those still whole are joined again.
     """
     keep = keep or set()
     identity_names = {node.name for node in graph.nodes if id(node) in identity_nodes}
@@ -32,6 +35,8 @@ def to_model(graph: gs.Graph, identity_nodes: set[int], template: onnx.ModelProt
                     consumer.inputs[k] = src
         node.outputs.clear()
     graph.cleanup().toposort()
+    if shapes is not None:
+        fuse_skip_norms(graph, shapes)
     model = gs.export_onnx(graph, do_type_check=False)
     model.ir_version = template.ir_version
     del model.opset_import[:]

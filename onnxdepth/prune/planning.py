@@ -144,7 +144,7 @@ def plan_attention(session: PlanningSession, unit_id: str, layer: TransformerLay
     norms = [op for op in find_coupled_ops(block.q, {id(block.q), id(block.k), id(block.v)}, session.lifting,
                                            outputs) if op.cls is NodeClass.NORM]
     nodes = list(block.region) + [n for op in acts + norms for n in op.nodes]
-    params = sum(own_params(n, all_inputs=True) for n in nodes)
+    params = region_params(nodes)
     score = _score(session.importance, block.projections)
     reason = USER if session.exclude is not None and session.exclude.search(unit_id) else None
     if reason is None and session.detect_head and _carries_past_length(session.graph, block):
@@ -275,6 +275,24 @@ def bias_add(graph: gs.Graph, node: gs.Node, n_out: int, any_width: bool = False
     if not any_width and value.shape[-1] != n_out:
         return []
     return [add]
+
+
+def region_params(nodes: list[gs.Node]) -> int:
+    """Floating-point parameters that go with NODES: each constant they read once, unless a node outside them
+    reads it too (rotary caches shared by every fused attention op, tied weights)."""
+    members = {id(n) for n in nodes}
+    seen: set[int] = set()
+    total = 0
+    for node in nodes:
+        for tensor in node.inputs:
+            value = const_value(tensor)
+            if (value is None or id(tensor) in seen or value.ndim < 1
+                    or not np.issubdtype(value.dtype, np.floating)):
+                continue
+            seen.add(id(tensor))
+            if all(id(c) in members for c in tensor.outputs):
+                total += value.size
+    return total
 
 
 def own_params(node: gs.Node, all_inputs: bool = False) -> int:

@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 
 from ..config import GRANULARITIES, HEADS, SEARCH_SPACES
 from ..errors import InvalidArgumentError, UnsupportedModelError
+from ..graph.contrib import SKIP_NORMS, unfuse_skip_norms
 from ..graph.channels import AnalysisError, ChannelAnalysis, analyze_channels, input_channel_axes
 from ..graph.external import folder_of, swap_external_values
 from ..graph.head import find_head
@@ -39,11 +40,11 @@ __all__ = ["Unit", "UnitPlan", "StructuralPlan", "Plan", "PruneSession", "ParamI
 logger = logging.getLogger(__name__)
 
 
-# Contrib ops that onnxruntime.transformers' optimizer fuses transformer blocks into.
-FUSED_OPS = {"Attention", "MultiHeadAttention", "GroupQueryAttention", "SimplifiedLayerNormalization",
-             "SkipSimplifiedLayerNormalization", "SkipLayerNormalization", "EmbedLayerNormalization",
-             "RotaryEmbedding", "FastGelu", "BiasGelu", "BiasSplitGelu", "BiasAdd", "PackedAttention",
-             "PackedMultiHeadAttention", "DecoderMaskedMultiHeadAttention", "SparseAttention"}
+# Fused ops whose weights or layout the passes cannot see: refused with a reason. GroupQueryAttention and
+# MultiHeadAttention (projected Q/K/V in), RotaryEmbedding and the skip-norms are read (`graph.contrib`).
+UNSUPPORTED_FUSED_OPS = {"Attention", "PackedAttention", "PackedMultiHeadAttention", "DecoderAttention",
+                         "DecoderMaskedMultiHeadAttention", "DecoderMaskedSelfAttention", "SparseAttention",
+                         "EmbedLayerNormalization", "SkipGroupNorm", *SKIP_NORMS}
 
 
 class PruneSession:
@@ -53,11 +54,17 @@ class PruneSession:
                  importance: ParamImportance = magnitude, granularity: str = "fine", detect_head: bool = True,
                  search_space: str = "full", head: str = "branches"):
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-        fused = sorted({n.op_type for n in model.graph.node if n.domain == "com.microsoft" and n.op_type in FUSED_OPS})
+        # A skip-norm becomes the residual Add and its norm (joined again on export); left fused only when its
+        # mean / inverse-std outputs are read, and then refused below.
+        model, self.unfused_skip_norms = unfuse_skip_norms(model)
+        # The model the session was made from, as it sees it (skip-norms split): the reference every stage runs.
+        self.model = model
+        fused = sorted({n.op_type for n in model.graph.node
+                        if n.domain == "com.microsoft" and n.op_type in UNSUPPORTED_FUSED_OPS})
         if fused:
             raise UnsupportedModelError(
-                f"the graph was fused by ONNX Runtime's transformer optimizer ({', '.join(fused)}): not supported "
-                "yet; prune the plain export, then run the optimizer on the pruned model")
+                f"the graph has ONNX Runtime fused ops onnxdepth cannot rewrite ({', '.join(fused)}): prune the "
+                "plain export, then run the optimizer on the pruned model")
         self.graph = gs.import_onnx(model)
         folder = folder_of(model)
         if folder is not None:
@@ -201,4 +208,5 @@ class PruneSession:
 
     def to_model(self, template: onnx.ModelProto, keep: set[str] | None = None) -> onnx.ModelProto:
         """Export a copy (see export.to_model): the session can go on pruning after."""
-        return to_model(self.graph, self.identity_nodes, template, keep)
+        return to_model(self.graph, self.identity_nodes, template, keep,
+                        shapes=self.shapes if self.unfused_skip_norms else None)
