@@ -138,3 +138,70 @@ def test_pruned_folder_renumbers_caches_and_generates(pair, tmp_path):
     step.update({s.name: first[s.name.replace("past_key_values", "present")] for s in session.get_inputs()[2:]})
     cached = session.run(["logits"], step)[0][0, -1]
     np.testing.assert_allclose(cached, _logits(out, ids)[0, -1], atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def int4(pair, tmp_path_factory):
+    from tiny_genai import quantize_int4
+    from tiny_lm import _tokenizer
+
+    path = quantize_int4(pair[0], tmp_path_factory.mktemp("int4") / "int4")
+    _tokenizer().save_pretrained(str(path.parent))
+    return path
+
+
+def _nbits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name.endswith(("_Q4", "_scales"))}
+
+
+def test_int4_units_are_the_float_models(pair, int4):
+    ours = {u.id: (u.kind, u.prunable) for u in api.list_units(load_model(int4)) if u.id.startswith("layer")}
+    theirs = {u.id: (u.kind, u.prunable) for u in api.list_units(load_model(pair[0])) if u.id.startswith("layer")}
+    assert ours == theirs and len(ours) == 12
+
+
+def test_int4_untouched_weights_keep_their_codes(int4):
+    from onnxdepth.prune.session import PruneSession
+
+    model = load_model(int4)
+    session = PruneSession(model)
+    out = session.to_model(session.model)
+    assert [n.op_type for n in out.graph.node].count("MatMulNBits") == 16
+    before, after = _nbits(model), _nbits(out)
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_int4_pruned_is_the_dequantized_model_pruned(int4, caplog):
+    """Pruning whole units and slicing N or whole K blocks re-uses the codes: the int4 result computes what the
+    same units pruned from the dequantized float model compute; K cut inside a block is quantized afresh."""
+    from onnxdepth.graph.nbits import dequantize_nbits
+
+    model = load_model(int4)
+    plan = {"granularity": "fine", "steps": [{"unit": "layer1.attention"}, {"unit": "layer2.mlp_down"}]}
+    caplog.set_level("INFO", logger="onnxdepth.graph.nbits")
+    ours = api.replay_plan(model, plan)
+    assert "{'kept': 11, 'sliced': 2, 'requantized': 0}" in caplog.text
+    ops = [n.op_type for n in ours.model.graph.node]
+    assert "MatMulNBits" in ops and "MatMul" not in ops
+    floats = api.replay_plan(dequantize_nbits(model)[0], plan)
+    ids = np.random.default_rng(5).integers(0, 128, (2, 7))
+    np.testing.assert_allclose(_logits(ours.model, ids), _logits(floats.model, ids), atol=2e-4)
+    # layer0.mlp_up: its input channels stay; mlp_down's K (1536 -> 64 of the gate's) is cut inside blocks.
+    caplog.clear()
+    cut = api.replay_plan(model, {"granularity": "fine", "steps": [{"unit": "layer0.mlp_up"}]})
+    assert "'requantized': 1}" in caplog.text
+    assert "MatMul" not in [n.op_type for n in cut.model.graph.node]
+    close = _logits(cut.model, ids)
+    reference = _logits(api.replay_plan(dequantize_nbits(model)[0],
+                                        {"granularity": "fine", "steps": [{"unit": "layer0.mlp_up"}]}).model, ids)
+    assert np.abs(close - reference).max() < 0.1 * np.abs(reference).max()  # 4-bit rounding of one weight
+
+
+def test_int4_folder_generates_with_renumbered_caches(int4, tmp_path):
+    out = tmp_path / "model.onnx"
+    api.replay_file(int4, out, {"granularity": "fine", "steps": [{"unit": "layer0.attention"}]})
+    assert json.loads((tmp_path / "genai_config.json").read_text())["model"]["decoder"]["num_hidden_layers"] == 2
+    assert "past_key_values.0.key" in {v.name for v in onnx.load(str(out)).graph.input}
+    assert np.isfinite(_logits(out, np.array([[1, 2, 3]]))).all()

@@ -145,3 +145,40 @@ def _config(cfg, head: int, max_length: int) -> dict:
                     "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
                                 "present_value_names": "present.%d.value"}}},
         "search": {"do_sample": False, "max_length": max_length, "num_beams": 1, "past_present_share_buffer": True}}
+
+
+def quantize_int4(src: Path, out_dir: Path, *, block: int = 16, accuracy_level: int = 0) -> Path:
+    """SRC with every MatMul of a constant [K, N] weight as a symmetric 4-bit MatMulNBits (blocks of BLOCK rows),
+    quantized by ONNX Runtime's own kernel, as its MatMulNBits quantizer does; genai_config.json copied."""
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits
+
+    model = onnx.load(str(src))
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:
+        weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if weight is None or len(weight.dims) != 2:
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(weight).astype(np.float32)
+        rows, cols = w.shape
+        blocks = -(-rows // block)
+        codes = np.zeros((cols, blocks, block // 2), dtype=np.uint8)
+        scales = np.zeros((cols, blocks), dtype=np.float32)
+        zero_points = np.zeros((cols, (blocks + 1) // 2), dtype=np.uint8)
+        quantize_matmul_4bits(codes, np.ascontiguousarray(w), scales, zero_points, block, cols, rows, True)
+        model.graph.initializer.extend([numpy_helper.from_array(codes, weight.name + "_Q4"),
+                                        numpy_helper.from_array(scales, weight.name + "_scales")])
+        nodes.append(helper.make_node("MatMulNBits", [node.input[0], weight.name + "_Q4", weight.name + "_scales"],
+                                      list(node.output), name=node.name + "_Q4", domain="com.microsoft", K=rows,
+                                      N=cols, bits=4, block_size=block, accuracy_level=accuracy_level))
+    used = {i for n in nodes for i in n.input}
+    kept = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out_dir / "model.onnx"))
+    (out_dir / "genai_config.json").write_text((src.parent / "genai_config.json").read_text())
+    return out_dir / "model.onnx"

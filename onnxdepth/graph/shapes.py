@@ -69,7 +69,8 @@ def _declared_image_dims(model: onnx.ModelProto, inputs: list) -> dict[str, int]
     """The symbolic height and width of an image input [batch, 3, H, W] set to the image size the model
     declares in its metadata (`imgsz`: "[320, 320]" or "640", as ultralytics exports write it)."""
     declared = next((p.value for p in model.metadata_props if p.key == "imgsz"), None)
-    sizes = [int(n) for n in re.findall(r"\d+", declared or "")[:2]]
+    # At most 6 digits a number: int() of a 5,000-digit metadata value raises (and no image is that large).
+    sizes = [int(n) for n in re.findall(r"\d{1,6}", (declared or "")[:100])[:2]]
     if not sizes or not all(0 < n <= 8192 for n in sizes):
         return {}
     height, width = sizes if len(sizes) == 2 else sizes * 2
@@ -158,5 +159,20 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
     if has_contrib_ops(model):
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        return SymbolicShapeInference.infer_shapes(_declared_external(model), auto_merge=True)
     return onnx.shape_inference.infer_shapes(model, data_prop=True)
+
+
+def _declared_external(model: onnx.ModelProto) -> onnx.ModelProto:
+    """MODEL (changed in place: a copy made for inference) with each external-data initializer declared as a graph
+    input of its type and shape instead: shape inference needs their shapes, never their bytes (which it would
+    otherwise try to read relative to the working directory)."""
+    external = [i for i in model.graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL]
+    if not external:
+        return model
+    names = {i.name for i in external}
+    kept = [i for i in model.graph.initializer if i.name not in names]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    model.graph.input.extend(onnx.helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in external)
+    return model

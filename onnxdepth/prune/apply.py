@@ -19,7 +19,7 @@ from ..graph.consts import const_value, set_const_input
 from .plan import Plan, StructuralPlan, UnitPlan
 
 __all__ = ["EditableSession", "PASSES", "apply_plan", "prune_transform", "prune_attention", "prune_composite",
-           "apply_masks", "record_output_channels", "resize_split", "replace_with_identity"]
+           "apply_masks", "record_output_channels", "record_weight_slices", "resize_split", "replace_with_identity"]
 
 
 class EditableSession(Protocol):
@@ -30,6 +30,7 @@ class EditableSession(Protocol):
     identity_nodes: set[int]
     pruned: list[str]
     output_channels: dict
+    weight_slices: dict
     removed_graph_io: list[str]
 
     def plan(self, unit_id: str) -> Plan: ...
@@ -44,6 +45,7 @@ class EditableSession(Protocol):
 def prune_transform(session: EditableSession, plan: UnitPlan) -> None:
     """Prune(f) of one transform: slice reconciled widths, replace it and its coupled ops by identities."""
     record_output_channels(session.output_channels, plan.masks)
+    record_weight_slices(session.weight_slices, plan.masks)
     apply_masks(plan.masks, session.opset)
     graph, identities = session.graph, session.identity_nodes
     trigger_nodes = [plan.node, *plan.extra_nodes]
@@ -131,6 +133,19 @@ def record_output_channels(origins: dict, masks: dict) -> None:
             continue
         before = origins.get(node.name, np.arange(len(keep)))
         origins[node.name] = before[keep]
+
+
+def record_weight_slices(origins: dict, masks: dict) -> None:
+    """Note which unpruned rows and columns each MatMul weight keeps (a block-quantized one is sliced from its
+    codes on export: `graph.nbits`): ORIGINS[node name][axis] = the unpruned index of every one left."""
+    for entry in masks.values():
+        node = entry["node"]
+        if node.op != "MatMul" or entry["index"] != 1:
+            continue
+        kept = origins.setdefault(node.name, {})
+        for axis, keep in entry["axes"].items():  # axis 0: input channels (K), 1: output channels (N)
+            before = kept.get(axis, np.arange(len(keep)))
+            kept[axis] = before[keep]
 
 
 def apply_masks(masks: dict, opset: int) -> None:

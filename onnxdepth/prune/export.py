@@ -6,18 +6,21 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..graph.contrib import fuse_skip_norms
+from ..graph.nbits import requantize_nbits
 
 __all__ = ["to_model"]
 
 
 def to_model(graph: gs.Graph, identity_nodes: set[int], template: onnx.ModelProto,
-             keep: set[str] | None = None, *, shapes: dict | None = None) -> onnx.ModelProto:
+             keep: set[str] | None = None, *, shapes: dict | None = None,
+             nbits: tuple[dict, dict] | None = None) -> onnx.ModelProto:
     """Export: bypass pruned identities, clean up, toposort, keep TEMPLATE's metadata.
 
     Works on a copy, so the session can go on pruning (and patching through its identities) after.
     Tensors named in KEEP survive (behind an Identity if need be), e.g. layer boundaries for rescoring.
     IDENTITY_NODES holds the ids of GRAPH's pruned identities (the copy's nodes are matched by name).
     SHAPES (the session's static shapes) when the session split skip-norms: those still whole are joined again.
+    NBITS: (the session's dequantized MatMulNBits records, its weight slices): those MatMuls quantized again.
     """
     keep = keep or set()
     identity_names = {node.name for node in graph.nodes if id(node) in identity_nodes}
@@ -37,6 +40,8 @@ def to_model(graph: gs.Graph, identity_nodes: set[int], template: onnx.ModelProt
     graph.cleanup().toposort()
     if shapes is not None:
         fuse_skip_norms(graph, shapes)
+    if nbits is not None:
+        requantize_nbits(graph, *nbits)
     model = gs.export_onnx(graph, do_type_check=False)
     model.ir_version = template.ir_version
     del model.opset_import[:]

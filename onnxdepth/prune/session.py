@@ -20,6 +20,7 @@ import onnx_graphsurgeon as gs
 from ..config import GRANULARITIES, HEADS, SEARCH_SPACES
 from ..errors import InvalidArgumentError, UnsupportedModelError
 from ..graph.contrib import SKIP_NORMS, unfuse_skip_norms
+from ..graph.nbits import dequantize_nbits
 from ..graph.channels import AnalysisError, ChannelAnalysis, analyze_channels, input_channel_axes
 from ..graph.external import folder_of, swap_external_values
 from ..graph.head import find_head
@@ -57,6 +58,8 @@ class PruneSession:
         # A skip-norm becomes the residual Add and its norm (joined again on export); left fused only when its
         # mean / inverse-std outputs are read, and then refused below.
         model, self.unfused_skip_norms = unfuse_skip_norms(model)
+        # int4 MatMulNBits become float MatMuls (re-quantized on export: `graph.nbits`).
+        model, self.nbits = dequantize_nbits(model)
         # The model the session was made from, as it sees it (skip-norms split): the reference every stage runs.
         self.model = model
         fused = sorted({n.op_type for n in model.graph.node
@@ -81,6 +84,8 @@ class PruneSession:
         self.pruned: list[str] = []
         # Conv name -> the unpruned index of each output channel it keeps (only Convs whose outputs were cut).
         self.output_channels: dict[str, np.ndarray] = {}
+        # MatMul name -> {weight axis: the unpruned index of every row / column it keeps} (sliced ones only).
+        self.weight_slices: dict[str, dict] = {}
         self.params_before = count_params(self.graph)
         self._analysis: ChannelAnalysis | None = None
         self._lifting: Lifting | None = None
@@ -126,6 +131,7 @@ class PruneSession:
         clone.identity_nodes = set()
         clone.pruned = []
         clone.output_channels = {}
+        clone.weight_slices = {}
         clone.removed_graph_io = []
         clone._analysis = None
         clone._lifting = None
@@ -209,4 +215,5 @@ class PruneSession:
     def to_model(self, template: onnx.ModelProto, keep: set[str] | None = None) -> onnx.ModelProto:
         """Export a copy (see export.to_model): the session can go on pruning after."""
         return to_model(self.graph, self.identity_nodes, template, keep,
-                        shapes=self.shapes if self.unfused_skip_norms else None)
+                        shapes=self.shapes if self.unfused_skip_norms else None,
+                        nbits=(self.nbits, self.weight_slices) if self.nbits else None)
