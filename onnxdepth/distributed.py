@@ -50,13 +50,16 @@ class RayPool:
                     int(ray.cluster_resources().get("CPU", 0)))
 
     def score_layers(self, function, jobs: list, hidden: dict[str, list[np.ndarray]], feeds: list[dict],
-                     threads: int | None) -> list:
-        """FUNCTION(job, start arrays, end arrays, feeds, threads) of every job (`importance.layer_jobs`), as Ray
-        tasks of one CPU each; every boundary's arrays and the feeds are put in the object store once."""
+                     threads: int | None, shared: tuple = ()) -> list:
+        """FUNCTION(job, start arrays, end arrays, feeds, threads, *SHARED) of every job (`importance.layer_jobs`),
+        as Ray tasks of one CPU each; every boundary's arrays, the feeds and each of SHARED are put in the object
+        store once."""
         remote = self.ray.remote(num_cpus=1)(function)
         refs = {name: self.ray.put(hidden[name]) for name in {n for job in jobs for n in (job.start, job.end)}}
         feeds_ref = self.ray.put(feeds)
-        pending = [remote.remote(job, refs[job.start], refs[job.end], feeds_ref, threads) for job in jobs]
+        shared_refs = [self.ray.put(value) for value in shared]
+        pending = [remote.remote(job, refs[job.start], refs[job.end], feeds_ref, threads, *shared_refs)
+                   for job in jobs]
         return self.ray.get(pending)
 
     def close(self) -> None:
@@ -92,7 +95,8 @@ def check_distributable(config, session) -> None:
     """InvalidArgumentError when --workers / --ray-address ask for what Ray does not score yet."""
     if config.workers is None and config.ray_address is None:
         return
-    if config.importance != "angular" or session.granularity == "block" or not session.layers or config.searched:
+    angular = config.importance == "angular" and session.granularity != "block"
+    if not (angular or config.importance == "cross_entropy") or not session.layers or config.searched:
         raise InvalidArgumentError("--workers / --ray-address: not yet supported here (Ray scores the layers of "
-                                   "--importance angular at fine or sublayer granularity on a transformer, "
-                                   "without --rescore-every / --ranking grouped)")
+                                   "--importance angular at fine or sublayer granularity, or --importance "
+                                   "cross_entropy, on a transformer, without --rescore-every / --ranking grouped)")

@@ -69,3 +69,17 @@ def test_workers_are_refused_where_ray_does_not_score(llama):
 def test_workers_must_be_positive():
     with pytest.raises(InvalidArgumentError, match="at least 1"):
         PruneConfig(0.2, workers=0)
+
+
+@pytest.mark.parametrize("granularity", ["fine", "block"])
+def test_ray_cross_entropy_equals_the_single_process_scores(llama, pool, granularity):
+    from onnxdepth.importance.cross_entropy import cross_entropy_scores
+    from onnxdepth.importance.layer_jobs import pooled_cross_entropy_scores
+
+    path, tokens, _ = llama
+    model = load_model(path)
+    session = PruneSession(model, granularity=granularity)
+    local = cross_entropy_scores(model, session, tokens, progress=False)
+    remote = pooled_cross_entropy_scores(model, session, tokens, pool)
+    assert remote.keys() == local.keys() and len(local) >= 3
+    assert remote == local  # bit for bit: the same pieces, the same runs, the same reference
