@@ -62,6 +62,12 @@ class RayPool:
                    for job in jobs]
         return self.ray.get(pending)
 
+    def map(self, function, items: list, shared: tuple = ()) -> list:
+        """FUNCTION(item, *SHARED) of every item as Ray tasks of one CPU each, SHARED put in the object store once."""
+        remote = self.ray.remote(num_cpus=1)(function)
+        shared_refs = [self.ray.put(value) for value in shared]
+        return self.ray.get([remote.remote(item, *shared_refs) for item in items])
+
     def close(self) -> None:
         if self.started:
             self.ray.shutdown()
@@ -95,8 +101,7 @@ def check_distributable(config, session) -> None:
     """InvalidArgumentError when --workers / --ray-address ask for what Ray does not score yet."""
     if config.workers is None and config.ray_address is None:
         return
-    angular = config.importance == "angular" and session.granularity != "block"
-    if not (angular or config.importance == "cross_entropy") or not session.layers or config.searched:
+    if config.importance not in ("angular", "cross_entropy") or not session.layers or config.searched:
         raise InvalidArgumentError("--workers / --ray-address: not yet supported here (Ray scores the layers of "
-                                   "--importance angular at fine or sublayer granularity, or --importance "
-                                   "cross_entropy, on a transformer, without --rescore-every / --ranking grouped)")
+                                   "--importance angular or cross_entropy on a transformer, without "
+                                   "--rescore-every / --ranking grouped)")

@@ -50,7 +50,13 @@ def score_units(model: onnx.ModelProto, session: PruneSession, importance: str, 
         if writers and not is_postnorm(writers):
             from .compensate.runs import fitted_run_table
 
-            table = fitted_run_table(model, writers, tokens, calibration.held_out_tokens())
+            held_out = calibration.held_out_tokens()
+            if pool is not None:
+                from .importance.layer_jobs import pooled_fitted_run_table
+
+                table = pooled_fitted_run_table(model, writers, tokens, held_out, pool)
+            else:
+                table = fitted_run_table(model, writers, tokens, held_out)
         else:
             table = run_distances(model, session, tokens)
         return ScoreTable.from_layer_runs(table)

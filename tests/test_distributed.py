@@ -83,3 +83,19 @@ def test_ray_cross_entropy_equals_the_single_process_scores(llama, pool, granula
     remote = pooled_cross_entropy_scores(model, session, tokens, pool)
     assert remote.keys() == local.keys() and len(local) >= 3
     assert remote == local  # bit for bit: the same pieces, the same runs, the same reference
+
+
+def test_ray_fitted_run_table_equals_the_single_process_one(llama, pool):
+    """The least-squares compensated damage of every block run (the default LLM scores), one job per first layer."""
+    from onnxdepth.compensate import stream_writers
+    from onnxdepth.compensate.runs import fitted_run_table
+    from onnxdepth.importance.layer_jobs import pooled_fitted_run_table
+
+    path, tokens, _ = llama
+    model = load_model(path)
+    writers = stream_writers(PruneSession(model, granularity="block"))
+    held_out = np.random.default_rng(1).integers(0, 128, (4, 16)).astype(np.int64)
+    local = fitted_run_table(model, writers, tokens, held_out)
+    remote = pooled_fitted_run_table(model, writers, tokens, held_out, pool)
+    assert len(local) == 3 and any(v > 0 for row in local for v in row[1:])
+    assert remote == local

@@ -100,17 +100,19 @@ def _fitted_stream(values: StreamValues, first: int, n: int, transform: np.ndarr
 def fitted_run_table(model: onnx.ModelProto, writers: list[Writer], tokens: np.ndarray, held_out: np.ndarray,
                      values: StreamValues | None = None) -> list[list[float]]:
     """TABLE[l][n]: held-out angular damage of removing layers l .. l + n - 1 with the fold (TABLE[l][0] = 0)."""
+    values = values or stream_values(model, writers, tokens, held_out)
+    return [fitted_run_row(values, first) for first in range(values.layers)]
+
+
+def fitted_run_row(values: StreamValues, first: int) -> list[float]:
+    """Row FIRST of `fitted_run_table` (one Ray job under --workers: `importance.layer_jobs`)."""
     from ..importance.angular import angular_distance
 
-    values = values or stream_values(model, writers, tokens, held_out)
-    table = []
-    for first in range(values.layers):
-        row = [0.0]
-        for n in range(1, values.layers - first + 1):
-            prediction = _fitted_stream(values, first, n, _fitted_transform(values, first, n))
-            row.append(float(angular_distance(prediction, values.held[values.streams[first + n]]).mean()))
-        table.append(row)
-    return table
+    row = [0.0]
+    for n in range(1, values.layers - first + 1):
+        prediction = _fitted_stream(values, first, n, _fitted_transform(values, first, n))
+        row.append(float(angular_distance(prediction, values.held[values.streams[first + n]]).mean()))
+    return row
 
 
 def _held_out_nll(model: onnx.ModelProto, stream: str, prediction: np.ndarray, held_out: np.ndarray) -> float:

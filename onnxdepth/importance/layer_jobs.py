@@ -5,7 +5,9 @@ inlined, so any worker can run it), its input shapes, the unit kinds to prune in
 the boundary arrays and feeds travel through Ray's object store. Angular importance needs nothing else.
 Cross-entropy runs the pruned layer's output on through the unpruned layers after it and the head: the whole
 model and the reference distribution go into the object store once, shared by every job (a worker parses
-the model once). The worker does exactly what the single-process loop does, so the scores are equal.
+the model once). The least-squares compensated damages of block runs (`compensate.runs`) are one job per
+first layer of a run, on the stream values of one model run shared through the object store. The worker does
+exactly what the single-process loop does, so the scores are equal.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from ..graph.extract import extract_submodel
 from .angular import (LayerCache, _pruned_layer_distance, _sub_shapes, cache_layers, layer_boundaries,
                       pruned_layer_outputs)
 
-__all__ = ["LayerJob", "pooled_angular_scores", "pooled_cross_entropy_scores", "score_layer_job", "score_chain_job"]
+__all__ = ["LayerJob", "pooled_angular_scores", "pooled_cross_entropy_scores", "pooled_fitted_run_table", "score_layer_job", "score_chain_job"]
 
 
 @dataclass
@@ -137,3 +139,19 @@ def pooled_cross_entropy_scores(model: onnx.ModelProto, session, tokens: np.ndar
     results = pool.score_layers(score_chain_job, [job for _, job in jobs], cache.hidden, cache.feeds, threads,
                                 shared=shared)
     return {prefix + kind: score for (prefix, _), result in zip(jobs, results) for kind, score in result.items()}
+
+
+def pooled_fitted_run_table(model: onnx.ModelProto, writers: list, tokens: np.ndarray, held_out: np.ndarray,
+                            pool) -> list[list[float]]:
+    """`compensate.runs.fitted_run_table`, one Ray job per first layer of a run (its fits and damages)."""
+    from ..compensate.runs import stream_values
+
+    values = stream_values(model, writers, tokens, held_out)
+    return pool.map(fitted_run_row_job, list(range(values.layers)), shared=(values,))
+
+
+def fitted_run_row_job(first: int, values) -> list[float]:
+    """Row FIRST of the fitted run table (in a Ray worker)."""
+    from ..compensate.runs import fitted_run_row
+
+    return fitted_run_row(values, first)
