@@ -7,21 +7,64 @@ a half-written file, and no temporary file behind.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import signal
 import tempfile
 import threading
 from pathlib import Path
 
 from .errors import OutputWriteError
 
-__all__ = ["COMMIT", "clean_stale", "remove_temporaries", "temp_prefix", "temporary", "write_atomic",
+__all__ = ["COMMIT", "clean_stale", "committing", "defer_signal", "remove_temporaries", "temp_prefix", "temporary", "write_atomic",
            "write_json_atomic"]
 
 #: Held while temporaries are renamed into place: an expiring --timeout waits for it, so a commit is whole.
 COMMIT = threading.RLock()
 #: This process's temporaries now on disk (files or folders), removed by `remove_temporaries` on an expiry.
 _TEMPORARIES: set[Path] = set()
+#: Every path this process has made temporaries for (`temp_prefix`): `remove_temporaries` also sweeps their
+#: folders for names with our prefix, catching one created but not yet registered when a signal came.
+_TARGETS: set[Path] = set()
+#: Commits now running in the main thread, and the signals that came meanwhile (`committing`, `defer_signal`).
+_COMMITS_RUNNING = 0
+_DEFERRED: list[int] = []
+
+
+def defer_signal(signum: int) -> bool:
+    """Called by a signal handler (the CLI's): True when a commit is running in the main thread, SIGNUM then
+    kept and raised again once the commit is done. (Blocking the signal would not do: ONNX Runtime's threads
+    would take it, and Python runs the handler in the main thread all the same.)"""
+    if _COMMITS_RUNNING:
+        _DEFERRED.append(signum)
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def committing(folder: str | os.PathLike):
+    """Hold while temporaries are renamed into FOLDER: COMMIT (an expiring --timeout waits for it), SIGINT and
+    SIGTERM deferred until the renames are done (`defer_signal`: an interrupt between the renames of OUT.data
+    and OUT would leave a mismatched pair), and an exclusive flock on FOLDER, so that two processes writing
+    the same OUT commit one after the other, never interleaved."""
+    global _COMMITS_RUNNING
+    in_main = threading.current_thread() is threading.main_thread()
+    with COMMIT:
+        _COMMITS_RUNNING += in_main
+        try:
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # released when FD is closed
+                yield
+            finally:
+                os.close(fd)
+        finally:
+            _COMMITS_RUNNING -= in_main
+    if in_main and not _COMMITS_RUNNING and _DEFERRED:
+        signum = _DEFERRED[0]
+        _DEFERRED.clear()
+        signal.raise_signal(signum)  # the handler runs now, after the commit
 
 
 @contextlib.contextmanager
@@ -46,14 +89,27 @@ def _remove(path: Path) -> None:
 
 
 def remove_temporaries() -> None:
-    """Delete every registered temporary (the --timeout watchdog calls it before ending the process)."""
+    """Delete every registered temporary, and anything else with this process's prefix beside the paths it
+    wrote (the --timeout watchdog and an interrupted command call it before ending)."""
     for path in list(_TEMPORARIES):
         _remove(path)
+    for target in list(_TARGETS):
+        prefix = temp_prefix(target, record=False)
+        try:
+            entries = list(target.parent.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith(prefix) and entry.name.endswith((".tmp", ".probe")):
+                _remove(entry)
 
 
-def temp_prefix(path: str | os.PathLike) -> str:
+def temp_prefix(path: str | os.PathLike, record: bool = True) -> str:
     """The name prefix of this process's temporaries for PATH: hidden, PATH's name, then our PID (so that a
-    later run can tell a killed run's leftovers from a running one's)."""
+    later run can tell a killed run's leftovers from a running one's). RECORD: remember PATH for
+    `remove_temporaries`."""
+    if record:
+        _TARGETS.add(Path(path).absolute())
     return f".{Path(path).name}.{os.getpid()}."
 
 
@@ -97,7 +153,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
             umask = os.umask(0)  # mkstemp creates 0600; give the file what open() would have
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)
-            with COMMIT:
+            with committing(path.parent):
                 os.replace(tmp, path)
             tmp = None
     except OSError as exc:

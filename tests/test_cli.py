@@ -304,23 +304,32 @@ def test_subprocess_prune_json(tmp, model_path):
     assert (tmp / "out.onnx").exists() and (tmp / "out.plan.json").exists()
 
 
-def test_ort_fused_transformer_graph_is_refused(cli, tmp):
-    """A graph already fused by ONNX Runtime's transformer optimizer gets a clear one-line refusal."""
+def test_ort_fused_ops_it_cannot_rewrite_are_refused(cli, tmp):
+    """A fused op whose weights the passes cannot see (ORT's packed-weight Attention) gets a one-line refusal;
+    a skip-norm (GenAI builder, ORT optimizer) is read: split into Add + norm, the graph's units listed."""
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8])
-    gamma = helper.make_tensor("gamma", TensorProto.FLOAT, [8], [1.0] * 8)
-    node = helper.make_node("SkipSimplifiedLayerNormalization", ["x", "x", "gamma"], ["y"], domain="com.microsoft")
-    model = helper.make_model(helper.make_graph([node], "fused", [x], [y], [gamma]),
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [8, 24], [0.1] * 192)
+    bias = helper.make_tensor("b", TensorProto.FLOAT, [24], [0.0] * 24)
+    node = helper.make_node("Attention", ["x", "w", "b"], ["y"], domain="com.microsoft", num_heads=2)
+    model = helper.make_model(helper.make_graph([node], "fused", [x], [y], [weight, bias]),
                               opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
     path = tmp / "fused.onnx"
     onnx.save(model, path)
     code, out, err = cli("prune", path, tmp / "out.onnx", "--ratio", "0.1")
     assert code == 1
     assert err.strip().splitlines() == [err.strip()]
-    assert "transformer optimizer" in err and "SkipSimplifiedLayerNormalization" in err
+    assert "fused ops onnxdepth cannot rewrite (Attention)" in err
     assert not (tmp / "out.onnx").exists()
+    gamma = helper.make_tensor("gamma", TensorProto.FLOAT, [8], [1.0] * 8)
+    skip = helper.make_node("SkipSimplifiedLayerNormalization", ["x", "x", "gamma"], ["y"], domain="com.microsoft")
+    model = helper.make_model(helper.make_graph([skip], "skip", [x], [y], [gamma]),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    onnx.save(model, path)
+    code, out, err = cli("units", path)
+    assert code == 0, err
 
 
 def test_plan_replay_is_byte_identical(cli, model_path, tmp):

@@ -81,6 +81,24 @@ def _model_argument(src: str, workdir: pathlib.Path) -> str:
     return src  # a yaml bundled with ultralytics, resolved by name
 
 
+def _refuse_foreign_pickles(model_arg: str) -> None:
+    """A .pt checkpoint is a pickle, and YOLO() unpickles it with torch.load(weights_only=False): any code in
+    it would run. First load it the restricted way, ultralytics' torch_safe_load(safe_only=True):
+    torch.load(weights_only=True) against its allow-list of known model classes, which raises TypeError on
+    anything else. What passes holds only those classes, so YOLO()'s own load of the same (private) copy runs
+    nothing else. Older ultralytics (no safe_only) or torch (< 2.6, no checkpoint scan: ultralytics then falls
+    back to a full load) cannot load restricted; there the --help warning is all there is."""
+    if not model_arg.endswith(".pt"):
+        return
+    import inspect
+
+    from ultralytics.nn import tasks
+
+    if "safe_only" in inspect.signature(tasks.torch_safe_load).parameters and getattr(tasks, "_SafeLoad", None) \
+            is not None and tasks._SafeLoad.SUPPORTED:
+        tasks.torch_safe_load(model_arg, safe_only=True)
+
+
 def _export_in(workdir: pathlib.Path, src: str, imgsz: int, opset: int | None, simplify: bool) -> pathlib.Path:
     """Run ultralytics' ONNX export of SRC inside WORKDIR; the .onnx file it produced."""
     from ultralytics import YOLO
@@ -88,6 +106,7 @@ def _export_in(workdir: pathlib.Path, src: str, imgsz: int, opset: int | None, s
     model_arg = _model_argument(src, workdir)
     try:
         with _quiet(workdir):
+            _refuse_foreign_pickles(model_arg)
             try:
                 model = YOLO(model_arg, verbose=False)
             except FileNotFoundError as exc:

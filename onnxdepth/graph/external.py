@@ -20,6 +20,7 @@ memory (the 2x the brief forbids).
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from ..errors import ModelLoadError
 
-__all__ = ["EXTERNAL_DIR_KEY", "model_bytes", "ExternalValues", "external_info", "external_tensors", "folder_of", "has_external",
+__all__ = ["EXTERNAL_DIR_KEY", "model_bytes", "ExternalValues", "check_external", "check_external_tensor", "external_info", "external_tensors", "folder_of", "has_external",
            "mark_folder", "read_tensor", "swap_external_values", "unmark"]
 
 #: Metadata key holding the absolute folder a lazily loaded model's external data names are relative to.
@@ -53,15 +54,25 @@ def external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
 def external_info(tensor: onnx.TensorProto) -> tuple[str, int, int | None]:
     """(location, offset, length or None) of an external TENSOR."""
     entries = {e.key: e.value for e in tensor.external_data}
-    length = entries.get("length")
-    return entries.get("location", ""), int(entries.get("offset", 0) or 0), int(length) if length else None
+    offset, length = (_byte_count(tensor, entries, key) for key in ("offset", "length"))
+    return entries.get("location", ""), offset or 0, length
+
+
+def _byte_count(tensor: onnx.TensorProto, entries: dict[str, str], key: str) -> int | None:
+    """The external-data entry KEY ("offset", "length") as a non-negative integer; None when absent."""
+    text = entries.get(key)
+    if not text:
+        return None
+    if not text.isdigit() or len(text) > 20:  # digits only: no sign, no "1e3", no 10**1000-digit numbers
+        raise ModelLoadError(f"initializer {tensor.name!r}: external data {key} {text[:40]!r} is not a byte count")
+    return int(text)
 
 
 def _expected_bytes(tensor: onnx.TensorProto) -> int | None:
     dtype = _NUMPY.get(tensor.data_type)
     if dtype is None:
         return None
-    return int(np.prod(tensor.dims, dtype=np.int64)) * np.dtype(dtype).itemsize
+    return math.prod(tensor.dims) * np.dtype(dtype).itemsize  # Python integers: no int64 overflow
 
 
 def folder_of(model: onnx.ModelProto) -> str | None:
@@ -102,20 +113,26 @@ def check_external(model: onnx.ModelProto, folder: str | os.PathLike) -> None:
     with as many bytes as its shape and type need."""
     sizes: dict[Path, int] = {}
     for tensor in external_tensors(model):
-        location, offset, length = external_info(tensor)
-        path = resolve(str(folder), location, tensor.name)
-        if path not in sizes:
-            if not path.is_file():
-                raise ModelLoadError(f"external data file missing: {location}")
-            sizes[path] = path.stat().st_size
-        expected = _expected_bytes(tensor)
-        need = length if length is not None else expected
-        if expected is not None and length is not None and length != expected:
-            raise ModelLoadError(f"initializer {tensor.name!r}: external data length {length} bytes, expected "
-                                 f"{expected}")
-        if need is not None and offset + need > sizes[path]:
-            raise ModelLoadError(f"initializer {tensor.name!r}: external data runs past the end of {location} "
-                                 "(truncated file?)")
+        check_external_tensor(tensor, folder, sizes)
+
+
+def check_external_tensor(tensor: onnx.TensorProto, folder: str | os.PathLike, sizes: dict[Path, int]) -> None:
+    """check_external for one TENSOR; SIZES caches the sizes of the files already seen."""
+    location, offset, length = external_info(tensor)
+    path = resolve(str(folder), location, tensor.name)
+    if path not in sizes:
+        if not path.is_file():
+            raise ModelLoadError(f"external data file missing: {location}")
+        sizes[path] = path.stat().st_size
+    expected = _expected_bytes(tensor)
+    need = length if length is not None else expected
+    if expected is not None and length is not None and length != expected:
+        raise ModelLoadError(f"initializer {tensor.name!r}: external data length {length} bytes, expected "
+                             f"{expected}")
+    # Checked against the file before anything is mapped or read: a declared 10**12-value tensor stops here.
+    if need is not None and offset + need > sizes[path]:
+        raise ModelLoadError(f"initializer {tensor.name!r}: external data runs past the end of {location} "
+                             "(truncated file?)")
 
 
 def read_tensor(tensor: onnx.TensorProto, folder: str) -> np.ndarray:

@@ -11,9 +11,10 @@ from typing import Callable
 
 import onnx
 
-from ..errors import ModelLoadError, OutputWriteError
-from ..fileio import COMMIT, clean_stale, temp_prefix, temporary
-from .external import check_external, external_info, external_tensors, folder_of, has_external, mark_folder, resolve, unmark
+from ..errors import ModelLoadError, OutputWriteError, UnsupportedModelError
+from ..fileio import clean_stale, committing, temp_prefix, temporary
+from .validate import check_tensor, validate_model
+from .external import check_external, check_external_tensor, external_info, external_tensors, folder_of, has_external, mark_folder, resolve, unmark
 
 __all__ = ["load_model", "save_model_atomic", "check_output_path"]
 
@@ -41,25 +42,17 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise ModelLoadError(f"{path}: not a valid ONNX file ({type(exc).__name__})") from exc
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError(f"{path}: not a valid ONNX file (empty or truncated graph)")
-    if external_tensors(model):
-        # Kept external and read memory-mapped (`graph.external`): never a second copy of the weights.
-        try:
+    try:
+        validate_model(model)  # sizes, names, cycles: before anything is allocated or analysed
+        if external_tensors(model):
+            # Kept external and read memory-mapped (`graph.external`): never a second copy of the weights.
             check_external(model, path.parent)
-        except ModelLoadError as exc:
-            raise ModelLoadError(f"{path}: {exc}") from exc
+    except (ModelLoadError, UnsupportedModelError) as exc:
+        raise type(exc)(f"{path}: {exc}") from exc
+    unmark(model)  # a folder recorded in the file itself is not ours to trust
+    if external_tensors(model):
         mark_folder(model, path.parent)
     _inline_external_attributes(model, path.parent)
-    for init in model.graph.initializer:
-        # A truncated raw_data field parses but has the wrong byte count; catch it here, not in ORT.
-        if init.HasField("raw_data") and init.data_type in _ITEMSIZE:
-            expected = _ITEMSIZE[init.data_type]
-            for dim in init.dims:
-                expected *= dim
-            if len(init.raw_data) != expected:
-                raise ModelLoadError(
-                    f"{path}: initializer {init.name!r} has {len(init.raw_data)} bytes, expected {expected}"
-                    " (truncated file?)"
-                )
     return model
 
 
@@ -70,25 +63,15 @@ def _inline_external_attributes(model: onnx.ModelProto, folder: Path) -> None:
     for node in model.graph.node:
         for attribute in node.attribute:
             if attribute.HasField("t") and attribute.t.data_location == onnx.TensorProto.EXTERNAL:
+                what = f"{node.op_type} node {node.name!r}'s attribute {attribute.name!r}"
                 try:
+                    check_external_tensor(attribute.t, folder, {})  # inside FOLDER, within its file
                     load_external_data_for_tensor(attribute.t, str(folder))
                 except (OSError, ValueError) as exc:
-                    raise ModelLoadError(f"cannot read the external data of {node.name or node.op_type}'s "
-                                         f"{attribute.name} ({exc})") from exc
+                    raise ModelLoadError(f"cannot read the external data of {what} ({exc})") from exc
+                check_tensor(attribute.t, what)  # the bytes read match the declared dims
                 attribute.t.data_location = onnx.TensorProto.DEFAULT
                 del attribute.t.external_data[:]
-
-
-_ITEMSIZE = {
-    onnx.TensorProto.FLOAT: 4,
-    onnx.TensorProto.FLOAT16: 2,
-    onnx.TensorProto.BFLOAT16: 2,
-    onnx.TensorProto.DOUBLE: 8,
-    onnx.TensorProto.INT64: 8,
-    onnx.TensorProto.INT32: 4,
-    onnx.TensorProto.INT8: 1,
-    onnx.TensorProto.UINT8: 1,
-}
 
 
 def check_output_path(out: str | os.PathLike, src: str | os.PathLike | None = None) -> Path:
@@ -132,7 +115,7 @@ def save_model_atomic(model: onnx.ModelProto, out: str | os.PathLike,
             if check is not None:
                 check(tmp)
             _usual_mode(tmp)
-            with COMMIT:
+            with committing(out.parent):
                 os.replace(tmp, out)
     except OSError as exc:
         raise OutputWriteError(f"{out}: cannot write ({exc.strerror or exc})") from exc
@@ -177,7 +160,7 @@ def _save_external(model: onnx.ModelProto, out: Path, check: Callable[[Path], No
                 check(work / out.name)
             for name in (data_name, out.name):
                 _usual_mode(work / name)
-            with COMMIT:  # both renames, or (a --timeout expiring meanwhile) neither
+            with committing(out.parent):  # both renames, or (a --timeout or a signal meanwhile) neither
                 os.replace(work / data_name, out.parent / data_name)
                 os.replace(work / out.name, out)
     except OSError as exc:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
+import tempfile
 
 import onnx
 
@@ -159,8 +162,26 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
     if has_contrib_ops(model):
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        return SymbolicShapeInference.infer_shapes(_declared_external(model), auto_merge=True)
+        with _scratch_directory():  # where ORT drops its debug copy when inference stays incomplete
+            inferred = SymbolicShapeInference.infer_shapes(_declared_external(model), auto_merge=True)
+        if inferred is None:  # ORT's answer for opset < 7
+            raise ValueError("ONNX Runtime's symbolic shape inference needs opset 7 or later")
+        return inferred
     return onnx.shape_inference.infer_shapes(model, data_prop=True)
+
+
+@contextlib.contextmanager
+def _scratch_directory():
+    """Run the block in a fresh temporary working directory, removed afterwards: ONNX Runtime's symbolic shape
+    inference saves `sym_shape_infer_temp.onnx` and a `<uuid>.data` into the working directory whenever it
+    cannot infer every shape, and leaves them there."""
+    previous = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="onnxdepth-shapes-") as scratch:
+        os.chdir(scratch)
+        try:
+            yield
+        finally:
+            os.chdir(previous)
 
 
 def _declared_external(model: onnx.ModelProto) -> onnx.ModelProto:

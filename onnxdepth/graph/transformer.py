@@ -211,10 +211,11 @@ def _region(sources: list[gs.Node], sink: gs.Node) -> list[gs.Node]:
 
 def find_layers(graph: gs.Graph, lifting: Lifting, head: set[str]) -> list[TransformerLayer]:
     """Transformer layers in order: each attention block and the MLP transforms after it."""
-    blocks = find_attention_blocks(graph)
+    order = {id(n): k for k, n in enumerate(graph.nodes)}  # graph must be toposorted
+    # A block reached into a subgraph (an If / Loop body reading the outer tensors) is not a top-level unit.
+    blocks = [b for b in find_attention_blocks(graph) if all(id(n) in order for n in b.region)]
     if not blocks:
         return []
-    order = {id(n): k for k, n in enumerate(graph.nodes)}  # graph must be toposorted
     blocks.sort(key=lambda b: order[id(b.q)])
     in_attention = {id(n) for b in blocks for n in b.projections}
     layers = [TransformerLayer(i, b) for i, b in enumerate(blocks)]
