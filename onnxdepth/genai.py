@@ -92,9 +92,8 @@ def write_folder(src: str | os.PathLike, out: Path, model: onnx.ModelProto, conf
     """Beside OUT: CONFIG with the pruned MODEL's layer count and file name, and every other file of SRC's
     folder that OUT's folder lacks (tokenizer, chat template; not models, their data or onnxdepth's plans)."""
     src = Path(src)
-    layers = sum(1 for v in model.graph.input
-                 if _pattern(config["model"]["decoder"]["inputs"].get("past_key_names", "past_key_values.%d.key"))
-                 .fullmatch(v.name))
+    past_key = _pattern(config["model"]["decoder"]["inputs"].get("past_key_names", "past_key_values.%d.key"))
+    layers = sum(1 for v in model.graph.input if past_key.fullmatch(v.name))
     updated = json.loads(json.dumps(config))  # a deep copy
     updated["model"]["decoder"]["num_hidden_layers"] = layers
     updated["model"]["decoder"]["filename"] = out.name

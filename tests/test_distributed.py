@@ -38,15 +38,21 @@ def pool():
         yield running
 
 
-@pytest.mark.parametrize("granularity", ["fine", "sublayer"])
-def test_ray_layer_jobs_equal_the_single_process_scores(llama, pool, granularity):
+@pytest.mark.parametrize("metric,granularity", [("angular", "fine"), ("angular", "sublayer"),
+                                                ("cross_entropy", "fine"), ("cross_entropy", "block")])
+def test_ray_layer_jobs_equal_the_single_process_scores(llama, pool, metric, granularity):
+    from onnxdepth.importance.cross_entropy import cross_entropy_scores
+    from onnxdepth.importance.layer_jobs import pooled_cross_entropy_scores
+
+    single, pooled = {"angular": (angular_scores, pooled_angular_scores),
+                      "cross_entropy": (cross_entropy_scores, pooled_cross_entropy_scores)}[metric]
     path, tokens, _ = llama
     model = load_model(path)
     session = PruneSession(model, granularity=granularity)
-    local = angular_scores(model, session, tokens, progress=False)
-    remote = pooled_angular_scores(model, session, tokens, pool)
+    local = single(model, session, tokens, progress=False)
+    remote = pooled(model, session, tokens, pool)
     assert remote.keys() == local.keys() and len(local) >= 3
-    assert remote == local  # bit for bit: the same cut-out layers, the same runs
+    assert remote == local  # bit for bit: the same cut-out layers, the same runs (and reference distribution)
 
 
 def test_score_with_workers_writes_the_same_table(llama, pool, cli, tmp_path):
@@ -69,20 +75,6 @@ def test_workers_are_refused_where_ray_does_not_score(llama):
 def test_workers_must_be_positive():
     with pytest.raises(InvalidArgumentError, match="at least 1"):
         PruneConfig(0.2, workers=0)
-
-
-@pytest.mark.parametrize("granularity", ["fine", "block"])
-def test_ray_cross_entropy_equals_the_single_process_scores(llama, pool, granularity):
-    from onnxdepth.importance.cross_entropy import cross_entropy_scores
-    from onnxdepth.importance.layer_jobs import pooled_cross_entropy_scores
-
-    path, tokens, _ = llama
-    model = load_model(path)
-    session = PruneSession(model, granularity=granularity)
-    local = cross_entropy_scores(model, session, tokens, progress=False)
-    remote = pooled_cross_entropy_scores(model, session, tokens, pool)
-    assert remote.keys() == local.keys() and len(local) >= 3
-    assert remote == local  # bit for bit: the same pieces, the same runs, the same reference
 
 
 def test_ray_fitted_run_table_equals_the_single_process_one(llama, pool):

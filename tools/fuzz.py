@@ -4,10 +4,11 @@
     python tools/fuzz.py --minutes 120 --jobs 2           # until two hours have passed
     python tools/fuzz.py --mode subprocess --cases 50     # fresh `python -m onnxdepth.cli` per command
     python tools/fuzz.py --families truncate,huge_dim --cases 200
-    python tools/fuzz.py --replay tests/fuzz/corpus/*.onnx
+    python tools/fuzz.py --replay                         # every case of tests/fuzz/corpus.txt
+    python tools/fuzz.py --replay huge_dim-attn-2         # some of them, by name
 
-Every failing case is written into tests/fuzz/corpus/ (`<family>-<seed model>-<seed>.onnx`), which
-tests/fuzz/test_fuzz.py replays. The families, the oracle and the child processes are in tests/fuzz/.
+Every failing case is added to tests/fuzz/corpus.txt (`<family>-<seed model>-<seed>` and a digest of its
+bytes), which tests/fuzz/test_fuzz.py regenerates and replays. The families, the oracle and the child processes are in tests/fuzz/.
 """
 
 from __future__ import annotations
@@ -39,16 +40,16 @@ def _arguments() -> argparse.Namespace:
                              "interpreter, as a user runs it")
     parser.add_argument("--families", help="comma-separated families (default: all); --list shows them")
     parser.add_argument("--list", action="store_true", help="print the families and exit")
-    parser.add_argument("--corpus", type=Path, default=fuzz_cases.CORPUS, help="where failing cases are written")
+    parser.add_argument("--corpus", type=Path, default=fuzz_cases.CORPUS, help="the list failing cases are added to")
     parser.add_argument("--no-save", action="store_true", help="do not write failing cases")
-    parser.add_argument("--replay", nargs="+", type=Path, help="run these corpus files instead of generated cases")
+    parser.add_argument("--replay", nargs="*", help="run these corpus cases (names; none: all of --corpus) instead of "
+                                                   "generated cases")
     return parser.parse_args()
 
 
-def _replayed(paths: list[Path]) -> list[fuzz_cases.Case]:
-    chosen = {path.stem for path in paths}
-    folders = {path.resolve().parent for path in paths}
-    return [case for folder in folders for case in fuzz_cases.corpus_cases(folder) if case.name in chosen]
+def _replayed(names: list[str], corpus: Path) -> list[fuzz_cases.Case]:
+    cases = fuzz_cases.corpus_cases(corpus)
+    return [case for case in cases if case.name in names] if names else cases
 
 
 def main() -> int:
@@ -63,8 +64,8 @@ def main() -> int:
         sys.exit(f"unknown families: {', '.join(sorted(unknown))} (see --list)")
     deadline = time.monotonic() + args.minutes * 60 if args.minutes else None
     limit = args.cases if args.cases is not None else (None if deadline else 500)
-    if args.replay:
-        cases = iter(_replayed(args.replay))
+    if args.replay is not None:
+        cases = iter(_replayed(args.replay, args.corpus))
     else:
         cases = fuzz_cases.sequence(args.seed, families)
     if limit is not None:
@@ -79,7 +80,7 @@ def main() -> int:
             runs[family] += 1
             if failures:
                 failed[family] += 1
-                where = "" if args.no_save or args.replay else f" -> {fuzz_cases.save_case(case, args.corpus)}"
+                where = "" if args.no_save or args.replay is not None else f" -> {fuzz_cases.save_case(case, args.corpus)}"
                 print(f"FAIL {case.name} ({seconds:.1f} s){where}", flush=True)
                 for failure in failures:
                     print(f"     {failure}", flush=True)

@@ -50,40 +50,15 @@ _LAYER_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 
 
 def available_memory() -> int:
-    """Bytes this process could still allocate: the system's available memory (psutil, else
-    /proc/meminfo), less whatever RLIMIT_AS leaves unused."""
-    try:
-        import psutil
+    """Bytes this process could still allocate: the system's available memory, less whatever RLIMIT_AS leaves
+    unused (both from psutil)."""
+    import psutil
 
-        free = int(psutil.virtual_memory().available)
-    except ImportError:
-        free = _meminfo_available()
+    free = int(psutil.virtual_memory().available)
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:
-        free = min(free, max(soft - _address_space(), 0))
+        free = min(free, max(soft - int(psutil.Process().memory_info().vms), 0))
     return free
-
-
-def _meminfo_available() -> int:
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 1 << 62  # unknown: no limit of our own
-
-
-def _address_space() -> int:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def _elements(tensor: TensorProto, what: str) -> int:

@@ -1,15 +1,16 @@
 """Fuzz cases: every family by name, a case regenerated deterministically from (family, seed), and the
-committed corpus of cases that once failed (`corpus/<case>.onnx`, external data beside it as
-`<case>.onnx.data`).
+corpus of cases that once failed (`corpus.txt`: each case's name and a digest of its bytes; the files are
+regenerated from the name, so no model file is committed).
 
 Plain seeded `random.Random` mutation rather than hypothesis: a case is a whole file run through the CLI in
 a separate process (about 0.3 s), so hypothesis' shrinking would re-run hundreds of them per failure, its
 example database would make CI runs depend on earlier ones, and its health checks fight a per-case budget.
 A (family, seed) pair names each case exactly instead, in the test and in `tools/fuzz.py` alike, and a
-failure is kept as the file itself."""
+failure is kept as that name with the digest of its bytes."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,10 @@ from fuzz_graph import GRAPH_MUTATIONS
 from fuzz_seeds import SEEDS, seed_model
 from fuzz_tensors import TENSOR_MUTATIONS, to_external
 
-__all__ = ["CORPUS", "Case", "FAMILIES", "corpus_cases", "generate", "save_case", "sequence"]
+__all__ = ["CORPUS", "Case", "FAMILIES", "corpus_cases", "corpus_entries", "digest", "generate", "save_case",
+           "sequence"]
 
-CORPUS = Path(__file__).resolve().parent / "corpus"
+CORPUS = Path(__file__).resolve().parent / "corpus.txt"
 MODEL = "in.onnx"
 
 
@@ -85,20 +87,35 @@ def sequence(start: int = 0, families: list[str] | None = None) -> Iterator[Case
         index += 1
 
 
-def save_case(case: Case, folder: Path = CORPUS) -> Path:
-    """Write CASE into FOLDER as <name>.onnx (+ <name>.onnx.data ...); the model's path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, data in case.files.items():
-        (folder / (case.name + name[len("in"):])).write_bytes(data)
-    return folder / f"{case.name}.onnx"
+def digest(case: Case) -> str:
+    """16 hex digits of the sha256 of CASE's file names and bytes."""
+    h = hashlib.sha256()
+    for name in sorted(case.files):
+        h.update(name.encode())
+        h.update(case.files[name])
+    return h.hexdigest()[:16]
 
 
-def corpus_cases(folder: Path = CORPUS) -> list[Case]:
-    """Every case committed in FOLDER, sidecars mapped back to the names the model refers to."""
-    cases = []
-    for model in sorted(folder.glob("*.onnx")):
-        files = {MODEL: model.read_bytes()}
-        for sidecar in folder.glob(f"{model.name}.*"):
-            files[MODEL + sidecar.name[len(model.name):]] = sidecar.read_bytes()
-        cases.append(Case(model.stem, files))
-    return cases
+def _regenerated(name: str) -> Case:
+    family, _, seed = name.rsplit("-", 2)  # "<family>-<seed model>-<seed>"; families may hold "_", never "-"
+    return generate(family, int(seed))
+
+
+def save_case(case: Case, corpus: Path = CORPUS) -> Path:
+    """Add CASE (its name and digest) to the CORPUS list, once; the list's path."""
+    entries = corpus_entries(corpus) if corpus.is_file() else {}
+    if case.name not in entries:
+        with open(corpus, "a") as handle:
+            handle.write(f"{case.name} {digest(case)}\n")
+    return corpus
+
+
+def corpus_entries(corpus: Path = CORPUS) -> dict[str, str]:
+    """Case name -> digest of every case listed in CORPUS (comments and blank lines skipped)."""
+    lines = [line.split() for line in corpus.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return {name: value for name, value in lines}
+
+
+def corpus_cases(corpus: Path = CORPUS) -> list[Case]:
+    """Every case listed in CORPUS, regenerated from its name."""
+    return [_regenerated(name) for name in corpus_entries(corpus)]
