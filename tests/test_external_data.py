@@ -146,3 +146,52 @@ def test_a_killed_runs_temporaries_are_cleaned_by_the_next_run(external, tmp_pat
     api.prune_file(external, out_dir / "pruned.onnx", PruneConfig(0.3, importance="magnitude"))
     assert not any(p.exists() for p in stale) and alive.exists()
     assert {"pruned.onnx", "pruned.onnx.data", "pruned.plan.json"} <= set(os.listdir(out_dir))
+
+
+def test_overwriting_out_alternates_its_data_file_and_removes_the_old_one(external, tmp_path):
+    """A second write over OUT puts its data under the name the OUT on disk does not use, then removes the
+    old data: one data file, the one OUT refers to."""
+    out = tmp_path / "out.onnx"
+    names = []
+    for _ in range(3):
+        save_model_atomic(load_model(external), out)
+        written = onnx.load(str(out), load_external_data=False)
+        names.append({e.value for t in external_tensors(written) for e in t.external_data if e.key == "location"})
+        assert sorted(os.listdir(tmp_path)) == sorted(["out.onnx", *names[-1], "src"])
+    assert names == [{"out.onnx.data"}, {"out.onnx.1.data"}, {"out.onnx.data"}]
+    x = np.random.default_rng(2).uniform(size=(1, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_array_equal(_run(out, x)[0], _run(external, x)[0])
+
+
+def test_a_kill_between_the_two_renames_leaves_the_old_pair_whole(external, tmp_path, monkeypatch):
+    """The process dying right after the new data file is renamed into place (before OUT is) must leave the
+    old OUT with its own data; the orphan new data file goes at the next write."""
+    from onnxdepth.graph import io as graph_io
+
+    out = tmp_path / "out.onnx"
+    old = graphs.build_residual()
+    first = old.graph.initializer[0]
+    first.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(first) * 0.5, first.name))
+    onnx.save_model(old, str(out), save_as_external_data=True, location="out.onnx.data", size_threshold=0)
+    x = np.random.default_rng(3).uniform(size=(1, 3, 16, 16)).astype(np.float32)
+    before = _run(out, x)[0]
+    assert not np.array_equal(before, _run(external, x)[0])
+    real_replace = os.replace
+
+    class Killed(BaseException):
+        """Stands for SIGKILL: nothing after the raise runs, no cleanup of the renamed file."""
+
+    def replace(src, dst):
+        if os.fspath(dst) == os.fspath(out):
+            raise Killed
+        real_replace(src, dst)
+
+    monkeypatch.setattr(graph_io.os, "replace", replace)
+    with pytest.raises(Killed):
+        save_model_atomic(load_model(external), out)
+    monkeypatch.setattr(graph_io.os, "replace", real_replace)
+    assert sorted(os.listdir(tmp_path)) == ["out.onnx", "out.onnx.1.data", "out.onnx.data", "src"]
+    np.testing.assert_array_equal(_run(out, x)[0], before)  # the old pair, untouched
+    save_model_atomic(load_model(external), out)
+    assert sorted(os.listdir(tmp_path)) == ["out.onnx", "out.onnx.1.data", "src"]  # orphan replaced, old data gone
+    np.testing.assert_array_equal(_run(out, x)[0], _run(external, x)[0])

@@ -146,7 +146,7 @@ def _save_external(model: onnx.ModelProto, out: Path, check: Callable[[Path], No
     into a hidden temporary folder beside OUT, checked there (CHECK), then renamed into place. MODEL is
     rewritten in place to refer to the new files (it stays a valid, light model of OUT; after a failure it is
     not usable)."""
-    data_name = out.name + ".data"
+    data_name = _free_data_name(out)
     source = folder_of(model)
     work = Path(tempfile.mkdtemp(prefix=temp_prefix(out), suffix=".tmp", dir=out.parent))
     try:
@@ -161,8 +161,16 @@ def _save_external(model: onnx.ModelProto, out: Path, check: Callable[[Path], No
             for name in (data_name, out.name):
                 _usual_mode(work / name)
             with committing(out.parent):  # both renames, or (a --timeout or a signal meanwhile) neither
+                # DATA_NAME must be one the OUT now on disk does not use, so that a kill between the two renames
+                # leaves the old pair whole (plus an unreferenced data file, removed by the next write to OUT).
+                # Another process may have committed since it was chosen: look again under the lock.
+                if data_name != _free_data_name(out):
+                    data_name = _rename_data(model, work, out.name, data_name, _free_data_name(out))
                 os.replace(work / data_name, out.parent / data_name)
                 os.replace(work / out.name, out)
+                for name in _derived_data_names(out):  # the old OUT's data, and any orphan of a killed write
+                    if name != data_name:
+                        _remove_file(out.parent / name)
     except OSError as exc:
         raise OutputWriteError(f"{out}: cannot write ({exc.strerror or exc})") from exc
     finally:
@@ -170,6 +178,51 @@ def _save_external(model: onnx.ModelProto, out: Path, check: Callable[[Path], No
     mark_folder(model, out.parent)
     logger.info("wrote %s and %s", out, data_name)
     return out
+
+
+def _derived_data_names(out: Path) -> tuple[str, str]:
+    """The names OUT's external data file may have: ``OUT.data``, or ``OUT.1.data`` when the OUT now on disk
+    uses ``OUT.data`` (each write takes the one the current OUT does not use, so the old pair stays whole
+    until the new OUT replaces it)."""
+    return out.name + ".data", out.name + ".1.data"
+
+
+def _free_data_name(out: Path) -> str:
+    """The first of `_derived_data_names` that the OUT now on disk does not refer to."""
+    used = _data_names_of(out)
+    return next(name for name in _derived_data_names(out) if name not in used)
+
+
+def _rename_data(model: onnx.ModelProto, work: Path, model_name: str, old: str, new: str) -> str:
+    """Rename WORK's data file OLD to NEW and rewrite the (light) model file MODEL_NAME there to refer to it."""
+    os.rename(work / old, work / new)
+    for tensor in external_tensors(model):
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = new
+    onnx.save_model(model, str(work / model_name))
+    _usual_mode(work / model_name)
+    return new
+
+
+def _data_names_of(out: Path) -> set[str]:
+    """The external data files the model now at OUT refers to (none when OUT is absent or not ONNX)."""
+    if not out.is_file():
+        return set()
+    try:
+        light = onnx.load(str(out), load_external_data=False)
+        return {external_info(tensor)[0] for tensor in external_tensors(light)}
+    except Exception:  # a broken or foreign file at OUT is simply replaced; it refers to nothing of ours
+        return set()
+
+
+def _remove_file(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # the new pair is in place; a leftover old data file is only wasted space
+        logger.warning("could not remove the previous data file %s (%s)", path, exc.strerror or exc)
 
 
 def _write_tensor(tensor: onnx.TensorProto, data, source: str | None, data_name: str) -> None:
