@@ -62,6 +62,21 @@ class RayPool:
                    for job in jobs]
         return self.ray.get(pending)
 
+    def cpus(self) -> int:
+        """The cluster's CPUs: one task or actor each."""
+        return max(1, int(self.ray.cluster_resources().get("CPU", 1)))
+
+    def put(self, value):
+        """VALUE in the object store (its ref, resolved when passed as a task or actor argument)."""
+        return self.ray.put(value)
+
+    def actor(self, cls, *args):
+        """A Ray actor of CLS(*ARGS) on one CPU (its methods are called with ``.remote``)."""
+        return self.ray.remote(num_cpus=1)(cls).remote(*args)
+
+    def get(self, refs: list) -> list:
+        return self.ray.get(refs)
+
     def map(self, function, items: list, shared: tuple = ()) -> list:
         """FUNCTION(item, *SHARED) of every item as Ray tasks of one CPU each, SHARED put in the object store once."""
         remote = self.ray.remote(num_cpus=1)(function)

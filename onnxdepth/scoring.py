@@ -36,10 +36,10 @@ def score_units(model: onnx.ModelProto, session: PruneSession, importance: str, 
     tokens = calibration.tokens(f"--importance {importance}")
     if importance == "cross_entropy":
         from .importance.cross_entropy import cross_entropy_scores
-        from .importance.layer_jobs import pooled_cross_entropy_scores
+        from .importance.chain_stages import pipelined_cross_entropy_scores
 
         if pool is not None:
-            return ScoreTable(pooled_cross_entropy_scores(model, session, tokens, pool))
+            return ScoreTable(pipelined_cross_entropy_scores(model, session, tokens, pool))
         return ScoreTable(cross_entropy_scores(model, session, tokens))
     from .importance.angular import angular_scores, run_distances
 

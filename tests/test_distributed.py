@@ -42,10 +42,10 @@ def pool():
                                                 ("cross_entropy", "fine"), ("cross_entropy", "block")])
 def test_ray_layer_jobs_equal_the_single_process_scores(llama, pool, metric, granularity):
     from onnxdepth.importance.cross_entropy import cross_entropy_scores
-    from onnxdepth.importance.layer_jobs import pooled_cross_entropy_scores
+    from onnxdepth.importance.chain_stages import pipelined_cross_entropy_scores
 
     single, pooled = {"angular": (angular_scores, pooled_angular_scores),
-                      "cross_entropy": (cross_entropy_scores, pooled_cross_entropy_scores)}[metric]
+                      "cross_entropy": (cross_entropy_scores, pipelined_cross_entropy_scores)}[metric]
     path, tokens, _ = llama
     model = load_model(path)
     session = PruneSession(model, granularity=granularity)
@@ -91,3 +91,56 @@ def test_ray_fitted_run_table_equals_the_single_process_one(llama, pool):
     remote = pooled_fitted_run_table(model, writers, tokens, held_out, pool)
     assert len(local) == 3 and any(v > 0 for row in local for v in row[1:])
     assert remote == local
+
+
+class _InlinePool:
+    """The `RayPool` calls `pipelined_cross_entropy_scores` makes, run in this process (refs are the values):
+    any number of stages without a Ray runtime."""
+
+    class _Actor:
+        class _Method:
+            def __init__(self, bound):
+                self.remote = bound
+
+        def __init__(self, instance):
+            self.score, self.forward = self._Method(instance.score), self._Method(instance.forward)
+
+    def __init__(self, cpus):
+        self._cpus = cpus
+
+    def cpus(self):
+        return self._cpus
+
+    def put(self, value):
+        return value
+
+    def actor(self, cls, *args):
+        return self._Actor(cls(*args))
+
+    def get(self, refs):
+        return list(refs)
+
+
+@pytest.mark.parametrize("stages", [1, 3, 7])
+def test_cross_entropy_pipeline_equals_the_single_process_scores_at_any_stage_count(llama, stages):
+    """One stage holds the whole chain, three one layer each; more CPUs than layers still gives 3 stages."""
+    from onnxdepth.importance.chain_stages import pipelined_cross_entropy_scores, stage_ranges
+    from onnxdepth.importance.cross_entropy import cross_entropy_scores
+
+    path, tokens, _ = llama
+    model = load_model(path)
+    session = PruneSession(model, granularity="fine")
+    local = cross_entropy_scores(model, session, tokens, progress=False)
+    assert pipelined_cross_entropy_scores(model, session, tokens, _InlinePool(stages)) == local
+    assert len(stage_ranges(3, stages)) == min(stages, 3)
+
+
+def test_stage_ranges_cover_every_layer_once_in_near_equal_runs():
+    from onnxdepth.importance.chain_stages import stage_ranges
+
+    for layers in (1, 2, 5, 30, 80):
+        for stages in (1, 2, 3, 8, 100):
+            ranges = stage_ranges(layers, stages)
+            assert [i for first, last in ranges for i in range(first, last)] == list(range(layers))
+            lengths = [last - first for first, last in ranges]
+            assert min(lengths) >= 1 and max(lengths) - min(lengths) <= 1

@@ -68,6 +68,34 @@ def save_tiny_gpt2(path: Path, *, seed: int = 0, vocab: int = 128, hidden: int =
     return path
 
 
+def save_tiny_phi(path: Path, *, seed: int = 0, vocab: int = 128, hidden: int = 64, layers: int = 4,
+                  heads: int = 4) -> Path:
+    """A tiny random PhiForCausalLM (the Phi-2 layout): parallel attention and MLP off one LayerNorm, partial
+    rotary, GELU MLP with biases."""
+    import torch
+    from transformers import PhiConfig, PhiForCausalLM
+
+    cfg = PhiConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                    num_attention_heads=heads, max_position_embeddings=128, partial_rotary_factor=0.5)
+    torch.manual_seed(seed)
+    PhiForCausalLM(cfg).eval().save_pretrained(path)
+    return path
+
+
+def save_tiny_falcon(path: Path, *, seed: int = 0, vocab: int = 128, hidden: int = 64, layers: int = 4,
+                     heads: int = 4) -> Path:
+    """A tiny random FalconForCausalLM: one fused query_key_value projection (multi-query attention: one KV
+    head), parallel attention and MLP."""
+    import torch
+    from transformers import FalconConfig, FalconForCausalLM
+
+    cfg = FalconConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                       multi_query=True, parallel_attn=True, new_decoder_architecture=False, bias=False)
+    torch.manual_seed(seed)
+    FalconForCausalLM(cfg).eval().save_pretrained(path)
+    return path
+
+
 def decoder_feed(input_ids: np.ndarray, past: int = 0) -> dict[str, np.ndarray]:
     """input_ids / attention_mask / position_ids of an optimum decoder export for one step."""
     input_ids = np.asarray(input_ids, dtype=np.int64).reshape(1, -1)

@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def distribution(p):
         p.add_argument("--workers", type=int, default=None, metavar="N",
-                       help="score layers as jobs on a local Ray runtime with N worker CPUs (angular importance, "
-                            "fine / sublayer; pip install 'onnxdepth[ray]')")
+                       help="score layers as jobs on a local Ray runtime with N worker CPUs (angular and "
+                            "cross_entropy importance, and the least-squares damages of the default; "
+                            "pip install 'onnxdepth[ray]')")
         p.add_argument("--ray-address", default=None, metavar="ADDR",
                        help="score layers on the existing Ray cluster at ADDR (e.g. ray://head:10001 or auto)")
 

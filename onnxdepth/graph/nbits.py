@@ -9,8 +9,8 @@ On export `requantize_nbits` turns every such MatMul back into a MatMulNBits:
 - otherwise (input channels cut inside a block, or refitted by --compensate lstsq): quantized afresh,
   round-to-nearest per block of the same size, symmetric as the original was, by ONNX Runtime's own
   `quantize_matmul_4bits` (what its MatMulNBits quantizer calls).
-The float copy lives in memory while the model is pruned (4 bytes per weight): an int4 model is pruned in
-about eight times its file size.
+The float weights live in memory while the model is pruned (4 bytes per weight, once: the records keep only
+the codes): an int4 model is pruned in memory like its float32 equivalent, about eight times its file size.
 """
 
 from __future__ import annotations
@@ -41,12 +41,21 @@ class NBitsWeight:
     codes: np.ndarray  # uint8 [N, blocks, block_size / 2]: two 4-bit codes a byte, the low nibble first
     scales: np.ndarray  # [N, blocks]
     zero_points: np.ndarray | None  # uint8 [N, ceil(blocks / 2)] packed like the codes; None: symmetric (8)
-    weight: np.ndarray  # float32 [K, N], the dequantized weight
     names: tuple[str, str, str]  # its codes', scales' and zero points' initializer names ("" for none)
 
     @property
     def block(self) -> int:
         return int(self.attrs["block_size"])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The float weight's [K, N]."""
+        return int(self.attrs["K"]), int(self.attrs["N"])
+
+    def dequantized(self) -> np.ndarray:
+        """The float32 [K, N] weight the codes stand for (computed again when asked: the record keeps no float
+        copy, the model being pruned holds one)."""
+        return _dequantize(self.codes, self.scales, self.zero_points, self.shape[0], self.block)
 
 
 def _array(tensor: onnx.TensorProto, folder: str | None) -> np.ndarray:
@@ -92,7 +101,7 @@ def dequantize_nbits(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str,
         scales = _array(inits[inputs[2]], folder).reshape(n, blocks)
         zero_points = _array(inits[inputs[3]], folder).reshape(n, -1) if inputs[3] else None
         weight = _dequantize(codes, scales, zero_points, k, block)
-        records[name] = NBitsWeight(attrs, codes, scales, zero_points, weight, tuple(inputs[1:4]))
+        records[name] = NBitsWeight(attrs, codes, scales, zero_points, tuple(inputs[1:4]))
         dropped.update(i for i in inputs[1:4] if i)
         weight_name = f"{inputs[1]}/dequantized"
         out.graph.initializer.append(numpy_helper.from_array(weight, weight_name))
@@ -153,18 +162,19 @@ def requantize_nbits(graph: gs.Graph, records: dict[str, NBitsWeight], slices: d
 
 def _quantized(record: NBitsWeight, weight: np.ndarray, kept: dict) -> tuple[str, tuple]:
     """(how, (codes, scales, zero points)) of WEIGHT [K, N]: the record's own, a slice of them, or fresh."""
-    k_keep = np.asarray(kept.get(0, np.arange(record.weight.shape[0])))
-    n_keep = np.asarray(kept.get(1, np.arange(record.weight.shape[1])))
+    k, n = record.shape
+    k_keep = np.asarray(kept.get(0, np.arange(k)))
+    n_keep = np.asarray(kept.get(1, np.arange(n)))
     original = (record.codes, record.scales, record.zero_points)
-    if weight.shape == record.weight.shape and np.array_equal(weight, record.weight):
+    dequantized = record.dequantized()
+    if weight.shape == dequantized.shape and np.array_equal(weight, dequantized):
         return "kept", original
     block = record.block
-    k = record.weight.shape[0]
     whole_blocks = (len(k_keep) % block == 0 and k % block == 0
                     and all(np.array_equal(run, np.arange(run[0], run[0] + block)) and run[0] % block == 0
                             for run in k_keep.reshape(-1, block)))
     if (whole_blocks and weight.shape == (len(k_keep), len(n_keep))
-            and np.array_equal(weight, record.weight[np.ix_(k_keep, n_keep)])):
+            and np.array_equal(weight, dequantized[np.ix_(k_keep, n_keep)])):
         blocks = k_keep.reshape(-1, block)[:, 0] // block  # kept block index along K
         zp = record.zero_points
         if zp is not None:

@@ -93,27 +93,9 @@ class LayerCache:
     feeds: list[dict]  # graph feeds per batch
 
 
-def _session(model: onnx.ModelProto, threads: int | None, shared: dict | None = None):
-    """An ONNX Runtime CPU session of MODEL; initializers named in SHARED (name -> OrtValue) use that one
-    buffer instead of a copy of their own (every cut-out layer of an LM holds the embedding)."""
-    used = {t.name: shared[t.name] for t in model.graph.initializer if shared and t.name in shared}
-    return open_session(model, threads=threads, initializers=used)
-
-
-def shared_initializers(model: onnx.ModelProto, min_elements: int = 1 << 22) -> dict:
-    """OrtValues of MODEL's large initializers (4M elements or more: an LM's embedding), for `_session`."""
-    import onnxruntime as ort
-    from onnx import numpy_helper
-
-    from ..graph.external import folder_of, has_external, read_tensor
-
-    folder = folder_of(model)
-
-    def values(t):  # an external tensor: copied once out of its memory map into the one shared buffer
-        return np.ascontiguousarray(read_tensor(t, folder)) if has_external(t) else numpy_helper.to_array(t)
-
-    return {t.name: ort.OrtValue.ortvalue_from_numpy(values(t)) for t in model.graph.initializer
-            if int(np.prod(t.dims)) >= min_elements}
+def _session(model: onnx.ModelProto, threads: int | None):
+    """An ONNX Runtime CPU session of MODEL."""
+    return open_session(model, threads=threads)
 
 
 def cache_layers(model: onnx.ModelProto, boundaries: list[tuple[str, str]], tokens: np.ndarray, *,

@@ -27,8 +27,8 @@ from onnx import TensorProto, helper
 from ..errors import UnsupportedModelError
 from ..graph.extract import extract_submodel
 from ..runtime import progress as progress_bar
-from .angular import (LayerCache, _session, cache_layers, layer_boundaries, pruned_layer_outputs,
-                      pruned_layer_variants, shared_initializers)
+from .angular import LayerCache, cache_layers, layer_boundaries, pruned_layer_outputs, pruned_layer_variants
+from .shared_weights import SharedWeights
 
 __all__ = ["cross_entropy_scores", "log_softmax", "cross_entropy", "with_cross_entropy", "reference_distribution",
            "chained_measure"]
@@ -116,8 +116,8 @@ class _Chain:
                  threads: int | None):
         self.model, self.cache, self.threads = model, cache, threads
         self.head_input, self.logits = head_input, logits
-        # One embedding buffer for the thirty-odd layer sessions (each cut-out layer holds it for its shapes).
-        self.shared = shared_initializers(model)
+        # One embedding for the thirty-odd layer sessions (each cut-out layer reads it for its shapes).
+        self.shared = SharedWeights(model)
         self._layers: dict[int, object] = {}
         self._head = None
         self._head_ce = None
@@ -131,21 +131,21 @@ class _Chain:
     def layer(self, index: int, hidden: np.ndarray, batch: int) -> np.ndarray:
         start, end = self.cache.boundaries[index]
         if index not in self._layers:
-            self._layers[index] = _session(extract_submodel(self.model, [start], [end]), self.threads, self.shared)
+            self._layers[index] = self.shared.session(extract_submodel(self.model, [start], [end]), self.threads)
         runner = self._layers[index]
         return runner.run([end], self._feeds(runner, batch, start, hidden))[0]
 
     def head(self, hidden: np.ndarray, batch: int) -> np.ndarray:
         if self._head is None:
-            self._head = _session(extract_submodel(self.model, [self.head_input], [self.logits]), self.threads,
-                                  self.shared)
+            self._head = self.shared.session(extract_submodel(self.model, [self.head_input], [self.logits]),
+                                             self.threads)
         return self._head.run([self.logits], self._feeds(self._head, batch, self.head_input, hidden))[0]
 
     def head_ce(self, hidden: np.ndarray, batch: int, reference: np.ndarray) -> np.ndarray:
         """Per-token CE(REFERENCE, head(HIDDEN)), computed in the head's session."""
         if self._head_ce is None:
             head = extract_submodel(self.model, [self.head_input], [self.logits])
-            self._head_ce = _session(with_cross_entropy(head, self.logits), self.threads, self.shared)
+            self._head_ce = self.shared.session(with_cross_entropy(head, self.logits), self.threads)
         feeds = self._feeds(self._head_ce, batch, self.head_input, hidden)
         feeds[REFERENCE_INPUT] = reference
         return self._head_ce.run([CE_OUTPUT], feeds)[0]

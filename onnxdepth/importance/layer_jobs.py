@@ -3,9 +3,8 @@
 Each job carries what the single-process loop uses for one layer: the cut-out sub-model (external weights
 inlined, so any worker can run it), its input shapes, the unit kinds to prune in it and its boundary names;
 the boundary arrays and feeds travel through Ray's object store. Angular importance needs nothing else.
-Cross-entropy runs the pruned layer's output on through the unpruned layers after it and the head: the whole
-model and the reference distribution go into the object store once, shared by every job (a worker parses
-the model once). The least-squares compensated damages of block runs (`compensate.runs`) are one job per
+Cross-entropy needs the layers after the scored one too: it runs as a pipeline of stages (`chain_stages`).
+The least-squares compensated damages of block runs (`compensate.runs`) are one job per
 first layer of a run, on the stream values of one model run shared through the object store. The worker does
 exactly what the single-process loop does, so the scores are equal.
 """
@@ -21,7 +20,7 @@ from ..graph.extract import extract_submodel
 from .angular import (LayerCache, _pruned_layer_distance, _sub_shapes, cache_layers, layer_boundaries,
                       pruned_layer_outputs)
 
-__all__ = ["LayerJob", "pooled_angular_scores", "pooled_cross_entropy_scores", "pooled_fitted_run_table", "score_layer_job", "score_chain_job"]
+__all__ = ["LayerJob", "pooled_angular_scores", "pooled_fitted_run_table", "score_layer_job"]
 
 
 @dataclass
@@ -82,62 +81,6 @@ def pooled_angular_scores(model: onnx.ModelProto, session, tokens: np.ndarray, p
             jobs.append((prefix, LayerJob(shippable(sub), session.granularity, _sub_shapes(sub, cache, start), kinds,
                                           start, end)))
     results = pool.score_layers(score_layer_job, [job for _, job in jobs], cache.hidden, cache.feeds, threads)
-    return {prefix + kind: score for (prefix, _), result in zip(jobs, results) for kind, score in result.items()}
-
-
-# A Ray worker's parsed models, by the id of the job batch that shipped them (one parse per worker, not per job).
-_PARSED: dict[str, onnx.ModelProto] = {}
-
-
-def score_chain_job(job: LayerJob, start_hidden: list, end_hidden: list, feeds: list, threads: int | None,
-                    model_bytes: bytes, reference: list, key: str) -> dict[str, float]:
-    """Kind -> mean cross-entropy against REFERENCE of the model with that unit of JOB's layer pruned (in a Ray
-    worker): the pruned layer on the cached input, then the unpruned layers after it and the head."""
-    from ..prune.session import PruneSession
-    from .cross_entropy import _Chain, _logits_name, _mean_ce
-
-    if key not in _PARSED:
-        _PARSED.clear()
-        _PARSED[key] = onnx.load_from_string(model_bytes)
-    model = _PARSED[key]
-    cache = LayerCache(list(job.boundaries), {job.start: start_hidden, job.end: end_hidden}, feeds)
-    chain = _Chain(model, cache, job.boundaries[-1][1], _logits_name(model), threads)
-    if job.kinds == ["block"]:  # a pruned layer is the identity: its input goes on to the next layer
-        return {"block": _mean_ce(chain, reference, start_hidden, job.index)}
-    sub = onnx.load_from_string(job.sub)
-    base = PruneSession(sub, granularity=job.granularity, input_shapes=job.shapes, detect_head=False)
-    scores = {}
-    for kind in job.kinds:
-        local = base.fork()
-        local.apply(local.plan(f"layer0.{kind}"))
-        outputs = pruned_layer_outputs(local, sub, cache, job.start, job.end, threads)
-        scores[kind] = _mean_ce(chain, reference, outputs, job.index)
-    return scores
-
-
-def pooled_cross_entropy_scores(model: onnx.ModelProto, session, tokens: np.ndarray, pool, *,
-                                threads: int | None = None) -> dict[str, float]:
-    """`cross_entropy.cross_entropy_scores` of SESSION's units, one Ray job per layer."""
-    import uuid
-
-    from .cross_entropy import _Chain, _logits_name, _reference_probs
-
-    boundaries = layer_boundaries(session)
-    cache = cache_layers(model, boundaries, tokens, threads=threads)
-    reference = _reference_probs(_Chain(model, cache, boundaries[-1][1], _logits_name(model), threads))
-    unit_ids = session.structural_ids()
-    jobs = []
-    for index, (start, end) in enumerate(boundaries):
-        prefix = f"layer{index}."
-        kinds = [u[len(prefix):] for u in unit_ids if u.startswith(prefix)]
-        if not kinds:
-            continue
-        sub = b"" if kinds == ["block"] else shippable(extract_submodel(model, [start], [end]))
-        shapes = {} if kinds == ["block"] else _sub_shapes(extract_submodel(model, [start], [end]), cache, start)
-        jobs.append((prefix, LayerJob(sub, session.granularity, shapes, kinds, start, end, index, tuple(boundaries))))
-    shared = (shippable(model), reference, uuid.uuid4().hex)
-    results = pool.score_layers(score_chain_job, [job for _, job in jobs], cache.hidden, cache.feeds, threads,
-                                shared=shared)
     return {prefix + kind: score for (prefix, _), result in zip(jobs, results) for kind, score in result.items()}
 
 
