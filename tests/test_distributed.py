@@ -104,6 +104,7 @@ class _InlinePool:
 
         def __init__(self, instance):
             self.score, self.forward = self._Method(instance.score), self._Method(instance.forward)
+            self.close = self._Method(instance.close)
 
     def __init__(self, cpus):
         self._cpus = cpus

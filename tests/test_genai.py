@@ -8,6 +8,7 @@ have its caches renumbered and a config that matches.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -205,3 +206,20 @@ def test_int4_folder_generates_with_renumbered_caches(int4, tmp_path):
     assert json.loads((tmp_path / "genai_config.json").read_text())["model"]["decoder"]["num_hidden_layers"] == 2
     assert "past_key_values.0.key" in {v.name for v in onnx.load(str(out)).graph.input}
     assert np.isfinite(_logits(out, np.array([[1, 2, 3]]))).all()
+
+
+def test_int4_float_weights_live_in_a_scratch_file_not_in_memory(int4):
+    """The dequantized weights are external data in a scratch folder (mapped, like a float model's), none of
+    them inline in the proto; the folder goes at exit."""
+    from onnxdepth.graph.external import external_tensors, folder_of
+    from onnxdepth.graph.nbits import dequantize_nbits
+
+    model, records = dequantize_nbits(load_model(int4))
+    floats = [t for t in model.graph.initializer if t.name.endswith("/dequantized")]
+    assert len(floats) == len(records) == 16
+    assert all(t in external_tensors(model) and not t.raw_data for t in floats)
+    scratch = folder_of(model)
+    assert scratch is not None and (Path(scratch) / "dequantized.data").stat().st_size >= sum(
+        int(np.prod(t.dims)) * 4 for t in floats)
+    ids = np.random.default_rng(6).integers(0, 128, (1, 5))
+    np.testing.assert_allclose(_logits(model, ids), _logits(load_model(int4), ids), atol=1e-4)

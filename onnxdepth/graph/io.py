@@ -16,7 +16,7 @@ from ..fileio import clean_stale, committing, temp_prefix, temporary
 from .validate import check_tensor, validate_model
 from .external import check_external, check_external_tensor, external_info, external_tensors, folder_of, has_external, mark_folder, resolve, unmark
 
-__all__ = ["load_model", "save_model_atomic", "check_output_path"]
+__all__ = ["load_model", "save_model_atomic", "check_output_path", "stream_tensor"]
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def _save_external(model: onnx.ModelProto, out: Path, check: Callable[[Path], No
         with temporary(work):
             with open(work / data_name, "wb") as data:
                 for tensor in model.graph.initializer:
-                    _write_tensor(tensor, data, source, data_name)
+                    stream_tensor(tensor, data, source, data_name)
             unmark(model)
             onnx.save_model(model, str(work / out.name))
             if check is not None:
@@ -225,7 +225,7 @@ def _remove_file(path: Path) -> None:
         logger.warning("could not remove the previous data file %s (%s)", path, exc.strerror or exc)
 
 
-def _write_tensor(tensor: onnx.TensorProto, data, source: str | None, data_name: str) -> None:
+def stream_tensor(tensor: onnx.TensorProto, data, source: str | None, data_name: str) -> None:
     """Append TENSOR's bytes to DATA (aligned) and point TENSOR at them; small inline tensors stay inline."""
     if has_external(tensor):
         location, offset, length = external_info(tensor)

@@ -9,8 +9,9 @@ On export `requantize_nbits` turns every such MatMul back into a MatMulNBits:
 - otherwise (input channels cut inside a block, or refitted by --compensate lstsq): quantized afresh,
   round-to-nearest per block of the same size, symmetric as the original was, by ONNX Runtime's own
   `quantize_matmul_4bits` (what its MatMulNBits quantizer calls).
-The float weights live in memory while the model is pruned (4 bytes per weight, once: the records keep only
-the codes): an int4 model is pruned in memory like its float32 equivalent, about eight times its file size.
+The float weights (4 bytes per weight) are written to a scratch data file and mapped from there, like a float
+model's external data; the records keep only the codes. So an int4 model is pruned in the memory of its float32
+equivalent with external data, and needs about eight times its file size of scratch disk (TMPDIR).
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from .consts import const_value
-from .external import folder_of, has_external, read_tensor
+from .external import external_info, folder_of, has_external, mark_folder, read_tensor
+from .io import stream_tensor
+from .scratch import scratch_folder
 
 __all__ = ["NBitsWeight", "dequantize_nbits", "requantize_nbits"]
 
 logger = logging.getLogger(__name__)
 
 MS_DOMAIN = "com.microsoft"
+#: The scratch data file of a dequantized model's float weights (`dequantize_nbits`).
+_SCRATCH_DATA = "dequantized.data"
 
 
 @dataclass
@@ -85,6 +90,10 @@ def dequantize_nbits(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str,
     out.CopyFrom(model)
     folder = folder_of(model)
     inits = {i.name: i for i in out.graph.initializer}
+    # The float weights go to a scratch data file (with the model's other external tensors), never inline: the
+    # passes and ORT's sessions then map them from there, as they map a float model's external data.
+    scratch = scratch_folder("onnxdepth-dequantized-")
+    data = open(scratch / _SCRATCH_DATA, "wb")
     records: dict[str, NBitsWeight] = {}
     nodes, dropped = [], set()
     for index, node in enumerate(out.graph.node):
@@ -100,21 +109,27 @@ def dequantize_nbits(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str,
         codes = _array(inits[inputs[1]], folder).reshape(n, blocks, -1)
         scales = _array(inits[inputs[2]], folder).reshape(n, blocks)
         zero_points = _array(inits[inputs[3]], folder).reshape(n, -1) if inputs[3] else None
-        weight = _dequantize(codes, scales, zero_points, k, block)
         records[name] = NBitsWeight(attrs, codes, scales, zero_points, tuple(inputs[1:4]))
         dropped.update(i for i in inputs[1:4] if i)
         weight_name = f"{inputs[1]}/dequantized"
-        out.graph.initializer.append(numpy_helper.from_array(weight, weight_name))
+        tensor = numpy_helper.from_array(_dequantize(codes, scales, zero_points, k, block), weight_name)
+        stream_tensor(tensor, data, folder, _SCRATCH_DATA)  # its bytes to the file, the proto keeps a reference
+        out.graph.initializer.append(tensor)
         product = f"{node.output[0]}/no_bias" if inputs[5] else node.output[0]
         nodes.append(onnx.helper.make_node("MatMul", [inputs[0], weight_name], [product], name=name))
         if inputs[5]:
             nodes.append(onnx.helper.make_node("Add", [product, inputs[5]], [node.output[0]], name=f"{name}/bias"))
     used = {i for n in nodes for i in n.input}
     kept = [i for i in out.graph.initializer if i.name not in dropped or i.name in used]
+    with data:
+        for tensor in kept:  # the source's external tensors (and large inline ones) follow into the file
+            if tensor.data_location != onnx.TensorProto.EXTERNAL or external_info(tensor)[0] != _SCRATCH_DATA:
+                stream_tensor(tensor, data, folder, _SCRATCH_DATA)
     del out.graph.initializer[:]
     out.graph.initializer.extend(kept)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
+    mark_folder(out, scratch)
     return out, records
 
 

@@ -48,6 +48,11 @@ class ChainStage:
         self.chain = _Chain(onnx.load_from_string(stage_bytes), LayerCache(list(boundaries), {}, feeds),
                             boundaries[-1][1], logits, threads)
 
+    def close(self) -> None:
+        """Remove the stage's scratch copy of its shared weights (a Ray worker may end without running
+        finalizers)."""
+        self.chain.shared.close()
+
     def memory(self) -> dict[str, int]:
         """This worker process's memory in bytes (for `tools/ray_stages.py`): peak RSS, and now its USS (pages
         only it holds) and PSS (shared pages split among their users). RSS counts every mapping of the shared
@@ -131,5 +136,8 @@ def pipelined_cross_entropy_scores(model: onnx.ModelProto, session, tokens: np.n
         for later in stages[stage_of[index] + 1:]:  # chained refs: Ray starts each stage once its input is ready
             ref = later.forward.remote(ref, index)
         pending.append((prefix, ref))
-    results = pool.get([ref for _, ref in pending])
+    try:
+        results = pool.get([ref for _, ref in pending])
+    finally:
+        pool.get([stage.close.remote() for stage in stages])
     return {prefix + kind: score for (prefix, _), result in zip(pending, results) for kind, score in result.items()}
