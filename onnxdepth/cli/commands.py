@@ -96,6 +96,13 @@ def _cmd_prune(args) -> int:
         raise InvalidArgumentError("prune needs --ratio R, --latency-ratio R, --max-drop D or --plan PLAN.json")
     if args.plan and args.max_drop is not None:
         raise InvalidArgumentError("--plan replays a saved plan: it takes no --max-drop")
+    heal_config = None
+    if args.heal_steps is not None:  # checked before the pruning, not after it
+        from .heal_command import heal_config_of
+
+        if args.heal_steps < 1:
+            raise InvalidArgumentError(f"--heal-steps {args.heal_steps}: must be a positive integer")
+        heal_config = heal_config_of(args, args.heal_steps)
     if args.bench:
         from ..runtime import providers_for
 
@@ -150,12 +157,18 @@ def _cmd_prune(args) -> int:
         result = run()
     seconds = time.perf_counter() - started
     extra = {key: result.plan[key] for key in ("fidelity", "budget") if key in result.plan}
+    if not args.json:
+        _print_prune(args, result, extra, seconds)
+    if heal_config is not None:
+        from .heal_command import heal_after_prune
+
+        extra["healing"] = heal_after_prune(args, heal_config)
     if args.bench:
         extra["bench"] = _quick_bench(args)
+        if not args.json:
+            _print_bench(extra["bench"])
     if args.json:
         print(json.dumps({**result.summary(), **extra}))
-    else:
-        _print_prune(args, result, extra, seconds)
     return 0
 
 
@@ -176,11 +189,12 @@ def _print_prune(args, result, extra: dict, seconds: float) -> None:
         print(f"--max-drop {budget['max_drop']:g}: chose {budget['chosen_ratio']:.2%} of the parameters "
               f"({budget['steps']} steps of a selection up to {budget['upper_ratio']:.2%}), drop {budget['drop']:.4f}; "
               f"{budget['selection_runs']} selection run(s), {len(budget['probes'])} measured prefixes")
-    if "bench" in extra:
-        bench = extra["bench"]
-        print(f"latency ({bench['device']}, {bench['runs']} interleaved runs): unpruned {bench['unpruned_ms']:.2f} ms, "
-              f"pruned {bench['pruned_ms']:.2f} ms, ratio {bench['ratio']:.3f} "
-              f"({abs(1 - bench['ratio']):.1%} {'faster' if bench['ratio'] <= 1 else 'slower'})")
+
+
+def _print_bench(bench: dict) -> None:
+    print(f"latency ({bench['device']}, {bench['runs']} interleaved runs): unpruned {bench['unpruned_ms']:.2f} ms, "
+          f"pruned {bench['pruned_ms']:.2f} ms, ratio {bench['ratio']:.3f} "
+          f"({abs(1 - bench['ratio']):.1%} {'faster' if bench['ratio'] <= 1 else 'slower'})")
 
 
 #: `prune --bench`: interleaved runs of the two models (a quick look; `onnxdepth bench` for a full table).

@@ -7,6 +7,7 @@ import argparse
 from .. import __version__
 from ..config import BLOCK_CHOICES, COMPENSATIONS, GRANULARITIES, HEADS, OBJECTIVES, ORDERINGS, RANKINGS, SEARCH_SPACES
 from .commands import (_cmd_bench, _cmd_demo, _cmd_eval, _cmd_export, _cmd_prune, _cmd_report, _cmd_score, _cmd_sweep, _cmd_units)
+from .heal_command import add_heal_options, cmd_heal
 
 __all__ = ["build_parser"]
 
@@ -119,9 +120,27 @@ def build_parser() -> argparse.ArgumentParser:
     calibration(p)
     distribution(p)
     latency(p)
+    p.add_argument("--heal-steps", type=int, default=None, metavar="N",
+                   help="then heal OUT for N steps against the unpruned input (as `onnxdepth heal`, its options "
+                        "below; text from --calib, else sampled from the input)")
+    add_heal_options(p, steps_flag="--heal-steps")
     p.add_argument("--json", action="store_true")
     common(p, auto=True)
     p.set_defaults(func=_cmd_prune)
+
+    p = sub.add_parser("heal", help="distil a pruned model from the unpruned one (KL to its next-token "
+                                    "distribution) and write the trained weights back into the same graph")
+    p.add_argument("input", help="the pruned model")
+    p.add_argument("output")
+    p.add_argument("--teacher", required=True, help="the unpruned model")
+    p.add_argument("--calib", help="training text (.txt / .jsonl, or .npz input_ids); default: text sampled from "
+                                   "the teacher (seeded)")
+    add_heal_options(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT's checkpoint (OUT.heal.pt, kept when a run is interrupted or stopped "
+                        "by --max-minutes)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_heal)
 
     p = sub.add_parser("eval", help="evaluate a model through ONNX Runtime")
     p.add_argument("model")

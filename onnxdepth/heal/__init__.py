@@ -1,0 +1,114 @@
+"""Healing: distil a pruned ONNX model from the unpruned one through the PyTorch sidecar and write the weights
+back (`onnxdepth heal PRUNED OUT --teacher UNPRUNED`).
+
+The pruned graph is converted to a PyTorch module (`student`), trained against the teacher (`objectives`) on
+text windows (`data`) by `loop`, and its changed initializers are written into a copy of the pruned graph: the
+same nodes, the same inputs and outputs, new weights. The output is verified like every output (the full
+checker on the written file, an ONNX Runtime run, the signature of PRUNED), and its plan (PRUNED's, if it has
+one) records the run: steps, data, loss curves, the best held-out step.
+
+Language models (KL to the teacher's next-token distribution) are supported; detectors, encoders and OCR
+models are refused with a clear error until their losses land.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import onnx
+from onnx import numpy_helper
+
+from ..errors import InvalidArgumentError, UnsupportedModelError
+from .loop import HealConfig, HealRun, run_healing
+
+__all__ = ["HealConfig", "HealRun", "heal_file", "heal_model", "with_initializers"]
+
+logger = logging.getLogger(__name__)
+
+
+def _is_language_model(model: onnx.ModelProto) -> bool:
+    inputs = {v.name for v in model.graph.input}
+    return "input_ids" in inputs and "logits" in {o.name for o in model.graph.output}
+
+
+def heal_model(pruned: onnx.ModelProto, teacher_path: str, config: HealConfig, *, checkpoint: str | None = None,
+               resume: bool = False, progress: bool = True, on_check=None) -> tuple[onnx.ModelProto, dict]:
+    """PRUNED with healed initializers, and the plan record of the run (`healing`). ON_CHECK(run, student):
+    see `loop.run_healing`; `with_initializers(pruned, student.updated_initializers())` is the model then."""
+    from .data import text_windows
+    from .objectives import LMDistillation
+    from .student import Student
+
+    if not _is_language_model(pruned):
+        raise UnsupportedModelError("heal: only causal language models (input_ids -> logits) are supported so far; "
+                                    "detectors, encoders and OCR models are not yet supported")
+    objective = LMDistillation(teacher_path, pruned, temperature=config.temperature, threads=config.threads)
+    windows = text_windows(config.calib, teacher_path, seq_len=config.seq_len, held_out=config.held_out,
+                           wanted=config.steps * config.batch, seed=config.seed)
+    student = Student(pruned, lora_rank=config.lora_rank)
+    logger.info("heal: %s trainable values (%s), %s", f"{student.trainable_count():,}",
+                f"LoRA rank {config.lora_rank}" if config.lora_rank else "full fine-tuning", windows.source)
+    run = run_healing(student, objective, windows, config, checkpoint=checkpoint, resume=resume, progress=progress,
+                      on_check=on_check)
+    healed = with_initializers(pruned, student.updated_initializers() if run.best_step else {})
+    record = {"teacher": str(teacher_path), "objective": objective.kind, "data": windows.source,
+              "mode": f"lora rank {config.lora_rank}" if config.lora_rank else "full fine-tuning",
+              "trainable_values": student.trainable_count(),
+              "options": {k: getattr(config, k) for k in ("steps", "batch", "seq_len", "lora_rank", "eval_every",
+                                                          "held_out", "max_minutes", "warmup", "weight_decay",
+                                                          "temperature", "seed")} | {"lr": config.learning_rate},
+              **run.record()}
+    return healed, record
+
+
+def with_initializers(model: onnx.ModelProto, values: dict) -> onnx.ModelProto:
+    """A copy of MODEL with the initializers named in VALUES replaced (inline; the rest as they were)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for tensor in out.graph.initializer:
+        if tensor.name in values:
+            tensor.CopyFrom(numpy_helper.from_array(values[tensor.name], tensor.name))
+    return out
+
+
+def heal_file(pruned: str | os.PathLike, out: str | os.PathLike, teacher: str | os.PathLike, config: HealConfig, *,
+              resume: bool = False, progress: bool = True, in_place: bool = False) -> dict:
+    """Heal the model at PRUNED against TEACHER, write OUT (verified) and OUT's plan; returns the plan.
+    IN_PLACE: OUT may be PRUNED itself (`prune --heal-steps`)."""
+    from ..api import PLAN_METADATA_KEY, plan_path_for
+    from ..fileio import write_json_atomic
+    from ..graph.io import check_output_path, load_model, save_model_atomic
+    from ..verify import written_file_check
+
+    out = check_output_path(out, None if in_place else pruned)
+    if not Path(teacher).is_file():
+        raise InvalidArgumentError(f"--teacher {teacher}: no such file")
+    model = load_model(pruned)
+    plan = _plan_of(model, PLAN_METADATA_KEY)
+    checkpoint = str(Path(out).with_name(Path(out).stem + ".heal.pt"))
+    healed, record = heal_model(model, str(teacher), config, checkpoint=checkpoint, resume=resume, progress=progress)
+    plan = {**plan, "healing": record}
+    props = healed.metadata_props
+    kept = [(p.key, p.value) for p in props if p.key != PLAN_METADATA_KEY]
+    del props[:]
+    for key, value in [*kept, (PLAN_METADATA_KEY, json.dumps(plan, separators=(",", ":")))]:
+        entry = props.add()
+        entry.key, entry.value = key, value
+    save_model_atomic(healed, out, check=written_file_check(pruned, {}))
+    write_json_atomic(plan_path_for(Path(out)), plan)
+    if record["stopped_by"] == "steps" and os.path.exists(checkpoint):
+        os.unlink(checkpoint)  # every step done: nothing to resume (kept after an interrupt or --max-minutes)
+    return plan
+
+
+def _plan_of(model: onnx.ModelProto, key: str) -> dict:
+    for entry in model.metadata_props:
+        if entry.key == key:
+            try:
+                return json.loads(entry.value)
+            except ValueError:
+                break
+    return {}

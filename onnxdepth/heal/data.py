@@ -1,0 +1,86 @@
+"""Training and held-out windows for healing a language model.
+
+A text file (`--calib`: .txt / .jsonl, tokenized whole by the teacher's tokenizer) is cut into consecutive
+non-overlapping windows of SEQ_LEN tokens; HELD_OUT of them, spread evenly over the text, are kept for the
+held-out checks and the rest are trained on, in a seeded shuffled order, epoch after epoch. With no file the
+windows are sampled from the teacher itself (top-k, seeded: data-free self-distillation), the held-out ones
+with another seed. An .npz (input_ids) is taken row by row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InvalidArgumentError, ModelLoadError
+
+__all__ = ["TextWindows", "text_windows"]
+
+#: Sampled windows at most, when healing data-free (sampling costs one teacher run per token).
+MAX_SAMPLED = 256
+
+
+@dataclass
+class TextWindows:
+    train: np.ndarray  # [windows, seq_len] int64
+    held_out: np.ndarray  # [held_out, seq_len] int64
+    source: str  # what they came from, for the plan
+
+    def batches(self, batch: int, seed: int):
+        """Endless [batch, seq_len] training batches: every window once per epoch, each epoch reshuffled."""
+        rng = np.random.default_rng(seed)
+        while True:
+            order = rng.permutation(len(self.train))
+            for start in range(0, len(order) - batch + 1, batch):
+                yield self.train[order[start:start + batch]]
+            if len(order) < batch:  # fewer windows than a batch: all of them, every step
+                yield self.train
+
+
+def text_windows(calib: str | None, teacher_path: str, *, seq_len: int, held_out: int, wanted: int,
+                 seed: int = 0) -> TextWindows:
+    """Windows for healing; WANTED: how many training windows the run can use (caps sampling)."""
+    if calib is None:
+        return _sampled(teacher_path, seq_len=seq_len, held_out=held_out, wanted=wanted, seed=seed)
+    path = Path(calib)
+    if not path.exists():
+        raise InvalidArgumentError(f"--calib {calib}: no such file")
+    if path.suffix == ".npz":
+        rows = np.load(path).get("input_ids")
+        if rows is None or rows.ndim != 2:
+            raise InvalidArgumentError(f"--calib {calib}: .npz needs an 'input_ids' array [sequences, length]")
+        windows = np.asarray(rows, dtype=np.int64)[:, :seq_len]
+    else:
+        from ..calibration import _text_ids
+
+        ids = _text_ids(calib, Path(teacher_path))
+        count = len(ids) // seq_len
+        # Window w is ids[w * seq_len : (w + 1) * seq_len]: consecutive, non-overlapping.
+        windows = ids[:count * seq_len].reshape(count, seq_len)
+    if len(windows) < held_out + 1:
+        raise InvalidArgumentError(f"--calib {calib}: {len(windows)} windows of {seq_len} tokens; need more than "
+                                   f"the {held_out} held out (a longer text, or smaller --seq-len / --held-out)")
+    # Held-out window k sits at position k * (n / held_out) + half a stride: spread over the whole text.
+    stride = len(windows) / max(held_out, 1)
+    kept = np.array([int(k * stride + stride / 2) for k in range(held_out)], dtype=np.int64)
+    train = np.delete(windows, kept, axis=0)
+    return TextWindows(train, windows[kept], f"{calib}: {len(train)} training windows of {seq_len} tokens, "
+                                             f"{held_out} held out")
+
+
+def _sampled(teacher_path: str, *, seq_len: int, held_out: int, wanted: int, seed: int) -> TextWindows:
+    from ..eval.generate import sample_sequences
+    from ..tokenizer_io import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(Path(teacher_path).parent)
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else 0
+    except ModelLoadError:  # no tokenizer beside the teacher: start from token 0
+        start = 0
+    count = max(1, min(wanted, MAX_SAMPLED))
+    train = sample_sequences(teacher_path, start, count, seq_len, seed=seed)
+    held = sample_sequences(teacher_path, start, held_out, seq_len, seed=seed + 1) if held_out else train[:0]
+    return TextWindows(train, held, f"text sampled from the teacher (seed {seed}): {count} training windows of "
+                                    f"{seq_len} tokens, {held_out} held out (seed {seed + 1})")

@@ -1,0 +1,220 @@
+"""The healing loop: AdamW on the student's trainable tensors against the teacher, held-out checks, the best
+checkpoint kept (step 0, the input model, included: healing never returns a model worse on the held-out check
+than its input), a wall-clock budget, Ctrl-C, and a resumable checkpoint file."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import InvalidArgumentError
+from ..runtime import progress as progress_bar
+
+__all__ = ["HealConfig", "HealRun", "run_healing"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class HealConfig:
+    """Options of one healing run (the CLI's `heal` flags)."""
+
+    steps: int = 200
+    lr: float | None = None  # None: 1e-4 for full fine-tuning, 1e-3 with LoRA
+    batch: int = 4
+    seq_len: int = 128
+    lora_rank: int = 0
+    eval_every: int = 25
+    held_out: int = 16
+    max_minutes: float | None = None
+    warmup: int = 10
+    weight_decay: float = 0.0
+    temperature: float = 1.0
+    seed: int = 0
+    calib: str | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--steps", self.steps), ("--batch", self.batch), ("--seq-len", self.seq_len),
+                            ("--eval-every", self.eval_every), ("--held-out", self.held_out)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(f"{flag} {value!r}: must be a positive integer")
+        if self.seq_len < 2:
+            raise InvalidArgumentError(f"--seq-len {self.seq_len}: needs at least 2 tokens (one to predict)")
+        if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            raise InvalidArgumentError(f"--lora-rank {self.lora_rank!r}: must be 0 (full fine-tuning) or more")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise InvalidArgumentError(f"--lr {self.lr!r}: must be a positive number")
+        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
+            raise InvalidArgumentError(f"--max-minutes {self.max_minutes!r}: must be a positive number")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise InvalidArgumentError(f"--temperature {self.temperature!r}: must be a positive number")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (1e-3 if self.lora_rank else 1e-4)
+
+
+@dataclass
+class HealRun:
+    """What a run did: the loss curve, the held-out checks and the best step (written into the plan)."""
+
+    steps_done: int = 0
+    best_step: int = 0
+    best_held_out: float | None = None
+    interrupted: bool = False
+    stopped_by: str = "steps"
+    seconds: float = 0.0
+    train_curve: list = field(default_factory=list)  # [step, seconds, training loss]
+    held_out_curve: list = field(default_factory=list)  # [step, seconds, held-out KL, held-out perplexity]
+
+    def record(self) -> dict:
+        return {"steps_done": self.steps_done, "best_step": self.best_step, "best_held_out_kl": self.best_held_out,
+                "interrupted": self.interrupted, "stopped_by": self.stopped_by, "seconds": round(self.seconds, 1),
+                "train_curve": self.train_curve, "held_out_curve": self.held_out_curve}
+
+
+def _lr_at(step: int, config: HealConfig, elapsed: float) -> float:
+    """Linear warm-up over WARMUP steps, then cosine decay to a tenth over the remaining steps, or, with
+    --max-minutes, over the remaining time if that runs out first (ELAPSED: seconds trained so far)."""
+    base = config.learning_rate
+    if step < config.warmup:
+        return base * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    if config.max_minutes:
+        progress = max(progress, elapsed / (config.max_minutes * 60))
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def _held_out(student, objective, windows: np.ndarray, targets: list, batch: int) -> tuple[float, float]:
+    """(mean KL to the teacher, perplexity) of the student on the held-out WINDOWS (TARGETS: teacher logits)."""
+    torch = student.torch
+    total_kl, nll, count = 0.0, 0.0, 0
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # onnx2torch's Slice indexes with a list
+        for index, start in enumerate(range(0, len(windows), batch)):
+            tokens = windows[start:start + batch]
+            logits = objective.student_logits(student.module(*objective.student_args(torch, tokens)))
+            total_kl += float(objective.loss(torch, logits, targets[index])) * len(tokens)
+            batch_nll, batch_count = objective.next_token_nll(torch, logits, tokens)
+            nll, count = nll + batch_nll, count + batch_count
+    mean_nll = nll / max(count, 1)
+    return total_kl / max(len(windows), 1), math.exp(mean_nll) if mean_nll < 700 else math.inf  # exp overflows
+
+
+def run_healing(student, objective, windows, config: HealConfig, *, checkpoint: str | None = None,
+                resume: bool = False, progress: bool = True, on_check=None) -> HealRun:
+    """Train STUDENT (`student.Student`) on WINDOWS (`data.TextWindows`) against OBJECTIVE's teacher; the student
+    ends holding the best held-out weights. CHECKPOINT: a file the state is saved to at every held-out check
+    (and read from with RESUME). ON_CHECK(run, student): called after every held-out check (tools take
+    snapshots there)."""
+    torch = student.torch
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads or max(1, len(os.sched_getaffinity(0))))
+    parameters = student.parameters()
+    optimiser = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    held_targets = [objective.teacher_logits(windows.held_out[s:s + config.batch])
+                    for s in range(0, len(windows.held_out), config.batch)]
+    run = HealRun()
+    first = 0
+    if resume and checkpoint and os.path.exists(checkpoint):
+        first, best_state = _load_checkpoint(torch, checkpoint, student, optimiser, run)
+        logger.info("resumed at step %d (best so far: step %d, held-out KL %.4f)", first, run.best_step,
+                    run.best_held_out)
+    else:
+        kl, ppl = _held_out(student, objective, windows.held_out, held_targets, config.batch)
+        run.held_out_curve.append([0, 0.0, kl, ppl])
+        run.best_held_out, best_state = kl, student.state()
+        logger.info("step 0: held-out KL %.4f, perplexity %.2f", kl, ppl)
+    batches = windows.batches(config.batch, config.seed)
+    for _ in range(first):  # the same batch order as an uninterrupted run
+        next(batches)
+    started = time.perf_counter() - run.seconds
+    deadline = started + config.max_minutes * 60 if config.max_minutes else None
+    step = first
+    with progress_bar(config.steps - first, "heal", progress) as bar:
+        try:
+            for step in range(first, config.steps):
+                if deadline is not None and time.perf_counter() >= deadline:
+                    run.stopped_by = "max-minutes"
+                    break
+                tokens = next(batches)
+                target = objective.teacher_logits(tokens)
+                for group in optimiser.param_groups:
+                    group["lr"] = _lr_at(step, config, time.perf_counter() - started)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    logits = objective.student_logits(student.module(*objective.student_args(torch, tokens)))
+                loss = objective.loss(torch, logits, target)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+                optimiser.step()
+                run.steps_done = step + 1
+                value = float(loss.detach())
+                del logits, loss, target
+                if not math.isfinite(value):  # diverged (the learning rate): the weights are lost from here on
+                    logger.warning("step %d: the loss is %s; stopping (try a smaller --lr)", step + 1, value)
+                    run.stopped_by = "diverged"
+                    break
+                run.train_curve.append([step + 1, round(time.perf_counter() - started, 1), value])
+                bar.advance(note=f"loss {value:.4f}")
+                if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+                    best_state = _check(student, objective, windows, held_targets, config, run, step + 1,
+                                        started, best_state)
+                    if on_check is not None:
+                        on_check(run, student)
+                    if checkpoint:
+                        run.seconds = time.perf_counter() - started
+                        _save_checkpoint(torch, checkpoint, student, optimiser, run, step + 1, best_state)
+        except KeyboardInterrupt:
+            run.interrupted, run.stopped_by = True, "interrupt"
+            logger.warning("interrupted at step %d: keeping the best weights so far (step %d)", run.steps_done,
+                           run.best_step)
+    if run.stopped_by not in ("interrupt", "diverged") and run.held_out_curve[-1][0] != run.steps_done:
+        best_state = _check(student, objective, windows, held_targets, config, run, run.steps_done, started,
+                            best_state)  # the last steps since the previous check
+    run.seconds = time.perf_counter() - started
+    student.load_state(best_state)
+    return run
+
+
+def _check(student, objective, windows, held_targets, config, run: HealRun, step: int, started: float,
+           best_state: dict) -> dict:
+    kl, ppl = _held_out(student, objective, windows.held_out, held_targets, config.batch)
+    # JSON has no infinity: an overflowing perplexity is recorded as null.
+    run.held_out_curve.append([step, round(time.perf_counter() - started, 1), kl, ppl if math.isfinite(ppl) else None])
+    logger.info("step %d: held-out KL %.4f, perplexity %.2f", step, kl, ppl)
+    if kl < run.best_held_out:
+        run.best_held_out, run.best_step = kl, step
+        return student.state()
+    return best_state
+
+
+def _save_checkpoint(torch, path: str, student, optimiser, run: HealRun, step: int, best_state: dict) -> None:
+    from ..fileio import write_atomic
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"step": step, "current": student.state(), "best": best_state, "optimiser": optimiser.state_dict(),
+                "run": run.record()}, buffer)
+    write_atomic(path, buffer.getvalue())
+
+
+def _load_checkpoint(torch, path: str, student, optimiser, run: HealRun) -> tuple[int, dict]:
+    try:
+        saved = torch.load(path, weights_only=True)
+        student.load_state(saved["current"])
+        optimiser.load_state_dict(saved["optimiser"])
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        raise InvalidArgumentError(f"--resume: {path} is not a checkpoint of this healing run ({exc})") from exc
+    record = saved["run"]
+    run.steps_done, run.best_step, run.best_held_out = record["steps_done"], record["best_step"], record["best_held_out_kl"]
+    run.train_curve, run.held_out_curve, run.seconds = record["train_curve"], record["held_out_curve"], record["seconds"]
+    return saved["step"], saved["best"]

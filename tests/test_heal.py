@@ -1,0 +1,181 @@
+"""`onnxdepth heal`: a pruned tiny Llama distilled from its unpruned export through the PyTorch sidecar, the
+trained weights written back into the same graph (verified), with LoRA, the best checkpoint, Ctrl-C and
+--resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+pytest.importorskip("optimum.exporters.onnx")
+pytest.importorskip("onnx2torch")
+torch = pytest.importorskip("torch")
+
+from onnxdepth import api  # noqa: E402
+from onnxdepth.config import PruneConfig  # noqa: E402
+from onnxdepth.errors import InvalidArgumentError, UnsupportedModelError  # noqa: E402
+from onnxdepth.export.hf import export_hf  # noqa: E402
+from onnxdepth.graph.io import load_model  # noqa: E402
+from onnxdepth.heal import HealConfig, heal_file, heal_model  # noqa: E402
+from onnxdepth.heal.student import Student, trainable_roles  # noqa: E402
+from onnxdepth.runtime import open_session  # noqa: E402
+
+import graphs  # noqa: E402
+from tiny_hf import decoder_feed, save_tiny_llama  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """(teacher path, pruned path, calibration .npz): a 4-layer tiny Llama with past, pruned at 0.3."""
+    root = tmp_path_factory.mktemp("heal")
+    teacher = export_hf(save_tiny_llama(root / "hf", layers=4), root / "onnx", task="text-generation-with-past")
+    pruned = root / "pruned.onnx"
+    api.prune_file(teacher, pruned, PruneConfig(0.3, importance="magnitude"))
+    calib = root / "calib.npz"
+    np.savez(calib, input_ids=np.random.default_rng(0).integers(0, 128, (48, 24)))
+    return teacher, pruned, calib
+
+
+def _config(calib, **changes):
+    options = dict(steps=24, eval_every=8, held_out=4, seq_len=24, batch=4, lr=3e-3, warmup=2, calib=str(calib))
+    return HealConfig(**{**options, **changes})
+
+
+def _logits(path_or_model, ids):
+    session = open_session(path_or_model if not hasattr(path_or_model, "SerializeToString") else path_or_model)
+    names = {i.name: i for i in session.get_inputs()}
+    feeds = decoder_feed(ids)
+    for name, spec in names.items():
+        if name.startswith("past_key_values"):
+            feeds[name] = np.zeros((ids.shape[0], spec.shape[1], 0, spec.shape[3]), np.float32)
+    return session.run(["logits"], {k: v for k, v in feeds.items() if k in names})[0]
+
+
+def _kl(teacher, student):
+    """Mean per-token KL(teacher || student) of two logit arrays, in numpy."""
+    def log_softmax(z):
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+    t, s = log_softmax(teacher.astype(np.float64)), log_softmax(student.astype(np.float64))
+    return float((np.exp(t) * (t - s)).sum(-1).mean())
+
+
+@pytest.mark.parametrize("rank", [0, 4])
+def test_healing_lowers_the_kl_to_the_teacher_as_onnx_runtime_measures_it(pair, tmp_path, rank):
+    teacher, pruned, calib = pair
+    out = tmp_path / "healed.onnx"
+    plan = heal_file(pruned, out, teacher, _config(calib, lora_rank=rank, lr=1e-2 if rank else 3e-3), progress=False)
+    record = plan["healing"]
+    assert record["steps_done"] == 24 and record["best_step"] > 0
+    assert record["held_out_curve"][0][0] == 0 and record["best_held_out_kl"] < record["held_out_curve"][0][2]
+    assert plan["steps"] == json.loads((tmp_path / "healed.plan.json").read_text())["steps"]  # the prune's plan kept
+    # The written graph is the pruned graph, node for node; only initializer values changed.
+    before, after = onnx.load(str(pruned)), onnx.load(str(out))
+    assert [(n.op_type, list(n.input)) for n in before.graph.node] == [(n.op_type, list(n.input)) for n in after.graph.node]
+    assert [t.name for t in before.graph.initializer] == [t.name for t in after.graph.initializer]
+    onnx.checker.check_model(str(out), full_check=True)
+    # Held-out windows, measured by ONNX Runtime on the written files: closer to the teacher than the input was.
+    ids = np.random.default_rng(9).integers(0, 128, (4, 24))
+    reference = _logits(str(teacher), ids)
+    assert _kl(reference, _logits(str(out), ids)) < _kl(reference, _logits(str(pruned), ids))
+
+
+def test_lora_trains_far_fewer_values_and_merges_into_the_weights(pair):
+    _, pruned, _ = pair
+    model = load_model(pruned)
+    full, lora = Student(model), Student(model, lora_rank=2)
+    assert lora.trainable_count() < full.trainable_count() / 4
+    # Before any step the adapters add nothing: the merged weights are the initializers.
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    for name, value in lora.updated_initializers().items():
+        np.testing.assert_array_equal(value, values[name])
+    roles = trainable_roles(model)
+    assert {"linear", "vector", "embedding"} <= set(roles.values())
+    assert not any("cos" in n or "sin" in n for n in roles)  # rotary caches stay frozen
+
+
+def test_no_step_that_helps_returns_the_input_unchanged(pair, tmp_path):
+    """A learning rate that only hurts: the best checkpoint is step 0, the input, bit for bit."""
+    teacher, pruned, calib = pair
+    out = tmp_path / "same.onnx"
+    plan = heal_file(pruned, out, teacher, _config(calib, steps=8, eval_every=4, lr=50.0, warmup=1), progress=False)
+    assert plan["healing"]["best_step"] == 0
+    before = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(pruned)).graph.initializer}
+    after = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_an_interrupt_keeps_the_best_so_far_and_resume_continues(pair, tmp_path, monkeypatch):
+    teacher, pruned, calib = pair
+    from onnxdepth.heal import loop
+
+    real_lr = loop._lr_at
+    calls = []
+
+    def interrupting(step, config, elapsed):
+        calls.append(step)
+        if step == 17 and len(calls) == 18:  # the first run only: Ctrl-C during step 17
+            raise KeyboardInterrupt
+        return real_lr(step, config, elapsed)
+
+    monkeypatch.setattr(loop, "_lr_at", interrupting)
+    out = tmp_path / "healed.onnx"
+    plan = heal_file(pruned, out, teacher, _config(calib), progress=False)
+    record = plan["healing"]
+    assert record["interrupted"] and record["steps_done"] == 17 and record["best_step"] in (8, 16)
+    checkpoint = tmp_path / "healed.heal.pt"
+    assert checkpoint.exists()  # kept for --resume
+    onnx.checker.check_model(str(out), full_check=True)
+    resumed = heal_file(pruned, out, teacher, _config(calib), resume=True, progress=False)["healing"]
+    assert not resumed["interrupted"] and resumed["steps_done"] == 24
+    assert [c[0] for c in resumed["held_out_curve"]] == [0, 8, 16, 24]
+    assert not checkpoint.exists()  # every step done
+
+
+def test_max_minutes_stops_the_run_and_keeps_the_checkpoint(pair, tmp_path):
+    teacher, pruned, calib = pair
+    out = tmp_path / "timed.onnx"
+    record = heal_file(pruned, out, teacher, _config(calib, steps=100000, max_minutes=0.05), progress=False)["healing"]
+    assert record["stopped_by"] == "max-minutes" and 0 < record["steps_done"] < 100000
+    assert (tmp_path / "timed.heal.pt").exists()
+
+
+def test_refusals(pair, tmp_path):
+    teacher, pruned, calib = pair
+    with pytest.raises(InvalidArgumentError, match="--steps"):
+        HealConfig(steps=0)
+    with pytest.raises(InvalidArgumentError, match="--lora-rank"):
+        HealConfig(lora_rank=-1)
+    with pytest.raises(InvalidArgumentError, match="--lr"):
+        HealConfig(lr=float("nan"))
+    with pytest.raises(UnsupportedModelError, match="language models"):
+        heal_model(graphs.build_residual(), str(teacher), _config(calib))
+    short = tmp_path / "short.npz"
+    np.savez(short, input_ids=np.zeros((3, 24), dtype=np.int64))
+    with pytest.raises(InvalidArgumentError, match="windows"):
+        heal_file(pruned, tmp_path / "x.onnx", teacher, _config(short), progress=False)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_heal_and_prune_heal_steps(pair, tmp_path, cli):
+    teacher, pruned, calib = pair
+    out = tmp_path / "cli.onnx"
+    code, stdout, err = cli("heal", pruned, out, "--teacher", teacher, "--calib", calib, "--steps", "8",
+                            "--eval-every", "4", "--held-out", "4", "--seq-len", "24", "--lr", "3e-3")
+    assert code == 0, err
+    assert "healed 8 steps" in stdout and "held-out KL" in stdout
+    code, _, err = cli("heal", pruned, out, "--teacher", tmp_path / "missing.onnx", "--steps", "2")
+    assert code != 0 and "missing.onnx" in err and "Traceback" not in err
+    code, _, err = cli("heal", pruned, pruned, "--teacher", teacher, "--steps", "2")
+    assert code != 0 and "equals the input" in err
+    both = tmp_path / "both.onnx"
+    code, stdout, err = cli("prune", teacher, both, "--ratio", "0.3", "--importance", "magnitude", "--calib", calib,
+                            "--heal-steps", "6", "--eval-every", "3", "--held-out", "4", "--seq-len", "24")
+    assert code == 0, err
+    plan = json.loads((tmp_path / "both.plan.json").read_text())
+    assert plan["healing"]["steps_done"] == 6 and plan["reduction"] >= 0.3
+    code, _, err = cli("prune", teacher, tmp_path / "never.onnx", "--ratio", "0.3", "--heal-steps", "0")
+    assert code != 0 and "--heal-steps" in err and not (tmp_path / "never.onnx").exists()
