@@ -44,12 +44,12 @@ def save_tiny_llama(path: Path, *, seed: int = 0, norm_noise: float = 0.0, **con
 
 
 def save_tiny_bert(path: Path, *, seed: int = 0, vocab: int = 128, hidden: int = 32, layers: int = 2,
-                   heads: int = 2, inter: int = 64) -> Path:
+                   heads: int = 2, inter: int = 64, positions: int = 64) -> Path:
     import torch
     from transformers import BertConfig, BertModel
 
     cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                     intermediate_size=inter, max_position_embeddings=64)
+                     intermediate_size=inter, max_position_embeddings=positions)
     torch.manual_seed(seed)
     BertModel(cfg).eval().save_pretrained(path)
     return path

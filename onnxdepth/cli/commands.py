@@ -96,13 +96,9 @@ def _cmd_prune(args) -> int:
         raise InvalidArgumentError("prune needs --ratio R, --latency-ratio R, --max-drop D or --plan PLAN.json")
     if args.plan and args.max_drop is not None:
         raise InvalidArgumentError("--plan replays a saved plan: it takes no --max-drop")
-    heal_config = None
-    if args.heal_steps is not None:  # checked before the pruning, not after it
-        from .heal_command import heal_config_of
+    from .heal_command import heal_config_after_prune
 
-        if args.heal_steps < 1:
-            raise InvalidArgumentError(f"--heal-steps {args.heal_steps}: must be a positive integer")
-        heal_config = heal_config_of(args, args.heal_steps)
+    heal_config = heal_config_after_prune(args)  # checked before the pruning, not after it
     if args.bench:
         from ..runtime import providers_for
 

@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-__all__ = ["add_heal_options", "cmd_heal", "heal_after_prune", "heal_config_of"]
+__all__ = ["add_heal_options", "cmd_heal", "heal_after_prune", "heal_config_after_prune", "heal_config_of"]
 
 
 def add_heal_options(p, *, steps_flag: str = "--steps") -> None:
@@ -25,6 +25,9 @@ def add_heal_options(p, *, steps_flag: str = "--steps") -> None:
     p.add_argument("--held-out", type=int, default=16, help="held-out windows (default 16)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop after this many minutes of training (the schedule follows the clock)")
+    p.add_argument("--label-weight", type=float, default=0.0,
+                   help="language models: add this weight x the next-token cross-entropy on the training text to "
+                        "the KL (default 0: the KL alone)")
     p.add_argument("--heal-seed", type=int, default=0, help="seed of the data order, sampling and adapters")
 
 
@@ -34,7 +37,7 @@ def heal_config_of(args, steps: int):
 
     return HealConfig(steps=steps, lr=args.lr, batch=args.batch, seq_len=args.seq_len, lora_rank=args.lora_rank,
                       eval_every=args.eval_every, held_out=args.held_out, max_minutes=args.max_minutes,
-                      seed=args.heal_seed, calib=args.calib)
+                      label_weight=args.label_weight, seed=args.heal_seed, calib=args.calib)
 
 
 def _summary(out, record: dict, seconds: float) -> str:
@@ -42,8 +45,8 @@ def _summary(out, record: dict, seconds: float) -> str:
     first, best = curve[0], next((c for c in curve if c[0] == record["best_step"]), curve[0])
     how = {"steps": "", "max-minutes": ", stopped by --max-minutes", "interrupt": ", interrupted",
            "diverged": ", stopped: the loss diverged"}[record["stopped_by"]]
-    return (f"{out}: healed {record['steps_done']} steps ({record['mode']}{how}) in {seconds:.0f}s; held-out KL to the "
-            f"teacher {first[2]:.4f} -> {best[2]:.4f}, perplexity {_number(first[3])} -> {_number(best[3])} (best: step "
+    return (f"{out}: healed {record['steps_done']} steps ({record['mode']}{how}) in {seconds:.0f}s; held-out loss "
+            f"{first[2]:.4f} -> {best[2]:.4f}, {record['metric']} {_number(first[3])} -> {_number(best[3])} (best: step "
             f"{record['best_step']})")
 
 
@@ -63,6 +66,17 @@ def cmd_heal(args) -> int:
     else:
         print(_summary(args.output, record, time.perf_counter() - started))
     return 130 if record["interrupted"] else 0
+
+
+def heal_config_after_prune(args):
+    """`prune --heal-steps N`'s healing options (None without the flag), refused before any pruning."""
+    if args.heal_steps is None:
+        return None
+    if args.heal_steps < 1:
+        from ..errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"--heal-steps {args.heal_steps}: must be a positive integer")
+    return heal_config_of(args, args.heal_steps)
 
 
 def heal_after_prune(args, config) -> dict:

@@ -7,8 +7,9 @@ same nodes, the same inputs and outputs, new weights. The output is verified lik
 checker on the written file, an ONNX Runtime run, the signature of PRUNED), and its plan (PRUNED's, if it has
 one) records the run: steps, data, loss curves, the best held-out step.
 
-Language models (KL to the teacher's next-token distribution) are supported; detectors, encoders and OCR
-models are refused with a clear error until their losses land.
+The loss follows the kind of model: KL to the teacher's next-token distribution for causal LMs, cosine to its
+embeddings for sentence encoders, and distillation on the raw outputs of detectors and PP-OCR models
+(`objectives`, `distill`).
 """
 
 from __future__ import annotations
@@ -38,30 +39,49 @@ def heal_model(pruned: onnx.ModelProto, teacher_path: str, config: HealConfig, *
                resume: bool = False, progress: bool = True, on_check=None) -> tuple[onnx.ModelProto, dict]:
     """PRUNED with healed initializers, and the plan record of the run (`healing`). ON_CHECK(run, student):
     see `loop.run_healing`; `with_initializers(pruned, student.updated_initializers())` is the model then."""
-    from .data import text_windows
-    from .objectives import LMDistillation
     from .student import Student
 
-    if not _is_language_model(pruned):
-        raise UnsupportedModelError("heal: only causal language models (input_ids -> logits) are supported so far; "
-                                    "detectors, encoders and OCR models are not yet supported")
-    objective = LMDistillation(teacher_path, pruned, temperature=config.temperature, threads=config.threads)
-    windows = text_windows(config.calib, teacher_path, seq_len=config.seq_len, held_out=config.held_out,
-                           wanted=config.steps * config.batch, seed=config.seed)
+    objective, windows = _objective_and_data(pruned, teacher_path, config)
     student = Student(pruned, lora_rank=config.lora_rank)
     logger.info("heal: %s trainable values (%s), %s", f"{student.trainable_count():,}",
                 f"LoRA rank {config.lora_rank}" if config.lora_rank else "full fine-tuning", windows.source)
     run = run_healing(student, objective, windows, config, checkpoint=checkpoint, resume=resume, progress=progress,
                       on_check=on_check)
     healed = with_initializers(pruned, student.updated_initializers() if run.best_step else {})
-    record = {"teacher": str(teacher_path), "objective": objective.kind, "data": windows.source,
+    record = {"teacher": str(teacher_path), "objective": objective.kind, "metric": objective.metric, "data": windows.source,
               "mode": f"lora rank {config.lora_rank}" if config.lora_rank else "full fine-tuning",
               "trainable_values": student.trainable_count(),
               "options": {k: getattr(config, k) for k in ("steps", "batch", "seq_len", "lora_rank", "eval_every",
                                                           "held_out", "max_minutes", "warmup", "weight_decay",
-                                                          "temperature", "seed")} | {"lr": config.learning_rate},
+                                                          "temperature", "label_weight", "seed")} | {"lr": config.learning_rate},
               **run.record()}
     return healed, record
+
+
+def _objective_and_data(pruned: onnx.ModelProto, teacher_path: str, config: HealConfig):
+    """What to minimise and on what, by the kind of model: a causal LM (KL on text windows), a sentence encoder
+    (cosine on sentences) or a one-image-input model (detector / OCR losses on images; `distill`)."""
+    from .data import text_windows
+    from .distill import OutputDistillation
+    from .inputs import encoder_inputs, image_inputs
+    from .objectives import LMDistillation
+
+    wanted = config.steps * config.batch
+    if _is_language_model(pruned):
+        objective = LMDistillation(teacher_path, pruned, temperature=config.temperature,
+                                   label_weight=config.label_weight, threads=config.threads)
+        return objective, text_windows(config.calib, teacher_path, seq_len=config.seq_len, held_out=config.held_out,
+                                       wanted=wanted, seed=config.seed)
+    if "input_ids" in {v.name for v in pruned.graph.input}:
+        data = encoder_inputs(pruned, teacher_path, config.calib, count=wanted, held_out=config.held_out,
+                              seq_len=config.seq_len)
+    else:
+        data = image_inputs(pruned, config.calib, count=wanted, held_out=config.held_out, seed=config.seed)
+    try:
+        objective = OutputDistillation(teacher_path, pruned, data.held_out[0], threads=config.threads)
+    except UnsupportedModelError as exc:
+        raise UnsupportedModelError(f"heal: {exc}".replace("--importance taylor: ", "")) from exc
+    return objective, data
 
 
 def with_initializers(model: onnx.ModelProto, values: dict) -> onnx.ModelProto:

@@ -28,7 +28,10 @@ class TextWindows:
     held_out: np.ndarray  # [held_out, seq_len] int64
     source: str  # what they came from, for the plan
 
-    def batches(self, batch: int, seed: int):
+    def held_out_batches(self, batch: int) -> list[np.ndarray]:
+        return [self.held_out[start:start + batch] for start in range(0, len(self.held_out), batch)]
+
+    def train_batches(self, batch: int, seed: int):
         """Endless [batch, seq_len] training batches: every window once per epoch, each epoch reshuffled."""
         rng = np.random.default_rng(seed)
         while True:

@@ -36,6 +36,7 @@ class HealConfig:
     warmup: int = 10
     weight_decay: float = 0.0
     temperature: float = 1.0
+    label_weight: float = 0.0  # language models: weight of the next-token cross-entropy on the text beside the KL
     seed: int = 0
     calib: str | None = None
     threads: int | None = None
@@ -53,6 +54,8 @@ class HealConfig:
             raise InvalidArgumentError(f"--lr {self.lr!r}: must be a positive number")
         if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
             raise InvalidArgumentError(f"--max-minutes {self.max_minutes!r}: must be a positive number")
+        if not (math.isfinite(self.label_weight) and self.label_weight >= 0):
+            raise InvalidArgumentError(f"--label-weight {self.label_weight!r}: must be a number >= 0")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise InvalidArgumentError(f"--temperature {self.temperature!r}: must be a positive number")
 
@@ -72,10 +75,10 @@ class HealRun:
     stopped_by: str = "steps"
     seconds: float = 0.0
     train_curve: list = field(default_factory=list)  # [step, seconds, training loss]
-    held_out_curve: list = field(default_factory=list)  # [step, seconds, held-out KL, held-out perplexity]
+    held_out_curve: list = field(default_factory=list)  # [step, seconds, held-out loss, the objective's metric]
 
     def record(self) -> dict:
-        return {"steps_done": self.steps_done, "best_step": self.best_step, "best_held_out_kl": self.best_held_out,
+        return {"steps_done": self.steps_done, "best_step": self.best_step, "best_held_out_loss": self.best_held_out,
                 "interrupted": self.interrupted, "stopped_by": self.stopped_by, "seconds": round(self.seconds, 1),
                 "train_curve": self.train_curve, "held_out_curve": self.held_out_curve}
 
@@ -92,47 +95,50 @@ def _lr_at(step: int, config: HealConfig, elapsed: float) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def _held_out(student, objective, windows: np.ndarray, targets: list, batch: int) -> tuple[float, float]:
-    """(mean KL to the teacher, perplexity) of the student on the held-out WINDOWS (TARGETS: teacher logits)."""
+def _held_out(student, objective, batches: list, targets: list) -> tuple[float, float | None]:
+    """(mean held-out loss, the objective's metric) of the student on BATCHES (TARGETS: the teacher's outputs)."""
     torch = student.torch
-    total_kl, nll, count = 0.0, 0.0, 0
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # onnx2torch's Slice indexes with a list
-        for index, start in enumerate(range(0, len(windows), batch)):
-            tokens = windows[start:start + batch]
-            logits = objective.student_logits(student.module(*objective.student_args(torch, tokens)))
-            total_kl += float(objective.loss(torch, logits, targets[index])) * len(tokens)
-            batch_nll, batch_count = objective.next_token_nll(torch, logits, tokens)
-            nll, count = nll + batch_nll, count + batch_count
-    mean_nll = nll / max(count, 1)
-    return total_kl / max(len(windows), 1), math.exp(mean_nll) if mean_nll < 700 else math.inf  # exp overflows
+        return objective.evaluate(torch, student.module, batches, targets)
 
 
-def run_healing(student, objective, windows, config: HealConfig, *, checkpoint: str | None = None,
+def run_healing(student, objective, data, config: HealConfig, *, checkpoint: str | None = None,
                 resume: bool = False, progress: bool = True, on_check=None) -> HealRun:
-    """Train STUDENT (`student.Student`) on WINDOWS (`data.TextWindows`) against OBJECTIVE's teacher; the student
+    """Train STUDENT (`student.Student`) on DATA (`data.TextWindows`, `inputs.InputBatches`: train_batches,
+    held_out_batches, source) against OBJECTIVE's teacher (`objectives`: targets, output, loss, evaluate); the student
     ends holding the best held-out weights. CHECKPOINT: a file the state is saved to at every held-out check
     (and read from with RESUME). ON_CHECK(run, student): called after every held-out check (tools take
     snapshots there)."""
     torch = student.torch
-    torch.manual_seed(config.seed)
+    threads = torch.get_num_threads()
     torch.set_num_threads(config.threads or max(1, len(os.sched_getaffinity(0))))
+    try:
+        return _train(student, objective, data, config, checkpoint, resume, progress, on_check)
+    finally:
+        torch.set_num_threads(threads)  # the caller's setting again (a library call must not change it)
+
+
+def _train(student, objective, data, config: HealConfig, checkpoint, resume: bool, progress: bool,
+           on_check) -> HealRun:
+    torch = student.torch
+    torch.manual_seed(config.seed)
     parameters = student.parameters()
     optimiser = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
-    held_targets = [objective.teacher_logits(windows.held_out[s:s + config.batch])
-                    for s in range(0, len(windows.held_out), config.batch)]
+    held_batches = data.held_out_batches(config.batch)
+    held = (held_batches, [objective.targets(batch) for batch in held_batches])
     run = HealRun()
     first = 0
     if resume and checkpoint and os.path.exists(checkpoint):
         first, best_state = _load_checkpoint(torch, checkpoint, student, optimiser, run)
-        logger.info("resumed at step %d (best so far: step %d, held-out KL %.4f)", first, run.best_step,
+        logger.info("resumed at step %d (best so far: step %d, held-out loss %.4f)", first, run.best_step,
                     run.best_held_out)
     else:
-        kl, ppl = _held_out(student, objective, windows.held_out, held_targets, config.batch)
+        kl, ppl = _held_out(student, objective, *held)
         run.held_out_curve.append([0, 0.0, kl, ppl])
         run.best_held_out, best_state = kl, student.state()
-        logger.info("step 0: held-out KL %.4f, perplexity %.2f", kl, ppl)
-    batches = windows.batches(config.batch, config.seed)
+        logger.info("step 0: held-out loss %.4f, %s %s", kl, objective.metric, ppl)
+    batches = data.train_batches(config.batch, config.seed)
     for _ in range(first):  # the same batch order as an uninterrupted run
         next(batches)
     started = time.perf_counter() - run.seconds
@@ -144,21 +150,21 @@ def run_healing(student, objective, windows, config: HealConfig, *, checkpoint: 
                 if deadline is not None and time.perf_counter() >= deadline:
                     run.stopped_by = "max-minutes"
                     break
-                tokens = next(batches)
-                target = objective.teacher_logits(tokens)
+                batch = next(batches)
+                target = objective.targets(batch)
                 for group in optimiser.param_groups:
                     group["lr"] = _lr_at(step, config, time.perf_counter() - started)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
-                    logits = objective.student_logits(student.module(*objective.student_args(torch, tokens)))
-                loss = objective.loss(torch, logits, target)
+                    output = objective.output(torch, student.module, batch)
+                loss = objective.loss(torch, output, target, batch)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(parameters, 1.0)
                 optimiser.step()
                 run.steps_done = step + 1
                 value = float(loss.detach())
-                del logits, loss, target
+                del output, loss, target
                 if not math.isfinite(value):  # diverged (the learning rate): the weights are lost from here on
                     logger.warning("step %d: the loss is %s; stopping (try a smaller --lr)", step + 1, value)
                     run.stopped_by = "diverged"
@@ -166,8 +172,7 @@ def run_healing(student, objective, windows, config: HealConfig, *, checkpoint: 
                 run.train_curve.append([step + 1, round(time.perf_counter() - started, 1), value])
                 bar.advance(note=f"loss {value:.4f}")
                 if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-                    best_state = _check(student, objective, windows, held_targets, config, run, step + 1,
-                                        started, best_state)
+                    best_state = _check(student, objective, held, run, step + 1, started, best_state)
                     if on_check is not None:
                         on_check(run, student)
                     if checkpoint:
@@ -178,19 +183,19 @@ def run_healing(student, objective, windows, config: HealConfig, *, checkpoint: 
             logger.warning("interrupted at step %d: keeping the best weights so far (step %d)", run.steps_done,
                            run.best_step)
     if run.stopped_by not in ("interrupt", "diverged") and run.held_out_curve[-1][0] != run.steps_done:
-        best_state = _check(student, objective, windows, held_targets, config, run, run.steps_done, started,
+        best_state = _check(student, objective, held, run, run.steps_done, started,
                             best_state)  # the last steps since the previous check
     run.seconds = time.perf_counter() - started
     student.load_state(best_state)
     return run
 
 
-def _check(student, objective, windows, held_targets, config, run: HealRun, step: int, started: float,
-           best_state: dict) -> dict:
-    kl, ppl = _held_out(student, objective, windows.held_out, held_targets, config.batch)
+def _check(student, objective, held: tuple, run: HealRun, step: int, started: float, best_state: dict) -> dict:
+    kl, ppl = _held_out(student, objective, *held)
     # JSON has no infinity: an overflowing perplexity is recorded as null.
-    run.held_out_curve.append([step, round(time.perf_counter() - started, 1), kl, ppl if math.isfinite(ppl) else None])
-    logger.info("step %d: held-out KL %.4f, perplexity %.2f", step, kl, ppl)
+    run.held_out_curve.append([step, round(time.perf_counter() - started, 1), kl,
+                               ppl if ppl is None or math.isfinite(ppl) else None])
+    logger.info("step %d: held-out loss %.4f, %s %s", step, kl, objective.metric, ppl)
     if kl < run.best_held_out:
         run.best_held_out, run.best_step = kl, step
         return student.state()
@@ -215,6 +220,6 @@ def _load_checkpoint(torch, path: str, student, optimiser, run: HealRun) -> tupl
     except (OSError, RuntimeError, KeyError, ValueError) as exc:
         raise InvalidArgumentError(f"--resume: {path} is not a checkpoint of this healing run ({exc})") from exc
     record = saved["run"]
-    run.steps_done, run.best_step, run.best_held_out = record["steps_done"], record["best_step"], record["best_held_out_kl"]
+    run.steps_done, run.best_step, run.best_held_out = record["steps_done"], record["best_step"], record["best_held_out_loss"]
     run.train_curve, run.held_out_curve, run.seconds = record["train_curve"], record["held_out_curve"], record["seconds"]
     return saved["step"], saved["best"]
