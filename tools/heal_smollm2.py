@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--snapshot", type=float, default=15.0)
     parser.add_argument("--eval-every", type=int, default=20)
     parser.add_argument("--label-weight", type=float, default=0.0)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--tag", default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -54,7 +56,8 @@ def main() -> None:
     snapshot = args.pruned.with_name(f"{tag}-{args.snapshot:g}min.onnx")
     pruned = load_model(args.pruned)
     config = HealConfig(steps=100000, max_minutes=args.minutes, lora_rank=args.lora_rank, lr=args.lr, calib=calib,
-                        eval_every=args.eval_every, label_weight=args.label_weight)
+                        eval_every=args.eval_every, label_weight=args.label_weight, seq_len=args.seq_len,
+                        batch=args.batch)
     taken = {}
 
     def on_check(run, student):
