@@ -342,13 +342,29 @@ def _finish(result: PruneResult, plan: dict, model: onnx.ModelProto, session: Pr
 
 def record_plan(result: PruneResult, plan: dict) -> None:
     """PLAN as RESULT's plan and in its model's metadata (replacing any plan recorded before)."""
-    props = result.model.metadata_props
+    write_plan_metadata(result.model, plan)
+    result.plan = plan
+
+
+def write_plan_metadata(model: onnx.ModelProto, plan: dict) -> None:
+    """PLAN in MODEL's metadata (`PLAN_METADATA_KEY`), replacing any plan recorded before."""
+    props = model.metadata_props
     kept = [(p.key, p.value) for p in props if p.key != PLAN_METADATA_KEY]
     del props[:]
     for key, value in [*kept, (PLAN_METADATA_KEY, json.dumps(plan, separators=(",", ":")))]:
         entry = props.add()
         entry.key, entry.value = key, value
-    result.plan = plan
+
+
+def plan_metadata(model: onnx.ModelProto) -> dict | None:
+    """The plan in MODEL's metadata (None: none, or not JSON)."""
+    for entry in model.metadata_props:
+        if entry.key == PLAN_METADATA_KEY:
+            try:
+                return json.loads(entry.value)
+            except ValueError:
+                return None
+    return None
 
 
 def replay_plan(model: onnx.ModelProto, plan: dict, *, input_shapes: dict | None = None,
@@ -451,12 +467,9 @@ def stored_plan(path: str | os.PathLike) -> dict:
         model = onnx.load(str(path), load_external_data=False)  # the plan is metadata: weights not needed
     except (OSError, DecodeError) as exc:
         raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
-    for entry in model.metadata_props:
-        if entry.key == PLAN_METADATA_KEY:
-            try:
-                return json.loads(entry.value)
-            except ValueError:
-                break
+    plan = plan_metadata(model)
+    if plan is not None:
+        return plan
     raise InvalidArgumentError(f"{path}: no onnxdepth plan in its metadata ({PLAN_METADATA_KEY}); "
                                "was it pruned by onnxdepth?")
 

@@ -51,10 +51,13 @@ def test_attention_and_mlp_units_prune_and_the_cache_stays_consistent(gpt2, tmp_
     assert any(u.endswith(".attention") for u in result.pruned_units)
     assert any(".mlp_" in u for u in result.pruned_units)
     onnx.checker.check_model(str(out), full_check=True)
-    session = open_session(str(out))
+    assert_cached_step_matches(open_session(str(out)))
+
+
+def assert_cached_step_matches(session) -> None:
+    """Prefill 8 tokens, then one cached step: its logits equal one uncached run over all 9."""
     ids = np.random.default_rng(0).integers(0, 128, size=(1, 9))
     names = [o.name for o in session.get_outputs()]
-    # Prefill 8 tokens, then one cached step, against one uncached run over all 9.
     first = dict(zip(names, session.run(None, _feeds(session, ids[:, :8]))))
     past = {n.replace("present", "past_key_values"): v for n, v in first.items() if n.startswith("present")}
     step = dict(zip(names, session.run(None, _feeds(session, ids[:, 8:], past))))

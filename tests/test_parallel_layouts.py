@@ -17,7 +17,7 @@ from onnxdepth.export.hf import export_hf  # noqa: E402
 from onnxdepth.graph.io import load_model  # noqa: E402
 from onnxdepth.runtime import open_session  # noqa: E402
 
-from test_gpt2_layout import _feeds  # noqa: E402
+from test_gpt2_layout import _feeds, assert_cached_step_matches  # noqa: E402
 from tiny_hf import save_tiny_falcon, save_tiny_phi  # noqa: E402
 
 _BUILDERS = {"phi": save_tiny_phi, "falcon": save_tiny_falcon}
@@ -45,15 +45,7 @@ def test_a_prune_at_0_2_takes_attention_and_mlp_and_keeps_the_cache_consistent(d
     assert result.reduction >= 0.2
     assert all(u.endswith(".attention") or "/mlp/" in u for u in result.pruned_units), result.pruned_units
     onnx.checker.check_model(str(out), full_check=True)
-    session = open_session(str(out))
-    ids = np.random.default_rng(0).integers(0, 128, size=(1, 9))
-    names = [o.name for o in session.get_outputs()]
-    # Prefill 8 tokens, then one cached step, against one uncached run over all 9.
-    first = dict(zip(names, session.run(None, _feeds(session, ids[:, :8]))))
-    past = {n.replace("present", "past_key_values"): v for n, v in first.items() if n.startswith("present")}
-    step = dict(zip(names, session.run(None, _feeds(session, ids[:, 8:], past))))
-    full = dict(zip(names, session.run(None, _feeds(session, ids))))
-    np.testing.assert_allclose(step["logits"][0, -1], full["logits"][0, -1], rtol=1e-4, atol=1e-4)
+    assert_cached_step_matches(open_session(str(out)))
 
 
 def test_a_forced_prune_of_one_attention_and_one_mlp_is_valid(decoder):

@@ -14,7 +14,6 @@ embeddings for sentence encoders, and distillation on the raw outputs of detecto
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -98,7 +97,7 @@ def heal_file(pruned: str | os.PathLike, out: str | os.PathLike, teacher: str | 
               resume: bool = False, progress: bool = True, in_place: bool = False) -> dict:
     """Heal the model at PRUNED against TEACHER, write OUT (verified) and OUT's plan; returns the plan.
     IN_PLACE: OUT may be PRUNED itself (`prune --heal-steps`)."""
-    from ..api import PLAN_METADATA_KEY, plan_path_for
+    from ..api import plan_metadata, plan_path_for, write_plan_metadata
     from ..fileio import write_json_atomic
     from ..graph.io import check_output_path, load_model, save_model_atomic
     from ..verify import written_file_check
@@ -107,28 +106,13 @@ def heal_file(pruned: str | os.PathLike, out: str | os.PathLike, teacher: str | 
     if not Path(teacher).is_file():
         raise InvalidArgumentError(f"--teacher {teacher}: no such file")
     model = load_model(pruned)
-    plan = _plan_of(model, PLAN_METADATA_KEY)
+    plan = plan_metadata(model) or {}
     checkpoint = str(Path(out).with_name(Path(out).stem + ".heal.pt"))
     healed, record = heal_model(model, str(teacher), config, checkpoint=checkpoint, resume=resume, progress=progress)
     plan = {**plan, "healing": record}
-    props = healed.metadata_props
-    kept = [(p.key, p.value) for p in props if p.key != PLAN_METADATA_KEY]
-    del props[:]
-    for key, value in [*kept, (PLAN_METADATA_KEY, json.dumps(plan, separators=(",", ":")))]:
-        entry = props.add()
-        entry.key, entry.value = key, value
+    write_plan_metadata(healed, plan)
     save_model_atomic(healed, out, check=written_file_check(pruned, {}))
     write_json_atomic(plan_path_for(Path(out)), plan)
     if record["stopped_by"] == "steps" and os.path.exists(checkpoint):
         os.unlink(checkpoint)  # every step done: nothing to resume (kept after an interrupt or --max-minutes)
     return plan
-
-
-def _plan_of(model: onnx.ModelProto, key: str) -> dict:
-    for entry in model.metadata_props:
-        if entry.key == key:
-            try:
-                return json.loads(entry.value)
-            except ValueError:
-                break
-    return {}
