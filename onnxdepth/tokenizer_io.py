@@ -8,7 +8,7 @@ from pathlib import Path
 from .errors import ModelLoadError
 from .runtime import first_line
 
-__all__ = ["TOKENIZER_FILES", "has_tokenizer", "load_tokenizer"]
+__all__ = ["TOKENIZER_FILES", "has_tokenizer", "load_tokenizer", "user_turn_prefix"]
 
 #: Files whose presence in a directory marks it as holding a Hugging Face tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
@@ -60,3 +60,21 @@ def _fast_tokenizer(directory: Path):
                                        model_max_length=config.get("model_max_length", int(1e30)), **special)
     except Exception:  # noqa: BLE001 - a broken tokenizer.json: the caller reports the original error
         return None
+
+
+def user_turn_prefix(tokenizer) -> list[int] | None:
+    """The token ids a chat begins with up to where the first user message's text goes (the system turn, if the
+    template writes a default one, and the user turn's header), read off the tokenizer's own chat template; None
+    when it has no template. Sampling from a model after these ids makes it write a user message and then, an
+    instruct model, the assistant's answer: chat-shaped text without any data."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    sentinel = "\u241fONNXDEPTH\u241f"  # a message text no template writes by itself
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": sentinel}], tokenize=False)
+    except Exception:  # noqa: BLE001 - a template can raise anything (jinja errors, raise_exception calls)
+        return None
+    if not isinstance(text, str) or sentinel not in text:
+        return None
+    ids = tokenizer(text[:text.index(sentinel)], add_special_tokens=False)["input_ids"]
+    return list(ids) or None

@@ -39,7 +39,8 @@ def pair(tmp_path_factory):
 
 
 def _config(calib, **changes):
-    options = dict(steps=24, eval_every=8, held_out=4, seq_len=24, batch=4, lr=3e-3, warmup=2, calib=str(calib))
+    options = dict(steps=24, eval_every=8, held_out=4, seq_len=24, batch=4, lr=3e-3, warmup=2,
+                   calib=None if calib is None else str(calib))
     return HealConfig(**{**options, **changes})
 
 
@@ -176,3 +177,50 @@ def test_cli_heal_and_prune_heal_steps(pair, tmp_path, cli):
     assert plan["healing"]["steps_done"] == 6 and plan["reduction"] >= 0.3
     code, _, err = cli("prune", teacher, tmp_path / "never.onnx", "--ratio", "0.3", "--heal-steps", "0")
     assert code != 0 and "--heal-steps" in err and not (tmp_path / "never.onnx").exists()
+
+
+CHAT_TEMPLATE = ("{% for message in messages %}<s> {{ message['role'] }} : {{ message['content'] }} {% endfor %}"
+                 "{% if add_generation_prompt %}<s> assistant : {% endif %}")
+
+
+def test_data_free_healing_samples_chats_from_an_instruct_teacher(pair, tmp_path):
+    import shutil
+
+    from onnxdepth.heal.data import text_windows
+    from onnxdepth.tokenizer_io import load_tokenizer, user_turn_prefix
+    from tiny_lm import _tokenizer
+
+    teacher, pruned, _ = pair
+    plain = _tokenizer()
+    assert user_turn_prefix(plain) is None  # no template: plain text from BOS
+    chat = _tokenizer()
+    chat.chat_template = CHAT_TEMPLATE
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    shutil.copy(teacher, folder / "model.onnx")
+    chat.save_pretrained(str(folder))
+    prefix = user_turn_prefix(load_tokenizer(folder))
+    # "<s> user :": BOS, then the role (not in the word vocabulary: [UNK]) and the colon; the message text is not in it.
+    assert prefix == chat("<s> user :", add_special_tokens=False)["input_ids"] and len(prefix) == 3
+    windows = text_windows(None, str(folder / "model.onnx"), seq_len=24, held_out=2, wanted=6, seed=3)
+    assert windows.train.shape == (6, 24) and windows.held_out.shape == (2, 24)
+    assert (windows.train[:, :3] == prefix).all() and (windows.held_out[:, :3] == prefix).all()
+    assert "chats" in windows.source
+    assert not np.array_equal(windows.train[:2], windows.held_out)  # another seed for the held-out windows
+    again = text_windows(None, str(folder / "model.onnx"), seq_len=24, held_out=2, wanted=6, seed=3)
+    assert np.array_equal(again.train, windows.train)  # seeded
+    out = tmp_path / "healed.onnx"
+    record = heal_file(pruned, out, folder / "model.onnx", _config(None, steps=8, eval_every=4), progress=False)
+    assert record["healing"]["data"].startswith("chats (") and "sampled from the teacher" in record["healing"]["data"]
+    assert out.is_file()
+
+
+def test_a_template_that_raises_or_drops_the_message_gives_no_prefix():
+    from onnxdepth.tokenizer_io import user_turn_prefix
+    from tiny_lm import _tokenizer
+
+    tok = _tokenizer()
+    tok.chat_template = "{{ raise_exception('no chats here') }}"
+    assert user_turn_prefix(tok) is None
+    tok.chat_template = "<s> hello"
+    assert user_turn_prefix(tok) is None

@@ -67,13 +67,28 @@ def greedy_generate(model, input_ids: np.ndarray, max_new_tokens: int, *, eos_to
 
 
 def sample_sequences(model, start_token, n: int, length: int, *, seed: int = 0, temperature: float = 1.0,
-                     top_k: int = 50, threads: int | None = None) -> np.ndarray:
-    """N sequences of LENGTH tokens sampled (top-k, seeded) from a causal LM, batched, starting at START_TOKEN
-    (one token id, or a prefix of ids that every sequence starts with)."""
+                     top_k: int = 50, threads: int | None = None, batch: int | None = None,
+                     progress: bool = False) -> np.ndarray:
+    """N sequences of LENGTH tokens sampled (top-k, seeded) from a causal LM, starting at START_TOKEN (one token
+    id, or a prefix of ids that every sequence starts with), BATCH sequences at a time (all N when None). The
+    draws come from one random stream for the whole call, so another BATCH gives other, equally seeded, rows."""
+    from ..runtime import progress as progress_bar
+
     session = open_session(model, threads=threads)
+    rng = np.random.default_rng(seed)
+    batch = n if batch is None else max(1, batch)
+    chunks = []
+    with progress_bar(n, "sampling from the teacher", progress) as bar:
+        for first in range(0, n, batch):
+            rows = min(batch, n - first)
+            chunks.append(_sample_batch(session, start_token, rows, length, rng, temperature, top_k))
+            bar.advance(rows)
+    return np.concatenate(chunks, axis=0) if chunks else np.zeros((0, length), dtype=np.int64)
+
+
+def _sample_batch(session, start_token, n: int, length: int, rng, temperature: float, top_k: int) -> np.ndarray:
     inputs = {i.name: i for i in session.get_inputs()}
     past_names = [name for name in inputs if _PAST.fullmatch(name)]
-    rng = np.random.default_rng(seed)
     seqs = np.tile(np.asarray(start_token, dtype=np.int64).reshape(1, -1), (n, 1))  # [n, prefix length]
     cache = {name: np.zeros((n, int(inputs[name].shape[1]), 0, int(inputs[name].shape[3])), dtype=np.float32)
              for name in past_names}
