@@ -224,3 +224,18 @@ def test_a_template_that_raises_or_drops_the_message_gives_no_prefix():
     assert user_turn_prefix(tok) is None
     tok.chat_template = "<s> hello"
     assert user_turn_prefix(tok) is None
+
+
+def test_the_training_device_is_resolved_and_refused_when_missing(monkeypatch):
+    import torch
+
+    from onnxdepth.runtime import ProviderUnavailableError
+
+    with pytest.raises(InvalidArgumentError, match="--device"):
+        HealConfig(device="tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert HealConfig().torch_device() == "cpu"
+    with pytest.raises(ProviderUnavailableError, match="no GPU"):
+        HealConfig(device="cuda").torch_device()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert HealConfig().torch_device() == "cuda"  # auto: the GPU when torch sees one

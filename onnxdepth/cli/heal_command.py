@@ -29,6 +29,9 @@ def add_heal_options(p, *, steps_flag: str = "--steps") -> None:
                    help="language models: add this weight x the next-token cross-entropy on the training text to "
                         "the KL (default 0: the KL alone)")
     p.add_argument("--heal-seed", type=int, default=0, help="seed of the data order, sampling and adapters")
+    p.add_argument("--heal-device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the student trains (default auto: CUDA when torch sees a GPU); the teacher runs in "
+                        "ONNX Runtime")
 
 
 def heal_config_of(args, steps: int):
@@ -37,7 +40,8 @@ def heal_config_of(args, steps: int):
 
     return HealConfig(steps=steps, lr=args.lr, batch=args.batch, seq_len=args.seq_len, lora_rank=args.lora_rank,
                       eval_every=args.eval_every, held_out=args.held_out, max_minutes=args.max_minutes,
-                      label_weight=args.label_weight, seed=args.heal_seed, calib=args.calib)
+                      label_weight=args.label_weight, seed=args.heal_seed, calib=args.calib,
+                      device=args.heal_device)
 
 
 def _summary(out, record: dict, seconds: float) -> str:

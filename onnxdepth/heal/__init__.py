@@ -40,15 +40,17 @@ def heal_model(pruned: onnx.ModelProto, teacher_path: str, config: HealConfig, *
     see `loop.run_healing`; `with_initializers(pruned, student.updated_initializers())` is the model then."""
     from .student import Student
 
+    device = config.torch_device()
     objective, windows = _objective_and_data(pruned, teacher_path, config)
-    student = Student(pruned, lora_rank=config.lora_rank)
+    objective.device = device
+    student = Student(pruned, lora_rank=config.lora_rank, device=device)
     logger.info("heal: %s trainable values (%s), %s", f"{student.trainable_count():,}",
                 f"LoRA rank {config.lora_rank}" if config.lora_rank else "full fine-tuning", windows.source)
     run = run_healing(student, objective, windows, config, checkpoint=checkpoint, resume=resume, progress=progress,
                       on_check=on_check)
     healed = with_initializers(pruned, student.updated_initializers() if run.best_step else {})
     record = {"teacher": str(teacher_path), "objective": objective.kind, "metric": objective.metric, "data": windows.source,
-              "mode": f"lora rank {config.lora_rank}" if config.lora_rank else "full fine-tuning",
+              "mode": f"lora rank {config.lora_rank}" if config.lora_rank else "full fine-tuning", "device": device,
               "trainable_values": student.trainable_count(),
               "options": {k: getattr(config, k) for k in ("steps", "batch", "seq_len", "lora_rank", "eval_every",
                                                           "held_out", "max_minutes", "warmup", "weight_decay",

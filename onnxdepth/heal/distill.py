@@ -42,6 +42,7 @@ class OutputDistillation:
         token_inputs = "input_ids" in self.inputs
         self.output_kind = output_kind(self.targets(probe), token_inputs=token_inputs)
         self.kind, self.metric = _KINDS[self.output_kind], _METRICS[self.output_kind]
+        self.device = "cpu"  # where the student's tensors live (the loop sets it); the teacher runs in ORT
 
     def targets(self, batch: dict) -> np.ndarray:
         name = self.teacher.get_outputs()[0].name
@@ -49,11 +50,11 @@ class OutputDistillation:
         return self.teacher.run([name], {k: v for k, v in batch.items() if k in wanted})[0]
 
     def output(self, torch, module, batch: dict):
-        out = module(*[torch.from_numpy(np.ascontiguousarray(batch[name])) for name in self.inputs])
+        out = module(*[torch.from_numpy(np.ascontiguousarray(batch[name])).to(self.device) for name in self.inputs])
         return out[0] if isinstance(out, (list, tuple)) else out
 
     def loss(self, torch, output, target, batch: dict):
-        target = torch.from_numpy(np.asarray(target, dtype=np.float32))
+        target = torch.from_numpy(np.asarray(target, dtype=np.float32)).to(output.device)
         return getattr(self, f"_{self.output_kind}")(torch, output.float(), target, batch)[0]
 
     def evaluate(self, torch, module, batches: list, targets: list) -> tuple[float, float]:
@@ -61,7 +62,7 @@ class OutputDistillation:
         for batch, target in zip(batches, targets):
             output = self.output(torch, module, batch).float()
             loss, metric = getattr(self, f"_{self.output_kind}")(
-                torch, output, torch.from_numpy(np.asarray(target, dtype=np.float32)), batch)
+                torch, output, torch.from_numpy(np.asarray(target, dtype=np.float32)).to(output.device), batch)
             losses.append(float(loss))
             metrics.append(float(metric))
             weights.append(len(next(iter(batch.values()))))
@@ -83,7 +84,8 @@ class OutputDistillation:
     def _hidden(torch, out, target, batch):
         from ..importance.taylor import _mean_pool
 
-        mask = torch.from_numpy(np.asarray(batch.get("attention_mask", np.ones(out.shape[:2], np.int64))))
+        mask = np.asarray(batch.get("attention_mask", np.ones(out.shape[:2], np.int64)))
+        mask = torch.from_numpy(mask).to(out.device)
         cosine = (_mean_pool(torch, out, mask) * _mean_pool(torch, target, mask)).sum(-1)  # both L2-normalised
         return (1 - cosine).mean(), cosine.detach().mean()
 

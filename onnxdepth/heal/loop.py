@@ -40,6 +40,7 @@ class HealConfig:
     seed: int = 0
     calib: str | None = None
     threads: int | None = None
+    device: str = "auto"  # where the student trains: "cpu", "cuda", or "auto" (CUDA when torch sees a GPU)
 
     def __post_init__(self) -> None:
         for flag, value in (("--steps", self.steps), ("--batch", self.batch), ("--seq-len", self.seq_len),
@@ -58,6 +59,22 @@ class HealConfig:
             raise InvalidArgumentError(f"--label-weight {self.label_weight!r}: must be a number >= 0")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise InvalidArgumentError(f"--temperature {self.temperature!r}: must be a positive number")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise InvalidArgumentError(f"--device {self.device!r}: must be auto, cpu or cuda")
+
+    def torch_device(self) -> str:
+        """The device the student trains on: DEVICE, with "auto" resolved (CUDA when torch sees a GPU);
+        ProviderUnavailableError for "cuda" on a machine without one."""
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cuda" and not torch.cuda.is_available():
+            from ..runtime import ProviderUnavailableError
+
+            raise ProviderUnavailableError("--device cuda: torch sees no GPU (torch.cuda.is_available() is False; "
+                                           "a CPU-only torch wheel, or no driver)")
+        return self.device
 
     @property
     def learning_rate(self) -> float:
@@ -214,7 +231,7 @@ def _save_checkpoint(torch, path: str, student, optimiser, run: HealRun, step: i
 
 def _load_checkpoint(torch, path: str, student, optimiser, run: HealRun) -> tuple[int, dict]:
     try:
-        saved = torch.load(path, weights_only=True)
+        saved = torch.load(path, weights_only=True, map_location=getattr(student, "device", "cpu"))
         student.load_state(saved["current"])
         optimiser.load_state_dict(saved["optimiser"])
     except (OSError, RuntimeError, KeyError, ValueError) as exc:

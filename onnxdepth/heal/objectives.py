@@ -34,6 +34,7 @@ class LMDistillation:
         self.logits_index = _logits_output(student)
         self.temperature = temperature
         self.label_weight = label_weight  # the weight of the next-token cross-entropy on the text itself
+        self.device = "cpu"  # where the student's tensors live (the loop sets it); the teacher runs in ORT
 
     def teacher_logits(self, tokens: np.ndarray) -> np.ndarray:
         """[batch, seq, vocabulary] float32 logits of the teacher on TOKENS."""
@@ -43,7 +44,7 @@ class LMDistillation:
     def student_args(self, torch, tokens: np.ndarray) -> list:
         """The student module's positional inputs (graph order) for TOKENS."""
         feeds = model_feeds(self.student_specs, tokens)
-        return [torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in self.student_specs]
+        return [torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.device) for name in self.student_specs]
 
     def student_logits(self, outputs):
         return outputs[self.logits_index] if isinstance(outputs, (list, tuple)) else outputs
@@ -73,7 +74,7 @@ class LMDistillation:
         cross-entropy on TOKENS when asked (the held-out check measures the KL alone)."""
         t = self.temperature
         student = torch.log_softmax(logits.float() / t, dim=-1)
-        teacher = torch.log_softmax(torch.from_numpy(teacher_logits) / t, dim=-1)
+        teacher = torch.log_softmax(torch.from_numpy(teacher_logits).to(logits.device) / t, dim=-1)
         # Sum over the vocabulary (last axis), mean over batch and positions.
         kl = (teacher.exp() * (teacher - student)).sum(dim=-1).mean() * (t * t)
         if not self.label_weight or tokens is None:
@@ -85,7 +86,7 @@ class LMDistillation:
     def next_token_nll(torch, logits, tokens: np.ndarray, keep_graph: bool = False) -> tuple:
         """(summed NLL, count) of each next token of TOKENS under LOGITS: position i predicts token i + 1. KEEP_GRAPH:
         the NLL as a tensor to back-propagate through, else a float."""
-        target = torch.from_numpy(tokens[:, 1:]).reshape(-1)
+        target = torch.from_numpy(np.ascontiguousarray(tokens[:, 1:])).reshape(-1).to(logits.device)
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), target,
                                                 reduction="sum")
         return (nll if keep_graph else float(nll)), int(target.numel())

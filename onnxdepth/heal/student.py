@@ -76,12 +76,14 @@ class Student:
     `updated_initializers()` to write back."""
 
     def __init__(self, model: onnx.ModelProto, *, lora_rank: int = 0, lora_alpha: float | None = None,
-                 train_embeddings: bool = True):
+                 train_embeddings: bool = True, device: str = "cpu"):
         import torch
 
         self.torch = torch
         self.model = model
-        self.module = torch_module(model)
+        self.device = device
+        # Moved before the tensors are looked up: `to` replaces buffers by new tensors on the device.
+        self.module = torch_module(model).to(device)
         self.lora_rank = lora_rank
         roles = trainable_roles(model)
         self.tensors = self._find(roles)
@@ -111,7 +113,7 @@ class Student:
                 continue
             name = names[index]
             onnx_value = _array(values[name], folder)
-            held = tensor.detach().numpy()
+            held = tensor.detach().cpu().numpy()
             if held.shape == onnx_value.shape and np.array_equal(held, onnx_value):
                 transposed = False
             elif held.ndim == 2 and held.T.shape == onnx_value.shape and np.array_equal(held.T, onnx_value):
@@ -132,7 +134,7 @@ class Student:
         # [out, in x kernel]; onnx2torch's transposed Gemm weight is [out, in] already.
         rows, cols = shape[0], int(np.prod(shape[1:]))
         rank = min(rank, rows, cols)
-        adapter = _LowRank(torch, rows, cols, rank, alpha / rank, shape)
+        adapter = _LowRank(torch, rows, cols, rank, alpha / rank, shape).to(entry.tensor.device)
         parametrize.register_parametrization(owner, attribute, adapter, unsafe=True)
         self.adapters[entry.name] = (owner, attribute, adapter)
 
@@ -169,7 +171,7 @@ class Student:
                 value = getattr(owner, attribute)  # the parametrized value: W + U V
             else:
                 value = entry.tensor
-            array = value.detach().float().numpy()
+            array = value.detach().float().cpu().numpy()
         return np.ascontiguousarray(array.T if entry.transposed else array)
 
     def updated_initializers(self) -> dict[str, np.ndarray]:
