@@ -5,6 +5,7 @@ trained weights written back into the same graph (verified), with LoRA, the best
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -151,6 +152,8 @@ def test_refusals(pair, tmp_path):
         HealConfig(lora_rank=-1)
     with pytest.raises(InvalidArgumentError, match="--lr"):
         HealConfig(lr=float("nan"))
+    with pytest.raises(InvalidArgumentError, match="--grad-checkpoint"):
+        HealConfig(checkpoint_segments=-2)
     short = tmp_path / "short.npz"
     np.savez(short, input_ids=np.zeros((3, 24), dtype=np.int64))
     with pytest.raises(InvalidArgumentError, match="windows"):
@@ -162,9 +165,14 @@ def test_cli_heal_and_prune_heal_steps(pair, tmp_path, cli):
     teacher, pruned, calib = pair
     out = tmp_path / "cli.onnx"
     code, stdout, err = cli("heal", pruned, out, "--teacher", teacher, "--calib", calib, "--steps", "8",
-                            "--eval-every", "4", "--held-out", "4", "--seq-len", "24", "--lr", "3e-3")
+                            "--eval-every", "4", "--held-out", "4", "--seq-len", "24", "--lr", "3e-3",
+                            "--grad-checkpoint", "4", "--heal-device", "cpu")
     assert code == 0, err
     assert "healed 8 steps" in stdout and "held-out loss" in stdout and "perplexity" in stdout
+    record = json.loads(api.plan_path_for(Path(out)).read_text())["healing"]
+    assert record["device"] == "cpu" and record["options"]["checkpoint_segments"] == 4
+    code, _, err = cli("heal", pruned, out, "--teacher", teacher, "--steps", "2", "--grad-checkpoint", "-1")
+    assert code != 0 and "--grad-checkpoint" in err and "Traceback" not in err
     code, _, err = cli("heal", pruned, out, "--teacher", tmp_path / "missing.onnx", "--steps", "2")
     assert code != 0 and "missing.onnx" in err and "Traceback" not in err
     code, _, err = cli("heal", pruned, pruned, "--teacher", teacher, "--steps", "2")
@@ -239,3 +247,33 @@ def test_the_training_device_is_resolved_and_refused_when_missing(monkeypatch):
         HealConfig(device="cuda").torch_device()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert HealConfig().torch_device() == "cuda"  # auto: the GPU when torch sees one
+
+
+@pytest.mark.parametrize("rank", [0, 2])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(pair, rank):
+    import torch
+
+    from onnxdepth.heal.objectives import LMDistillation
+
+    teacher, pruned, _ = pair
+    model = load_model(pruned)
+    objective = LMDistillation(str(teacher), model)
+    tokens = np.random.default_rng(1).integers(0, 128, (2, 16)).astype(np.int64)
+    target = objective.targets(tokens)
+    results = []
+    for segments in (0, 3, 1000):  # off, three runs, one run per node
+        torch.manual_seed(0)  # the same LoRA initialisation on every side
+        student = Student(model, lora_rank=rank, checkpoint_segments=segments)
+        with torch.no_grad():  # nonzero adapters, so that their product is in the gradients too
+            for p in student.parameters():
+                p.add_(0.01)
+        loss = objective.loss(torch, objective.output(torch, student.module, tokens), target, tokens)
+        loss.backward()
+        results.append((float(loss), [p.grad.clone() for p in student.parameters()]))
+    assert student.module.segments > 3  # capped at the node count, but many runs
+    for loss, grads in results[1:]:
+        assert loss == pytest.approx(results[0][0], rel=1e-6)
+        assert all(torch.allclose(g, r, rtol=1e-4, atol=1e-6) for g, r in zip(grads, results[0][1]))
+    with torch.no_grad():  # held-out checks: the plain module
+        assert torch.equal(objective.output(torch, student.module, tokens),
+                           objective.output(torch, student.module.inner, tokens))

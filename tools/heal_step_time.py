@@ -4,6 +4,7 @@ transformers' LlamaForCausalLM, side by side in one process (interleaved, median
 side's peak memory in a process of its own.
 
     python tools/heal_step_time.py [--onnx models/out/smollm2-135m-with-past/model.onnx] [--hf artifacts/smollm2-hf]
+        [--compile]   # also the ONNX side under torch.compile
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def _kl(torch, logits, teacher):
     return (reference.exp() * (reference - student)).sum(-1).mean()
 
 
-def _onnx_step(args, tokens, teacher):
+def _onnx_step(args, tokens, teacher, compiled: bool = False):
     import onnx  # noqa: F401
     import torch
 
@@ -34,14 +35,15 @@ def _onnx_step(args, tokens, teacher):
     from onnxdepth.heal.student import Student
 
     model = load_model(args.onnx)
-    student = Student(model)
+    student = Student(model, checkpoint_segments=args.checkpoint)
     objective = LMDistillation(args.onnx, model)
     optimiser = torch.optim.AdamW(student.parameters(), lr=1e-5)
+    module = torch.compile(student.module) if compiled else student.module
 
     def step():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            logits = objective.student_logits(student.module(*objective.student_args(torch, tokens)))
+            logits = objective.student_logits(module(*objective.student_args(torch, tokens)))
         loss = _kl(torch, logits, teacher)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -88,13 +90,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--only", choices=("onnx", "hf"), help="one side alone, printing its peak RSS (JSON)")
+    parser.add_argument("--only", choices=("onnx", "hf", "compiled"),
+                        help="one side alone, printing its peak RSS (JSON)")
+    parser.add_argument("--checkpoint", type=int, default=0, metavar="N",
+                        help="the ONNX side with gradient checkpointing in N segments (heal --grad-checkpoint N)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the ONNX side under torch.compile (inductor; its first step compiles)")
     args = parser.parse_args()
     import torch
 
     torch.manual_seed(0)
     tokens, teacher = _inputs(args)
     builders = {"onnx": _onnx_step, "hf": _hf_step}
+    if args.compile or args.only == "compiled":
+        builders["compiled"] = lambda *a: _onnx_step(*a, compiled=True)
     if args.only:
         import gc
         import threading
@@ -122,12 +131,15 @@ def main() -> None:
         return
     steps = {name: build(args, tokens, teacher) for name, build in builders.items()}
     times = {name: [] for name in steps}
-    for round_ in range(args.steps + 1):  # round 0 warms up both
+    warmup = {}
+    for round_ in range(args.steps + 1):  # round 0 warms up every side (and compiles the compiled one)
         for name, (step, _) in steps.items():
             started = time.perf_counter()
             step()
             if round_:
                 times[name].append(time.perf_counter() - started)
+            else:
+                warmup[name] = time.perf_counter() - started
     medians = {name: statistics.median(values) for name, values in times.items()}
     print(f"{args.batch} x {args.seq_len} tokens, {torch.get_num_threads()} threads, median of {args.steps} "
           "interleaved steps (forward, KL, backward, AdamW):")
@@ -135,9 +147,13 @@ def main() -> None:
         print(f"  {name:>4}: {medians[name]:.2f} s  ({count:,} trained values; all: "
               f"{', '.join(f'{t:.2f}' for t in times[name])})")
     print(f"  onnx / hf: {medians['onnx'] / medians['hf']:.2f}x")
+    if "compiled" in medians:
+        print(f"  compiled / onnx: {medians['compiled'] / medians['onnx']:.2f}x (first step, compiling: "
+              f"{warmup['compiled']:.0f} s)")
     for side in steps:
         done = subprocess.run([sys.executable, __file__, "--only", side, "--onnx", args.onnx, "--hf", args.hf,
-                               "--batch", str(args.batch), "--seq-len", str(args.seq_len)],
+                               "--batch", str(args.batch), "--seq-len", str(args.seq_len),
+                               "--checkpoint", str(args.checkpoint)],
                               capture_output=True, text=True)
         line = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr.strip()[-200:]
         print(f"  peak memory, {side} alone: {line}")

@@ -43,7 +43,8 @@ def heal_model(pruned: onnx.ModelProto, teacher_path: str, config: HealConfig, *
     device = config.torch_device()
     objective, windows = _objective_and_data(pruned, teacher_path, config)
     objective.device = device
-    student = Student(pruned, lora_rank=config.lora_rank, device=device)
+    student = Student(pruned, lora_rank=config.lora_rank, device=device,
+                      checkpoint_segments=config.checkpoint_segments)
     logger.info("heal: %s trainable values (%s), %s", f"{student.trainable_count():,}",
                 f"LoRA rank {config.lora_rank}" if config.lora_rank else "full fine-tuning", windows.source)
     run = run_healing(student, objective, windows, config, checkpoint=checkpoint, resume=resume, progress=progress,
@@ -54,7 +55,8 @@ def heal_model(pruned: onnx.ModelProto, teacher_path: str, config: HealConfig, *
               "trainable_values": student.trainable_count(),
               "options": {k: getattr(config, k) for k in ("steps", "batch", "seq_len", "lora_rank", "eval_every",
                                                           "held_out", "max_minutes", "warmup", "weight_decay",
-                                                          "temperature", "label_weight", "seed")} | {"lr": config.learning_rate},
+                                                          "temperature", "label_weight", "seed",
+                                                          "checkpoint_segments")} | {"lr": config.learning_rate},
               **run.record()}
     return healed, record
 

@@ -41,6 +41,7 @@ class HealConfig:
     calib: str | None = None
     threads: int | None = None
     device: str = "auto"  # where the student trains: "cpu", "cuda", or "auto" (CUDA when torch sees a GPU)
+    checkpoint_segments: int = 0  # gradient checkpointing: the forward recomputed in this many runs (0: off)
 
     def __post_init__(self) -> None:
         for flag, value in (("--steps", self.steps), ("--batch", self.batch), ("--seq-len", self.seq_len),
@@ -59,6 +60,10 @@ class HealConfig:
             raise InvalidArgumentError(f"--label-weight {self.label_weight!r}: must be a number >= 0")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise InvalidArgumentError(f"--temperature {self.temperature!r}: must be a positive number")
+        if isinstance(self.checkpoint_segments, bool) or not isinstance(self.checkpoint_segments, int) \
+                or self.checkpoint_segments < 0:
+            raise InvalidArgumentError(f"--grad-checkpoint {self.checkpoint_segments!r}: must be 0 (off) or a "
+                                       "positive number of segments")
         if self.device not in ("auto", "cpu", "cuda"):
             raise InvalidArgumentError(f"--device {self.device!r}: must be auto, cpu or cuda")
 

@@ -76,7 +76,7 @@ class Student:
     `updated_initializers()` to write back."""
 
     def __init__(self, model: onnx.ModelProto, *, lora_rank: int = 0, lora_alpha: float | None = None,
-                 train_embeddings: bool = True, device: str = "cpu"):
+                 train_embeddings: bool = True, device: str = "cpu", checkpoint_segments: int = 0):
         import torch
 
         self.torch = torch
@@ -100,6 +100,10 @@ class Student:
                 self._add_adapter(entry, lora_rank, lora_alpha if lora_alpha is not None else float(lora_rank))
             else:
                 entry.tensor.requires_grad_(True)
+        if checkpoint_segments:
+            from .recompute import Checkpointed
+
+            self.module = Checkpointed(self.module, checkpoint_segments)
 
     def _find(self, roles: dict[str, str]) -> dict[str, _Tensor]:
         """The module tensors behind ROLES' initializers, with their layout checked against the ONNX values."""
