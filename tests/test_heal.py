@@ -277,3 +277,23 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(pair, rank):
     with torch.no_grad():  # held-out checks: the plain module
         assert torch.equal(objective.output(torch, student.module, tokens),
                            objective.output(torch, student.module.inner, tokens))
+
+
+def test_sampled_windows_mix_into_a_calibration_file(pair, tmp_path):
+    from onnxdepth.heal.data import text_windows
+
+    teacher, pruned, calib = pair  # 48 windows of 24 tokens in the .npz
+    windows = text_windows(str(calib), str(teacher), seq_len=24, held_out=4, wanted=100, sampled=16)
+    file_rows = np.load(calib)["input_ids"]
+    # Every file window but the 3 held out (the file held out 4; one went back to training), and the 16 sampled.
+    assert windows.train.shape == (45 + 16, 24)
+    assert windows.held_out.shape == (4, 24)
+    held_from_file = [row for row in windows.held_out if (file_rows == row).all(axis=1).any()]
+    assert len(held_from_file) == 3  # 16 of 60 windows are sampled: one of the four held out is sampled
+    assert "mixed in" in windows.source and "45 + 16 training windows" in windows.source
+    alone = text_windows(None, str(teacher), seq_len=24, held_out=2, wanted=100, sampled=5)
+    assert alone.train.shape == (5, 24)  # without a file: the number sampled
+    with pytest.raises(InvalidArgumentError, match="--sampled"):
+        HealConfig(sampled=-1)
+    with pytest.raises(InvalidArgumentError, match="--held-out"):
+        text_windows(str(calib), str(teacher), seq_len=24, held_out=1, wanted=10, sampled=4)

@@ -13,7 +13,7 @@ pytest.importorskip("torch")
 
 from onnxdepth import api  # noqa: E402
 from onnxdepth.config import PruneConfig  # noqa: E402
-from onnxdepth.errors import UnsupportedModelError  # noqa: E402
+from onnxdepth.errors import InvalidArgumentError, UnsupportedModelError  # noqa: E402
 from onnxdepth.heal import HealConfig, heal_file, heal_model  # noqa: E402
 
 import graphs  # noqa: E402
@@ -70,3 +70,10 @@ def test_an_output_with_no_loss_is_refused(tmp_path):
     onnx.save_model(graphs.build_residual(), str(path))
     with pytest.raises(UnsupportedModelError, match="heal: no label-free loss"):
         heal_model(graphs.build_residual(), str(path), HealConfig(steps=1, held_out=1))
+
+
+def test_sampled_text_is_refused_for_a_model_that_is_not_a_language_model(encoder, tmp_path):
+    teacher, pruned = encoder
+    with pytest.raises(InvalidArgumentError, match="--sampled"):
+        heal_file(pruned, tmp_path / "x.onnx", teacher, HealConfig(steps=2, held_out=2, sampled=4), progress=False)
+    assert not (tmp_path / "x.onnx").exists()

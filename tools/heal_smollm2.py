@@ -3,7 +3,7 @@
 
     .venv/bin/onnxdepth prune models/out/smollm2-135m-with-past/model.onnx artifacts/heal/p30.onnx --ratio 0.3 \\
         --calib ../shared/data/wikitext-2/valid.txt
-    python tools/heal_smollm2.py [--lora-rank 16] [--calib none] [--minutes 30] [--snapshot 15]
+    python tools/heal_smollm2.py [--lora-rank 16] [--calib none] [--sampled N] [--minutes 30] [--snapshot 15]
 
 Each run writes artifacts/heal/<tag>.onnx (healed, verified) and <tag>-<snapshot>min.onnx, and prints a table.
 """
@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--snapshot", type=float, default=15.0)
     parser.add_argument("--eval-every", type=int, default=20)
     parser.add_argument("--label-weight", type=float, default=0.0)
+    parser.add_argument("--sampled", type=int, default=0,
+                        help="windows sampled from the teacher (chats): with --calib none the count, else mixed in")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--tag", default=None)
@@ -51,13 +53,14 @@ def main() -> None:
     from onnxdepth.verify import written_file_check
 
     calib = None if args.calib == "none" else args.calib
-    tag = args.tag or f"{'lora' + str(args.lora_rank) if args.lora_rank else 'full'}-{'wiki' if calib else 'self'}"
+    data = ("wiki" + (f"+self{args.sampled}" if args.sampled else "")) if calib else "self"
+    tag = args.tag or f"{'lora' + str(args.lora_rank) if args.lora_rank else 'full'}-{data}"
     out = args.pruned.with_name(f"{tag}.onnx")
     snapshot = args.pruned.with_name(f"{tag}-{args.snapshot:g}min.onnx")
     pruned = load_model(args.pruned)
     config = HealConfig(steps=100000, max_minutes=args.minutes, lora_rank=args.lora_rank, lr=args.lr, calib=calib,
                         eval_every=args.eval_every, label_weight=args.label_weight, seq_len=args.seq_len,
-                        batch=args.batch)
+                        batch=args.batch, sampled=args.sampled)
     taken = {}
 
     def on_check(run, student):
@@ -66,7 +69,8 @@ def main() -> None:
             save_model_atomic(model, snapshot, check=written_file_check(args.pruned, {}))
             taken.update(step=run.steps_done, seconds=run.held_out_curve[-1][1])
 
-    started = time.perf_counter()
+    started = time.perf_counter()  # includes sampling the teacher's text (data-free runs); the record's own
+    # seconds are training only
     healed, record = heal_model(pruned, str(TEACHER), config, on_check=on_check, progress=False)
     seconds = time.perf_counter() - started
     save_model_atomic(healed, out, check=written_file_check(args.pruned, {}))

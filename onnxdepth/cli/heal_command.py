@@ -29,6 +29,9 @@ def add_heal_options(p, *, steps_flag: str = "--steps") -> None:
                    help="language models: add this weight x the next-token cross-entropy on the training text to "
                         "the KL (default 0: the KL alone)")
     p.add_argument("--heal-seed", type=int, default=0, help="seed of the data order, sampling and adapters")
+    p.add_argument("--sampled", type=int, default=0, metavar="N",
+                   help="language models: N windows sampled from the teacher (whole chats when its tokenizer has a "
+                        "chat template); without --calib the whole data (default: up to 512), with it mixed in")
     p.add_argument("--grad-checkpoint", type=int, default=0, metavar="N",
                    help="gradient checkpointing: recompute the forward pass in N segments during the backward one "
                         "(less activation memory for about one more forward pass; default 0: off)")
@@ -44,7 +47,7 @@ def heal_config_of(args, steps: int):
     return HealConfig(steps=steps, lr=args.lr, batch=args.batch, seq_len=args.seq_len, lora_rank=args.lora_rank,
                       eval_every=args.eval_every, held_out=args.held_out, max_minutes=args.max_minutes,
                       label_weight=args.label_weight, seed=args.heal_seed, calib=args.calib,
-                      device=args.heal_device, checkpoint_segments=args.grad_checkpoint)
+                      sampled=args.sampled, device=args.heal_device, checkpoint_segments=args.grad_checkpoint)
 
 
 def _summary(out, record: dict, seconds: float) -> str:

@@ -56,7 +56,7 @@ def heal_model(pruned: onnx.ModelProto, teacher_path: str, config: HealConfig, *
               "options": {k: getattr(config, k) for k in ("steps", "batch", "seq_len", "lora_rank", "eval_every",
                                                           "held_out", "max_minutes", "warmup", "weight_decay",
                                                           "temperature", "label_weight", "seed",
-                                                          "checkpoint_segments")} | {"lr": config.learning_rate},
+                                                          "sampled", "checkpoint_segments")} | {"lr": config.learning_rate},
               **run.record()}
     return healed, record
 
@@ -74,7 +74,10 @@ def _objective_and_data(pruned: onnx.ModelProto, teacher_path: str, config: Heal
         objective = LMDistillation(teacher_path, pruned, temperature=config.temperature,
                                    label_weight=config.label_weight, threads=config.threads)
         return objective, text_windows(config.calib, teacher_path, seq_len=config.seq_len, held_out=config.held_out,
-                                       wanted=wanted, seed=config.seed)
+                                       wanted=wanted, seed=config.seed, sampled=config.sampled)
+    if config.sampled:
+        raise InvalidArgumentError("heal --sampled: text sampled from the teacher is for language models only (this "
+                                   "model has no logits output to sample from)")
     if "input_ids" in {v.name for v in pruned.graph.input}:
         data = encoder_inputs(pruned, teacher_path, config.calib, count=wanted, held_out=config.held_out,
                               seq_len=config.seq_len)

@@ -46,10 +46,32 @@ class TextWindows:
 
 
 def text_windows(calib: str | None, teacher_path: str, *, seq_len: int, held_out: int, wanted: int,
-                 seed: int = 0) -> TextWindows:
-    """Windows for healing; WANTED: how many training windows the run can use (caps sampling)."""
+                 seed: int = 0, sampled: int = 0) -> TextWindows:
+    """Windows for healing; WANTED: how many training windows the run can use (caps sampling). SAMPLED: without
+    CALIB, how many windows to sample (0: up to MAX_SAMPLED); with a CALIB file, that many windows sampled from
+    the teacher (`_sampled`) mixed in, the held-out windows taken from both in proportion (at least one of each)."""
     if calib is None:
-        return _sampled(teacher_path, seq_len=seq_len, held_out=held_out, wanted=wanted, seed=seed)
+        return _sampled(teacher_path, seq_len=seq_len, held_out=held_out, wanted=wanted, seed=seed,
+                        cap=sampled or MAX_SAMPLED)
+    if not sampled:
+        return _from_file(calib, teacher_path, seq_len=seq_len, held_out=held_out)
+    if held_out < 2:
+        raise InvalidArgumentError(f"--sampled with --calib: --held-out {held_out} cannot hold windows of both")
+    file_windows = _from_file(calib, teacher_path, seq_len=seq_len, held_out=held_out)
+    # Held-out windows of each source in proportion to its training windows, at least one of each.
+    share = sampled / (sampled + len(file_windows.train))
+    held_sampled = min(held_out - 1, max(1, round(held_out * share)))
+    length = file_windows.train.shape[1]  # an .npz's rows may be shorter than --seq-len
+    own = _sampled(teacher_path, seq_len=length, held_out=held_sampled, wanted=sampled, seed=seed, cap=sampled)
+    kept, returned = file_windows.held_out[:held_out - held_sampled], file_windows.held_out[held_out - held_sampled:]
+    train = np.concatenate([file_windows.train, returned, own.train])  # the file windows not held out train
+    return TextWindows(train, np.concatenate([kept, own.held_out]),
+                       f"{file_windows.source.split(', ')[0]} with {own.source.split(':')[0]} mixed in: "
+                       f"{len(train) - len(own.train)} + {len(own.train)} training windows of {length} tokens, "
+                       f"{len(kept)} + {held_sampled} held out")
+
+
+def _from_file(calib: str, teacher_path: str, *, seq_len: int, held_out: int) -> TextWindows:
     path = Path(calib)
     if not path.exists():
         raise InvalidArgumentError(f"--calib {calib}: no such file")
@@ -76,7 +98,8 @@ def text_windows(calib: str | None, teacher_path: str, *, seq_len: int, held_out
                                              f"{held_out} held out")
 
 
-def _sampled(teacher_path: str, *, seq_len: int, held_out: int, wanted: int, seed: int) -> TextWindows:
+def _sampled(teacher_path: str, *, seq_len: int, held_out: int, wanted: int, seed: int,
+             cap: int = MAX_SAMPLED) -> TextWindows:
     from ..eval.generate import sample_sequences
     from ..tokenizer_io import load_tokenizer, user_turn_prefix
 
@@ -94,7 +117,7 @@ def _sampled(teacher_path: str, *, seq_len: int, held_out: int, wanted: int, see
         prefix, shape = [bos if bos is not None else 0], "text"
     else:
         shape = f"chats (the chat template's {len(prefix)}-token user-turn opening)"
-    count = max(1, min(wanted, MAX_SAMPLED))
+    count = max(1, min(wanted, cap))
     train = sample_sequences(teacher_path, prefix, count, seq_len, seed=seed, batch=SAMPLE_BATCH, progress=True)
     held = (sample_sequences(teacher_path, prefix, held_out, seq_len, seed=seed + 1, batch=SAMPLE_BATCH)
             if held_out else train[:0])

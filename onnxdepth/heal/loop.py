@@ -39,6 +39,7 @@ class HealConfig:
     label_weight: float = 0.0  # language models: weight of the next-token cross-entropy on the text beside the KL
     seed: int = 0
     calib: str | None = None
+    sampled: int = 0  # windows sampled from the teacher: the data without calib (0: the default count), else mixed in
     threads: int | None = None
     device: str = "auto"  # where the student trains: "cpu", "cuda", or "auto" (CUDA when torch sees a GPU)
     checkpoint_segments: int = 0  # gradient checkpointing: the forward recomputed in this many runs (0: off)
@@ -60,6 +61,8 @@ class HealConfig:
             raise InvalidArgumentError(f"--label-weight {self.label_weight!r}: must be a number >= 0")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise InvalidArgumentError(f"--temperature {self.temperature!r}: must be a positive number")
+        if isinstance(self.sampled, bool) or not isinstance(self.sampled, int) or self.sampled < 0:
+            raise InvalidArgumentError(f"--sampled {self.sampled!r}: must be 0 or a positive number of windows")
         if isinstance(self.checkpoint_segments, bool) or not isinstance(self.checkpoint_segments, int) \
                 or self.checkpoint_segments < 0:
             raise InvalidArgumentError(f"--grad-checkpoint {self.checkpoint_segments!r}: must be 0 (off) or a "
