@@ -279,6 +279,46 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(pair, rank):
                            objective.output(torch, student.module.inner, tokens))
 
 
+def test_activation_estimate_scales_with_the_rows(pair):
+    from onnxdepth.heal.memory import activation_bytes
+    from onnxdepth.heal.objectives import LMDistillation
+
+    teacher, pruned, _ = pair
+    model = load_model(pruned)
+    objective = LMDistillation(str(teacher), model)
+    student = Student(model)
+    tokens = np.random.default_rng(2).integers(0, 128, (4, 16)).astype(np.int64)
+    one, four = (activation_bytes(torch, student.module,
+                                  lambda rows=rows: objective.output(torch, student.module, tokens[:rows]))
+                 for rows in (1, 4))
+    assert one > 0
+    assert 3.5 * one < four < 4.5 * one  # activations grow with the rows; the weights are left out
+    with torch.no_grad():  # a forward without gradients saves nothing, but the estimate turns autograd on
+        assert activation_bytes(torch, student.module, lambda: objective.output(torch, student.module,
+                                                                                tokens[:1])) == one
+
+
+def test_checkpointing_turns_on_when_memory_asks_for_it(pair, tmp_path, monkeypatch):
+    from onnxdepth.heal import memory
+
+    teacher, pruned, calib = pair
+    roomy = heal_file(pruned, tmp_path / "roomy.onnx", teacher, _config(calib, steps=2), progress=False)["healing"]
+    assert roomy["checkpointing"]["mode"] == "auto" and roomy["checkpointing"]["segments"] == 0
+    need = roomy["checkpointing"]["step_activation_bytes"]
+    assert 0 < need < roomy["checkpointing"]["budget_bytes"]
+    # A device with room for a fifth of the step's activations (after the optimiser's share): 10 segments.
+    trained = roomy["trainable_values"]
+    monkeypatch.setattr(memory, "device_budget",
+                        lambda torch, device: memory.OPTIMISER_BYTES * trained + int(need / 5 / memory.SAFE_SHARE) + 100)
+    tight = heal_file(pruned, tmp_path / "tight.onnx", teacher, _config(calib, steps=2), progress=False)["healing"]
+    assert tight["checkpointing"]["segments"] == 10 and tight["options"]["checkpoint_segments"] == 10
+    assert tight["steps_done"] == 2
+    fixed = heal_file(pruned, tmp_path / "fixed.onnx", teacher, _config(calib, steps=2, checkpoint_segments=0),
+                      progress=False)["healing"]
+    assert fixed["checkpointing"] == {"segments": 0, "mode": "fixed", "step_activation_bytes": None,
+                                      "budget_bytes": None}  # an explicit 0 is never overridden
+
+
 def test_sampled_windows_mix_into_a_calibration_file(pair, tmp_path):
     from onnxdepth.heal.data import text_windows
 

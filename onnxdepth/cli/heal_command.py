@@ -32,12 +32,25 @@ def add_heal_options(p, *, steps_flag: str = "--steps") -> None:
     p.add_argument("--sampled", type=int, default=0, metavar="N",
                    help="language models: N windows sampled from the teacher (whole chats when its tokenizer has a "
                         "chat template); without --calib the whole data (default: up to 512), with it mixed in")
-    p.add_argument("--grad-checkpoint", type=int, default=0, metavar="N",
+    p.add_argument("--grad-checkpoint", type=_segments, default=None, metavar="N|auto",
                    help="gradient checkpointing: recompute the forward pass in N segments during the backward one "
-                        "(less activation memory for about one more forward pass; default 0: off)")
+                        "(less activation memory for about one more forward pass; 0: off; default auto: on when "
+                        "a step's activations, measured on one row, would not fit in the free memory)")
     p.add_argument("--heal-device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where the student trains (default auto: CUDA when torch sees a GPU); the teacher runs in "
                         "ONNX Runtime")
+
+
+def _segments(text: str) -> int | None:
+    """--grad-checkpoint's value: None for auto, else the integer (checked by HealConfig)."""
+    import argparse
+
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be auto or a number of segments (0: off)") from None
 
 
 def heal_config_of(args, steps: int):

@@ -38,13 +38,19 @@ def heal_model(pruned: onnx.ModelProto, teacher_path: str, config: HealConfig, *
                resume: bool = False, progress: bool = True, on_check=None) -> tuple[onnx.ModelProto, dict]:
     """PRUNED with healed initializers, and the plan record of the run (`healing`). ON_CHECK(run, student):
     see `loop.run_healing`; `with_initializers(pruned, student.updated_initializers())` is the model then."""
+    from .memory import choose_checkpointing
     from .student import Student
 
     device = config.torch_device()
     objective, windows = _objective_and_data(pruned, teacher_path, config)
     objective.device = device
-    student = Student(pruned, lora_rank=config.lora_rank, device=device,
-                      checkpoint_segments=config.checkpoint_segments)
+    student = Student(pruned, lora_rank=config.lora_rank, device=device)
+    checkpointing = choose_checkpointing(student, objective, windows.held_out_batches(1)[0], config.batch,
+                                         config.checkpoint_segments)
+    if checkpointing.segments:
+        student.checkpoint(checkpointing.segments)
+        logger.info("heal: the forward pass checkpointed in %d segments (%s)", checkpointing.segments,
+                    "chosen for memory" if checkpointing.mode == "auto" else "--grad-checkpoint")
     logger.info("heal: %s trainable values (%s), %s", f"{student.trainable_count():,}",
                 f"LoRA rank {config.lora_rank}" if config.lora_rank else "full fine-tuning", windows.source)
     run = run_healing(student, objective, windows, config, checkpoint=checkpoint, resume=resume, progress=progress,
@@ -56,7 +62,9 @@ def heal_model(pruned: onnx.ModelProto, teacher_path: str, config: HealConfig, *
               "options": {k: getattr(config, k) for k in ("steps", "batch", "seq_len", "lora_rank", "eval_every",
                                                           "held_out", "max_minutes", "warmup", "weight_decay",
                                                           "temperature", "label_weight", "seed",
-                                                          "sampled", "checkpoint_segments")} | {"lr": config.learning_rate},
+                                                          "sampled")}
+              | {"lr": config.learning_rate, "checkpoint_segments": checkpointing.segments},
+              "checkpointing": checkpointing.record(),
               **run.record()}
     return healed, record
 

@@ -23,8 +23,10 @@ from ..errors import InvalidArgumentError
 
 __all__ = ["InputBatches", "encoder_inputs", "image_inputs"]
 
-#: Training inputs at most (each is one teacher run per epoch; variants beyond this add little).
+#: Training images at most (each held in memory as float32; variants of the same photos beyond this add little).
 MAX_INPUTS = 256
+#: Training sentences at most (token rows are small: a text file's lines are all used up to this many).
+MAX_SENTENCES = 4096
 #: Seed offset of the held-out inputs (apart from the training ones, drawn with the run's seed).
 HELD_OUT_SEED = 1000
 
@@ -103,7 +105,7 @@ def encoder_inputs(model: onnx.ModelProto, teacher_path: str, calib: str | None,
     from ..calibration import calibration_sentences, load_tokenizer
     from ..importance.taylor_calibration import _graph_inputs, _token_feeds
 
-    sentences = calibration_sentences(calib, max(1, min(count, MAX_INPUTS)) + held_out)
+    sentences = calibration_sentences(calib, max(1, min(count, MAX_SENTENCES)) + held_out)
     if len(sentences) < held_out + 2:
         raise InvalidArgumentError(f"heal --calib: {len(sentences)} sentences; need more than the {held_out} held "
                                    "out (and at least 2 to train on)")

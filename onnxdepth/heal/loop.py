@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..runtime import progress as progress_bar
+from ..allocator import reuse_freed_memory
 
 __all__ = ["HealConfig", "HealRun", "run_healing"]
 
@@ -42,7 +43,8 @@ class HealConfig:
     sampled: int = 0  # windows sampled from the teacher: the data without calib (0: the default count), else mixed in
     threads: int | None = None
     device: str = "auto"  # where the student trains: "cpu", "cuda", or "auto" (CUDA when torch sees a GPU)
-    checkpoint_segments: int = 0  # gradient checkpointing: the forward recomputed in this many runs (0: off)
+    checkpoint_segments: int | None = None  # gradient checkpointing: the forward recomputed in this many runs
+    # (0: off; None: automatic, when a step's activations would not fit in memory: `memory`)
 
     def __post_init__(self) -> None:
         for flag, value in (("--steps", self.steps), ("--batch", self.batch), ("--seq-len", self.seq_len),
@@ -63,10 +65,11 @@ class HealConfig:
             raise InvalidArgumentError(f"--temperature {self.temperature!r}: must be a positive number")
         if isinstance(self.sampled, bool) or not isinstance(self.sampled, int) or self.sampled < 0:
             raise InvalidArgumentError(f"--sampled {self.sampled!r}: must be 0 or a positive number of windows")
-        if isinstance(self.checkpoint_segments, bool) or not isinstance(self.checkpoint_segments, int) \
-                or self.checkpoint_segments < 0:
-            raise InvalidArgumentError(f"--grad-checkpoint {self.checkpoint_segments!r}: must be 0 (off) or a "
-                                       "positive number of segments")
+        if self.checkpoint_segments is not None and (isinstance(self.checkpoint_segments, bool)
+                                                     or not isinstance(self.checkpoint_segments, int)
+                                                     or self.checkpoint_segments < 0):
+            raise InvalidArgumentError(f"--grad-checkpoint {self.checkpoint_segments!r}: must be 0 (off), a "
+                                       "positive number of segments, or auto")
         if self.device not in ("auto", "cpu", "cuda"):
             raise InvalidArgumentError(f"--device {self.device!r}: must be auto, cpu or cuda")
 
@@ -139,7 +142,9 @@ def run_healing(student, objective, data, config: HealConfig, *, checkpoint: str
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads or max(1, len(os.sched_getaffinity(0))))
     try:
-        return _train(student, objective, data, config, checkpoint, resume, progress, on_check)
+        # On the CPU, freed tensors stay in the heap for the next step (`allocator`: 1.8x faster steps on SmolLM2).
+        with reuse_freed_memory(getattr(student, "device", "cpu") == "cpu"):
+            return _train(student, objective, data, config, checkpoint, resume, progress, on_check)
     finally:
         torch.set_num_threads(threads)  # the caller's setting again (a library call must not change it)
 
@@ -210,6 +215,9 @@ def _train(student, objective, data, config: HealConfig, checkpoint, resume: boo
     if run.stopped_by not in ("interrupt", "diverged") and run.held_out_curve[-1][0] != run.steps_done:
         best_state = _check(student, objective, held, run, run.steps_done, started,
                             best_state)  # the last steps since the previous check
+        if checkpoint and run.stopped_by == "max-minutes":  # stopped between two steps: --resume goes on from here
+            run.seconds = time.perf_counter() - started
+            _save_checkpoint(torch, checkpoint, student, optimiser, run, run.steps_done, best_state)
     run.seconds = time.perf_counter() - started
     student.load_state(best_state)
     return run

@@ -101,9 +101,13 @@ class Student:
             else:
                 entry.tensor.requires_grad_(True)
         if checkpoint_segments:
-            from .recompute import Checkpointed
+            self.checkpoint(checkpoint_segments)
 
-            self.module = Checkpointed(self.module, checkpoint_segments)
+    def checkpoint(self, segments: int) -> None:
+        """Run the forward pass in SEGMENTS checkpointed runs from now on (`recompute.Checkpointed`)."""
+        from .recompute import Checkpointed
+
+        self.module = Checkpointed(self.module, segments)
 
     def _find(self, roles: dict[str, str]) -> dict[str, _Tensor]:
         """The module tensors behind ROLES' initializers, with their layout checked against the ONNX values."""

@@ -34,12 +34,14 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import time
 import warnings
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..allocator import reuse_freed_memory
 from ..errors import UnsupportedModelError
 from ..runtime import first_line, open_session, ort_errors
 from ..runtime import progress as progress_bar
@@ -309,16 +311,17 @@ class _PseudoLabelTaylor:
         module.train(False)
         tensors = initializer_gradients(module, model, torch)
         total = 0.0
-        for feeds, target in zip(self.batches, self.targets):
-            batch = {name: torch.from_numpy(feeds[name]) for name in self.inputs}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # onnx2torch's Slice indexes with a list
-                out = module(*batch.values())  # the graph inputs positionally, in graph order
-            out = out[self.output] if isinstance(out, (list, tuple)) else out
-            loss = self.loss(out, torch.from_numpy(target), batch)
-            loss.backward()
-            total += float(loss.detach())
-            del out, loss
+        with reuse_freed_memory():  # the same activations every batch: no fresh pages for them (`allocator`)
+            for feeds, target in zip(self.batches, self.targets):
+                batch = {name: torch.from_numpy(feeds[name]) for name in self.inputs}
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # onnx2torch's Slice indexes with a list
+                    out = module(*batch.values())  # the graph inputs positionally, in graph order
+                out = out[self.output] if isinstance(out, (list, tuple)) else out
+                loss = self.loss(out, torch.from_numpy(target), batch)
+                loss.backward()
+                total += float(loss.detach())
+                del out, loss
         self.scores = _taylor_from_gradients(tensors)
         self.last_loss = total / max(len(self.batches), 1)
         return self.last_loss
@@ -384,21 +387,27 @@ class TaylorLMScores:
         torch, convert = _torch()
         from .angular import model_feeds
 
+        # Seconds per phase (tools/taylor_memory.py prints them): conversion, then forward / backward per batch.
+        self.timings: dict[str, object] = {"forward": [], "backward": []}
+        started = time.perf_counter()
         module = _convert(convert, model)
         module.train(False)
         tensors = initializer_gradients(module, model, torch)
+        self.timings["convert"] = time.perf_counter() - started
         specs = _input_specs(model)
         if "input_ids" not in specs:
             raise UnsupportedModelError("--importance taylor on a transformer needs a causal LM with an input_ids "
                                         "input")
         logits_index = _logits_output(model)
         steps = len(range(0, len(tokens), batch_size))
-        with progress_bar(steps, "taylor: gradients", progress and sys.stderr.isatty()) as bar:  # a terminal only
+        with reuse_freed_memory(), \
+                progress_bar(steps, "taylor: gradients", progress and sys.stderr.isatty()) as bar:  # a terminal only
             for start in range(0, len(tokens), batch_size):
                 batch = tokens[start:start + batch_size]
                 feeds = model_feeds(specs, batch)
                 # onnx2torch's module takes the graph inputs positionally, in graph order.
                 args = [torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in specs]
+                started = time.perf_counter()
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)  # onnx2torch's Slice indexes with a list
                     out = module(*args)
@@ -407,10 +416,15 @@ class TaylorLMScores:
                 target = torch.from_numpy(batch[:, 1:])
                 loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
                                                          target.reshape(-1))
+                self.timings["forward"].append(time.perf_counter() - started)
+                started = time.perf_counter()
                 loss.backward()
+                self.timings["backward"].append(time.perf_counter() - started)
                 del out, logits, loss
                 bar.advance()
+        started = time.perf_counter()
         self.scores = _taylor_from_gradients(tensors)
+        self.timings["scores"] = time.perf_counter() - started
 
     def __call__(self, node, index: int, values: np.ndarray) -> np.ndarray:
         score = self.scores.get((_module_name(node.name), index))
