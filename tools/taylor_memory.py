@@ -44,15 +44,7 @@ def main() -> int:
     from onnxdepth.graph.io import load_model
     import torch
 
-    from onnxdepth.importance import taylor
     from onnxdepth.importance.taylor import TaylorLMScores
-
-    if args.plain_malloc:
-        import functools
-
-        from onnxdepth.allocator import reuse_freed_memory
-
-        taylor.reuse_freed_memory = functools.partial(reuse_freed_memory, False)
 
     data = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext-2" / "valid.txt"
     tokens = calibration_tokens(str(data) if data.exists() else None, args.model,
@@ -62,7 +54,8 @@ def main() -> int:
     load_before = os.getloadavg()[0]  # another job on the cores shows up as a higher time per batch
     faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     started = time.perf_counter()
-    scores = TaylorLMScores(model, tokens, batch_size=args.batch, progress=False)
+    scores = TaylorLMScores(model, tokens, batch_size=args.batch, progress=False,
+                            reuse_memory=not args.plain_malloc)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     params = sum(v.size for v in scores.scores.values())

@@ -383,7 +383,8 @@ class TaylorLMScores:
     As for angular importance, the scores are computed once on the unpruned model (the thesis's setting).
     """
 
-    def __init__(self, model: onnx.ModelProto, tokens: np.ndarray, *, batch_size: int = 4, progress: bool = True):
+    def __init__(self, model: onnx.ModelProto, tokens: np.ndarray, *, batch_size: int = 4, progress: bool = True,
+                 reuse_memory: bool = True):
         torch, convert = _torch()
         from .angular import model_feeds
 
@@ -400,7 +401,7 @@ class TaylorLMScores:
                                         "input")
         logits_index = _logits_output(model)
         steps = len(range(0, len(tokens), batch_size))
-        with reuse_freed_memory(), \
+        with reuse_freed_memory(reuse_memory), \
                 progress_bar(steps, "taylor: gradients", progress and sys.stderr.isatty()) as bar:  # a terminal only
             for start in range(0, len(tokens), batch_size):
                 batch = tokens[start:start + batch_size]
